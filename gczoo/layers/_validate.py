@@ -1,0 +1,79 @@
+"""Argument and input checks shared by the attention blocks.
+
+Errors are raised where the bad value enters and always name the argument, what was expected and
+what was given. ``check_input`` is a TorchScript-compatible free function so ``forward`` methods
+can call it and stay scriptable.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Optional, Sequence
+
+import torch
+
+__all__ = ['as_tuple', 'check_input', 'check_choice', 'check_positive_int', 'resolve_rd_channels']
+
+
+def check_input(x: torch.Tensor, channels: int, ndim: int, block: str) -> None:
+    """Raise ``ValueError`` unless ``x`` has ``ndim`` dimensions and ``channels`` channels (dim 1)."""
+    if x.dim() != ndim:
+        raise ValueError(
+            f'{block}: input x must be a {ndim}-D tensor (N, C, ...), got {x.dim()}-D with shape {list(x.shape)}')
+    if x.shape[1] != channels:
+        raise ValueError(f'{block}: input x must have {channels} channels (dim 1), got {x.shape[1]}')
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        raise ValueError(f'{name} must be one of {list(choices)}, got {value!r}')
+
+
+def check_positive_int(name: str, value: object) -> int:
+    """Return ``value`` if it is an int >= 1 (bools rejected), else raise ``TypeError``/``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f'{name} must be an int, got {type(value).__name__} ({value!r})')
+    if value < 1:
+        raise ValueError(f'{name} must be >= 1, got {value}')
+    return value
+
+
+def resolve_rd_channels(
+        channels: int,
+        rd_ratio: Optional[float],
+        rd_channels: Optional[int] = None,
+        ratio_name: str = 'rd_ratio',
+) -> int:
+    """Width of a reduction bottleneck: ``rd_channels`` if given, else ``int(channels * rd_ratio)``.
+
+    Unlike the reference implementations (GCNet #48) a bottleneck of 0 channels is refused here,
+    at construction, instead of failing deep inside a convolution at the first forward.
+    """
+    check_positive_int('channels', channels)
+    if rd_channels is not None:
+        return check_positive_int('rd_channels', rd_channels)
+    if rd_ratio is None or isinstance(rd_ratio, bool) or not isinstance(rd_ratio, (int, float)):
+        raise TypeError(f'{ratio_name} must be a positive number, got {rd_ratio!r}')
+    if rd_ratio <= 0:
+        raise ValueError(f'{ratio_name} must be > 0, got {rd_ratio}')
+    rd = int(channels * rd_ratio)
+    if rd < 1:
+        raise ValueError(
+            f'{ratio_name}={rd_ratio} leaves {rd} channels for channels={channels}: '
+            f'need channels * {ratio_name} >= 1 (or pass rd_channels)')
+    return rd
+
+
+def as_tuple(name: str, value: object, choices: Sequence[str]) -> tuple:
+    """Normalise a str or an iterable of str to a non-empty tuple of valid, unique choices."""
+    items: Iterable = (value,) if isinstance(value, str) else value  # type: ignore[assignment]
+    try:
+        items = tuple(items)
+    except TypeError:
+        raise TypeError(f'{name} must be a str or a sequence of str, got {type(value).__name__}') from None
+    if not items:
+        raise ValueError(f'{name} must not be empty; choose from {list(choices)}')
+    for item in items:
+        check_choice(name, item, choices)
+    if len(set(items)) != len(items):
+        raise ValueError(f'{name} has duplicates: {list(items)}')
+    return items
