@@ -1,0 +1,258 @@
+"""BAM: Bottleneck Attention Module.
+
+Park, Woo, Lee, Kweon, "BAM: Bottleneck Attention Module", BMVC 2018 (arXiv:1807.06514).
+
+``out = x * (1 + sigmoid(combine(M_c(x), M_s(x))))`` with
+
+* ``M_c`` (channel branch, ``(B, C, 1, 1)``): global average pool ->
+  ``[Linear(C, C/r) -> BatchNorm1d -> act] x num_channel_layers -> Linear(C/r, C)``;
+* ``M_s`` (spatial branch, ``(B, 1, H, W)``): ``Conv1x1(C, C/r) -> BN -> act ->
+  [Conv3x3(C/r, C/r, dilation d, padding d) -> BN -> act] x num_dilated_convs -> Conv1x1(C/r, 1)``;
+* ``combine='mul'`` (the authors' code, Jongchan/attention-module, and its ImageNet weights):
+  ``M_c * M_s``; ``combine='sum'`` (the paper, Eq. 1-2): ``M_c + M_s``. Both broadcast to ``(B, C, H, W)``.
+  The default is ``'mul'`` so the official checkpoints reproduce (see their issues #1, #39, #52).
+
+Differences from the official code, none of which changes a result it produces: the average pool covers
+the whole map for any ``H, W`` (the official ``avg_pool2d(x, H)`` breaks for ``H != W``, issue #50), and a
+train-mode batch of one works (see ``BAM``). ``OFFICIAL_KEY_MAP`` renames the official keys to ours.
+The paper places BAM between ResNet stages (after layer1, layer2, layer3), not inside every block.
+"""
+from typing import Callable, Dict, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import create_act_layer
+
+from ._validate import check_choice, check_input, check_positive_int, resolve_rd_channels
+
+__all__ = ['BAM', 'COMBINE_TYPES', 'OFFICIAL_KEY_MAP', 'official_key_map']
+
+COMBINE_TYPES = ('mul', 'sum')
+
+_BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
+
+
+def official_key_map(num_channel_layers: int = 1, num_dilated_convs: int = 2) -> Dict[str, str]:
+    """Official key suffix (``...bam1.<suffix>``) -> key in ``BAM.state_dict()``, for a given depth.
+
+    ``num_batches_tracked`` is absent from checkpoints saved before PyTorch 0.4.1: load those with
+    ``strict=False`` or fill it in.
+    """
+    m: Dict[str, str] = {}
+
+    def add(official: str, ours: str, keys=('weight', 'bias')) -> None:
+        for k in keys:
+            m[f'{official}.{k}'] = f'{ours}.{k}'
+
+    c, s = 'channel_att.gate_c.', 'spatial_att.gate_s.'
+    for i in range(num_channel_layers):
+        add(f'{c}gate_c_fc_{i}', f'channel_gate.layers.{i}.fc')
+        add(f'{c}gate_c_bn_{i + 1}', f'channel_gate.layers.{i}.bn', _BN_KEYS)
+    add(f'{c}gate_c_fc_final', 'channel_gate.proj')
+    add(f'{s}gate_s_conv_reduce0', 'spatial_gate.reduce.conv')
+    add(f'{s}gate_s_bn_reduce0', 'spatial_gate.reduce.bn', _BN_KEYS)
+    for i in range(num_dilated_convs):
+        add(f'{s}gate_s_conv_di_{i}', f'spatial_gate.dilated.{i}.conv')
+        add(f'{s}gate_s_bn_di_{i}', f'spatial_gate.dilated.{i}.bn', _BN_KEYS)
+    add(f'{s}gate_s_conv_final', 'spatial_gate.proj')
+    return m
+
+
+# For the official configuration (and ImageNet checkpoints): one hidden channel layer, two dilated convs.
+OFFICIAL_KEY_MAP: Dict[str, str] = official_key_map(1, 2)
+
+
+def _bn_with_running_stats(
+        x: torch.Tensor,
+        running_mean: Optional[torch.Tensor],
+        running_var: Optional[torch.Tensor],
+        weight: Optional[torch.Tensor],
+        bias: Optional[torch.Tensor],
+        eps: float,
+) -> torch.Tensor:
+    """BatchNorm with the running statistics (eval-mode BN): used for a train-mode call that has only
+    one value per channel, where batch statistics do not exist (PyTorch raises, pytorch #13223)."""
+    return F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
+
+
+class _FcBnAct(nn.Module):
+    """``Linear -> BatchNorm1d -> act`` on ``(B, C_in)``."""
+
+    def __init__(self, in_features: int, out_features: int, act_layer, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.fc = nn.Linear(in_features, out_features, **dd)
+        self.bn = nn.BatchNorm1d(out_features, **dd)
+        self.act = create_act_layer(act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.fc(x)
+        if self.training and x.numel() == x.shape[1]:  # batch of one: no batch statistics
+            x = _bn_with_running_stats(
+                x, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, self.bn.eps)
+        else:
+            x = self.bn(x)
+        return self.act(x)
+
+
+class _ConvBnAct(nn.Module):
+    """``Conv2d -> BatchNorm2d -> act``."""
+
+    def __init__(
+            self, in_channels: int, out_channels: int, kernel_size: int, dilation: int, act_layer,
+            device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        padding = dilation * (kernel_size - 1) // 2
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, **dd)
+        self.bn = nn.BatchNorm2d(out_channels, **dd)
+        self.act = create_act_layer(act_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.training and x.numel() == x.shape[1]:  # batch of one with a 1x1 map
+            x = _bn_with_running_stats(
+                x, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, self.bn.eps)
+        else:
+            x = self.bn(x)
+        return self.act(x)
+
+
+class _ChannelGate(nn.Module):
+    """Global average pool -> MLP with BN; returns the logits ``M_c`` as ``(B, C)``."""
+
+    def __init__(self, channels: int, rd_channels: int, num_layers: int, act_layer, device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.layers = nn.ModuleList(
+            [_FcBnAct(channels if i == 0 else rd_channels, rd_channels, act_layer, **dd) for i in range(num_layers)])
+        self.proj = nn.Linear(rd_channels, channels, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.mean((2, 3))  # over all H*W positions, square or not
+        for layer in self.layers:
+            y = layer(y)
+        return self.proj(y)
+
+
+class _SpatialGate(nn.Module):
+    """1x1 reduce -> dilated 3x3 convs -> 1x1 to one channel; returns the logits ``M_s`` ``(B, 1, H, W)``."""
+
+    def __init__(
+            self, channels: int, rd_channels: int, num_dilated_convs: int, dilation: int, act_layer,
+            device=None, dtype=None):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.reduce = _ConvBnAct(channels, rd_channels, 1, 1, act_layer, **dd)
+        self.dilated = nn.ModuleList(
+            [_ConvBnAct(rd_channels, rd_channels, 3, dilation, act_layer, **dd) for _ in range(num_dilated_convs)])
+        self.proj = nn.Conv2d(rd_channels, 1, 1, **dd)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.reduce(x)
+        for layer in self.dilated:
+            y = layer(y)
+        return self.proj(y)
+
+
+class BAM(nn.Module):
+    """Bottleneck Attention Module: ``x * (1 + sigmoid(combine(M_c, M_s)))``.
+
+    Args:
+        channels: input (= output) channels C.
+        rd_ratio: reduction of both branches, width ``int(C * rd_ratio)`` (official: ``C // 16``).
+        rd_channels: bottleneck width, overrides ``rd_ratio``.
+        dilation: dilation (= padding) of the 3x3 convs of the spatial branch (paper: 4).
+        num_dilated_convs: number of dilated 3x3 convs (paper: 2; 0 leaves 1x1 convs only).
+        combine: ``'mul'`` (default; the official code and checkpoints) or ``'sum'`` (the paper's Eq. 1-2).
+        num_channel_layers: hidden ``Linear -> BN -> act`` layers of the channel MLP (official: 1).
+        act_layer: activation (class or timm name).
+
+    Batch of one in train mode: ``BatchNorm1d`` of the channel MLP sees one value per channel, where
+    train-mode BN is undefined (PyTorch raises, pytorch #13223). For such a call (any BN of the block
+    receiving a single value per channel) that BN normalises with its running statistics, exactly as in
+    eval mode, and leaves them un-updated; its affine weight and bias still train. Batches of two or
+    more use standard train-mode BN.
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            *,
+            rd_ratio: float = 1. / 16,
+            rd_channels: Optional[int] = None,
+            dilation: int = 4,
+            num_dilated_convs: int = 2,
+            combine: str = 'mul',
+            num_channel_layers: int = 1,
+            act_layer: Union[str, Callable[..., nn.Module]] = nn.ReLU,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        rd = resolve_rd_channels(channels, rd_ratio, rd_channels)
+        check_positive_int('dilation', dilation)
+        if isinstance(num_dilated_convs, bool) or not isinstance(num_dilated_convs, int):
+            raise TypeError(
+                f'num_dilated_convs must be an int, got {type(num_dilated_convs).__name__} ({num_dilated_convs!r})')
+        if num_dilated_convs < 0:
+            raise ValueError(f'num_dilated_convs must be >= 0, got {num_dilated_convs}')
+        check_choice('combine', combine, COMBINE_TYPES)
+        check_positive_int('num_channel_layers', num_channel_layers)
+        self.channels = channels
+        self.rd_channels = rd
+        self.dilation = dilation
+        self.num_dilated_convs = num_dilated_convs
+        self.num_channel_layers = num_channel_layers
+        self.combine = combine
+        self.channel_gate = _ChannelGate(channels, rd, num_channel_layers, act_layer, **dd)
+        self.spatial_gate = _SpatialGate(channels, rd, num_dilated_convs, dilation, act_layer, **dd)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Linear/Conv: PyTorch defaults; BN: weight 1, bias 0, running stats reset.
+
+        Nothing is zero-initialised: the scale ``1 + sigmoid(.)`` lies in (1, 2), so the block cannot
+        be the identity and there is no identity init to restore. (The official training script
+        kaiming-inits (fan_out) the convs and zeroes all biases; apply that in a model's init if
+        reproducing their training from scratch.)
+        """
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d)):
+                m.reset_parameters()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.channels, 4, 'BAM')
+        m_c = self.channel_gate(x)[:, :, None, None]
+        m_s = self.spatial_gate(x)
+        if self.combine == 'mul':
+            logits = m_c * m_s
+        else:
+            logits = m_c + m_s
+        return x * (1.0 + torch.sigmoid(logits))
+
+    def attention_maps(self, x: torch.Tensor, queries: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """``'channel'``: ``sigmoid(M_c)`` ``(B, C)``; ``'spatial'``: ``sigmoid(M_s)`` ``(B, 1, H, W)``.
+
+        The forward's scale is ``1 + sigmoid(M_c * M_s)`` (``'mul'``) or ``1 + sigmoid(M_c + M_s)``
+        (``'sum'``); the logits are ``logit`` of the two maps, so the scale can be rebuilt from them.
+        ``queries`` is ignored. In train mode the BN batch statistics are used as in forward, but the BN
+        running statistics are left untouched.
+        """
+        check_input(x, self.channels, 4, 'BAM')
+        saved = [b.clone() for b in self.buffers()]
+        try:
+            m_c = self.channel_gate(x)
+            m_s = self.spatial_gate(x)
+        finally:
+            with torch.no_grad():
+                for b, s in zip(self.buffers(), saved):
+                    b.copy_(s)
+        return {'channel': torch.sigmoid(m_c), 'spatial': torch.sigmoid(m_s)}
+
+    def extra_repr(self) -> str:
+        return (f'channels={self.channels}, rd_channels={self.rd_channels}, combine={self.combine!r}, '
+                f'dilation={self.dilation}, num_dilated_convs={self.num_dilated_convs}, '
+                f'num_channel_layers={self.num_channel_layers}')
