@@ -1,0 +1,40 @@
+"""Errors raised when weights cannot be had or do not fit, with what was looked for and what to do."""
+import contextlib
+from typing import Iterator
+
+__all__ = ['CheckpointError', 'PretrainedWeightsError', 'explain_download_errors']
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is corrupt, pickled where safetensors was expected, or does not fit the model."""
+
+
+class PretrainedWeightsError(RuntimeError):
+    """Pretrained weights were asked for but cannot be had; the message says which and what to do."""
+
+
+def _download_error_types() -> tuple:
+    types: list = [OSError]  # offline cache misses and connection failures are OSErrors
+    try:
+        from huggingface_hub import errors as hf_errors
+        types += [hf_errors.HfHubHTTPError, hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled]
+    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
+        pass
+    return tuple(types)
+
+
+@contextlib.contextmanager
+def explain_download_errors(variant: str, enabled: bool = True) -> Iterator[None]:
+    """Turn a failed weight download into one ``PretrainedWeightsError`` saying where to get weights."""
+    if not enabled:
+        yield
+        return
+    try:
+        yield
+    except _download_error_types() as e:
+        raise PretrainedWeightsError(
+            f'Could not load pretrained weights for {variant!r}: {type(e).__name__}: {e}. '
+            f'If you are offline, set HF_HUB_OFFLINE=1 with the weights in your Hub cache (HF_HOME), '
+            f'load a folder with timm.create_model("local-dir:DIR"), pass '
+            f'pretrained_cfg_overlay=dict(file="model.safetensors"), or train weights with scripts/train.sh.'
+        ) from e

@@ -1,0 +1,346 @@
+"""ResNets with attention blocks placed where their papers put them, registered with timm.
+
+Every backbone parameter keeps the state-dict key of timm's (and torchvision's) ``resnet50``; the
+attention blocks are extra keys:
+
+* inside a residual block (after the last conv/BN, before the residual add) a block sits in timm's
+  ``se`` slot: ``layer2.0.se.*`` (GC, SE, CBAM — as in the GCNet, SENet and CBAM papers);
+* after a whole residual block, a block is inserted into the stage's ``nn.Sequential`` under the
+  name ``attn{i}`` (after block ``i``): ``layer3.attn1.*`` (Non-local, Simplified NL, BAM, CCNet,
+  SAGAN). The stage stays an ``nn.Sequential``, so timm's ``forward_intermediates``, gradient
+  checkpointing, ``features_only`` and FX feature extraction see the blocks as part of the stage.
+
+Each model's configuration is one row of ``ZOO_MODELS``; the entrypoints below only name it.
+"""
+import dataclasses
+from collections import OrderedDict
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
+
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._builder import resolve_pretrained_cfg
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+from gczoo.layers import ATTN_SPECS, get_attn
+
+from .errors import PretrainedWeightsError, explain_download_errors
+
+__all__ = [
+    'Placement', 'ZooModel', 'ZOO_MODELS', 'ZooResNet', 'PretrainedWeightsError', 'HUB_ORG', 'list_zoo_models',
+    'attention_modules',
+]
+
+HUB_ORG = 'gczoo'
+ALL_BLOCKS = None  # a Placement.stages value: every residual block of that stage
+
+_DEPTHS: Dict[int, Tuple[Type[nn.Module], Tuple[int, int, int, int]]] = {
+    18: (BasicBlock, (2, 2, 2, 2)),
+    26: (Bottleneck, (2, 2, 2, 2)),
+    50: (Bottleneck, (3, 4, 6, 3)),
+    101: (Bottleneck, (3, 4, 23, 3)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Where one kind of attention block goes.
+
+    attn: a ``gczoo.layers`` registry name.
+    stages: ``{stage: block indices}`` with stages numbered 1-4 (timm's ``layer1``-``layer4``, the
+        papers' res2-res5 / c2-c5); ``None`` means every block; negative indices count from the end.
+    after_block: ``False`` puts the block inside each residual block (timm's ``se`` slot, before the
+        residual add); ``True`` after the whole residual block.
+    kwargs: settings passed to the block, overriding the registry name's defaults.
+    """
+    attn: str
+    stages: Mapping[int, Optional[Tuple[int, ...]]]
+    after_block: bool = False
+    kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dict(attn=self.attn, stages={str(k): v for k, v in self.stages.items()},
+                    after_block=self.after_block, kwargs=dict(self.kwargs))
+
+
+@dataclasses.dataclass(frozen=True)
+class ZooModel:
+    """One zoo model: its backbone depth, its attention placements and what the paper reports."""
+    depth: int
+    placements: Tuple[Placement, ...]
+    summary: str
+    paper: str
+    arxiv: str
+    paper_params_m: Optional[float] = None  # parameters (millions) in the paper's table, 1000 classes
+    published_tags: Tuple[str, ...] = ()  # tags whose weights are on the Hub under HUB_ORG
+    default_tag: str = 'ft_in1k'
+
+
+def _every(*stages: int) -> Dict[int, None]:
+    return {s: ALL_BLOCKS for s in stages}
+
+
+_GC_PAPER = 'GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond'
+_GC_ARXIV = '1904.11492'
+_GC_STAGES = _every(2, 3, 4)  # c3-c5: every bottleneck of layer2-layer4
+
+# The source of truth for the zoo: hubconf, model cards, the README table and `gczoo list` derive from it.
+ZOO_MODELS: Dict[str, ZooModel] = {
+    'resnet50_gc': ZooModel(
+        50, (Placement('gc', _GC_STAGES),),
+        'GC block (ratio 1/16, att pooling, channel_add) in every bottleneck of c3-c5',
+        _GC_PAPER, _GC_ARXIV, paper_params_m=28.08),
+    'resnet50_gc_r4': ZooModel(
+        50, (Placement('gc_r4', _GC_STAGES),),
+        'GC block (ratio 1/4, att pooling, channel_add) in every bottleneck of c3-c5',
+        _GC_PAPER, _GC_ARXIV),
+    'resnet50_nl': ZooModel(
+        50, (Placement('nl_sub', {2: (1, 3), 3: (1, 3, 5)}, after_block=True),),
+        '5 Non-local blocks (embedded Gaussian, inner C/2, 2x2 sub-sampling) after every 2nd block of res3, res4',
+        'Non-local Neural Networks', '1711.07971'),
+    'resnet50_snl': ZooModel(
+        50, (Placement('snl', {3: (-2,)}, after_block=True),),
+        'One Simplified Non-local block before the last residual block of res4',
+        _GC_PAPER, _GC_ARXIV),
+    'resnet50_se': ZooModel(
+        50, (Placement('se', _every(1, 2, 3, 4)),),
+        'SE (reduction 16) in every bottleneck',
+        'Squeeze-and-Excitation Networks', '1709.01507', paper_params_m=28.09),
+    'resnet50_cbam': ZooModel(
+        50, (Placement('cbam', _every(1, 2, 3, 4)),),
+        'CBAM (official semantics) in every bottleneck after bn3',
+        'CBAM: Convolutional Block Attention Module', '1807.06521', paper_params_m=28.09),
+    'resnet50_bam': ZooModel(
+        50, (Placement('bam', {1: (-1,), 2: (-1,), 3: (-1,)}, after_block=True),),
+        'BAM after layer1, layer2 and layer3',
+        'BAM: Bottleneck Attention Module', '1807.06514', paper_params_m=25.92),
+    'resnet50_cc': ZooModel(
+        50, (Placement('cc', {3: (-1,)}, after_block=True),),
+        'Criss-cross attention (recurrence 2, shared weights) after layer3',
+        'CCNet: Criss-Cross Attention for Semantic Segmentation', '1811.11721'),
+    'resnet50_sa': ZooModel(
+        50, (Placement('sa', {3: (-1,)}, after_block=True),),
+        'SAGAN self-attention after layer3',
+        'Self-Attention Generative Adversarial Networks', '1805.08318'),
+    'resnet18_gc': ZooModel(
+        18, (Placement('gc', _GC_STAGES),),
+        'ResNet-18 with a GC block (ratio 1/16) in every basic block of c3-c5',
+        _GC_PAPER, _GC_ARXIV),
+    'resnet26_gc': ZooModel(
+        26, (Placement('gc', _GC_STAGES),),
+        'ResNet-26 with a GC block (ratio 1/16) in every bottleneck of c3-c5',
+        _GC_PAPER, _GC_ARXIV),
+    'resnet101_gc': ZooModel(
+        101, (Placement('gc', _GC_STAGES),),
+        'ResNet-101 with a GC block (ratio 1/16) in every bottleneck of c3-c5',
+        _GC_PAPER, _GC_ARXIV),
+}
+
+
+def list_zoo_models() -> List[str]:
+    return list(ZOO_MODELS)
+
+
+def _attn_classes() -> Tuple[type, ...]:
+    return tuple({spec.cls for spec in ATTN_SPECS.values()})
+
+
+def attention_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``(name, module)`` of every gczoo attention block in ``model``, in forward order."""
+    classes = _attn_classes()
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, classes)]
+
+
+class ZooResNet(ResNet):
+    """timm's ``ResNet`` with attention blocks placed per ``placements`` (see ``Placement``).
+
+    The blocks are added after ``ResNet.__init__`` and its ``init_weights`` (which kaiming-inits every
+    conv and would wipe the blocks' zero-init), then ``reset_attn_parameters`` puts each block in its
+    identity-at-init state. ``init_weights`` does the same when called again.
+    """
+
+    def __init__(self, placements: Tuple[Placement, ...] = (), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        dd = dict(device=kwargs.get('device'), dtype=kwargs.get('dtype'))
+        for placement in placements:
+            self._place(placement, dd)
+        self.reset_attn_parameters()
+
+    def _place(self, placement: Placement, dd: Dict[str, Any]) -> None:
+        factory = get_attn(placement.attn)
+        for stage_idx, block_ids in placement.stages.items():
+            if stage_idx not in (1, 2, 3, 4):
+                raise ValueError(f'Placement stages must be numbered 1-4, got {stage_idx}')
+            stage: nn.Sequential = getattr(self, f'layer{stage_idx}')
+            blocks = list(stage.children())
+            ids = range(len(blocks)) if block_ids is None else block_ids
+            try:
+                chosen = sorted({range(len(blocks))[i] for i in ids})
+            except IndexError:
+                raise ValueError(
+                    f'Placement of {placement.attn!r}: layer{stage_idx} has {len(blocks)} blocks, '
+                    f'got block indices {tuple(ids)}') from None
+            if not placement.after_block:
+                for i in chosen:
+                    blocks[i].se = factory(self._block_out_channels(blocks[i]), **placement.kwargs, **dd)
+                continue
+            modules = OrderedDict()
+            for name, block in stage.named_children():
+                modules[name] = block
+                if name.isdigit() and int(name) in chosen:
+                    modules[f'attn{name}'] = factory(self._block_out_channels(block), **placement.kwargs, **dd)
+            setattr(self, f'layer{stage_idx}', nn.Sequential(modules))
+
+    @staticmethod
+    def _block_out_channels(block: nn.Module) -> int:
+        return block.bn3.num_features if hasattr(block, 'bn3') else block.bn2.num_features
+
+    def reset_attn_parameters(self) -> None:
+        """Put every attention block back in its init state (identity where its paper zero-inits)."""
+        for _, module in attention_modules(self):
+            module.reset_parameters()
+
+    def init_weights(self, zero_init_last: bool = True) -> None:
+        super().init_weights(zero_init_last=zero_init_last)
+        self.reset_attn_parameters()
+
+
+def _cfg(model_name: str, tag: str) -> Dict[str, Any]:
+    zoo = ZOO_MODELS[model_name]
+    return {
+        'hf_hub_id': f'{HUB_ORG}/{model_name}.{tag}',
+        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
+        'crop_pct': 0.875, 'interpolation': 'bilinear',
+        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
+        'first_conv': 'conv1', 'classifier': 'fc',
+        'license': 'apache-2.0',
+        'paper_ids': f'arXiv:{zoo.arxiv}', 'paper_name': zoo.paper,
+        'origin_url': 'https://github.com/gczoo/gczoo',
+        'notes': (zoo.summary,),
+    }
+
+
+default_cfgs = generate_default_cfgs({
+    f'{name}.{zoo.default_tag}': _cfg(name, zoo.default_tag) for name, zoo in ZOO_MODELS.items()
+})
+
+
+def _unpublished_message(variant: str, hf_hub_id: str) -> str:
+    return (
+        f'No pretrained weights for {variant!r} are published yet (looked for the Hub repo {hf_hub_id!r}). '
+        f'Either start from an ImageNet ResNet with the attention blocks at identity init: '
+        f'timm.create_model({variant!r}, pretrained_backbone="resnet50.a1_in1k" or a local .safetensors/.pth path) '
+        f'(or gczoo.models.init_from_resnet(model, source)); or load your own weights with '
+        f'pretrained_cfg_overlay=dict(file="path/to/model.safetensors"), "local-dir:DIR" or "hf-hub:ORG/REPO".'
+    )
+
+
+def _check_weights_available(variant: str, pretrained_cfg: Any, overlay: Optional[Dict[str, Any]]) -> None:
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=overlay)
+    if cfg.file or cfg.url or getattr(cfg, 'state_dict', None) is not None:
+        return
+    zoo = ZOO_MODELS[variant]
+    published = {f'{HUB_ORG}/{variant}.{tag}' for tag in zoo.published_tags}
+    default_ids = {f'{HUB_ORG}/{variant}.{zoo.default_tag}'}
+    if cfg.hf_hub_id in default_ids and cfg.hf_hub_id not in published:
+        raise PretrainedWeightsError(_unpublished_message(variant, cfg.hf_hub_id))
+
+
+def create_zoo_model(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a zoo model through timm's ``build_model_with_cfg`` (all of timm's options work).
+
+    Extra keyword: ``pretrained_backbone`` (a timm model name with tag, or a path to a ResNet
+    checkpoint in timm's/torchvision's layout): transplants that ResNet into the backbone and keeps
+    the attention blocks at identity init (see ``gczoo.models.init_from_resnet``).
+    """
+    if variant not in ZOO_MODELS:
+        raise ValueError(f'unknown gczoo model {variant!r}; valid names: {", ".join(ZOO_MODELS)}')
+    pretrained_backbone = kwargs.pop('pretrained_backbone', None)
+    if pretrained and pretrained_backbone is not None:
+        raise ValueError('pass either pretrained=True or pretrained_backbone=..., not both')
+    zoo = ZOO_MODELS[variant]
+    block, layers = _DEPTHS[zoo.depth]
+    if pretrained:
+        _check_weights_available(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    with explain_download_errors(variant, enabled=pretrained):
+        model = build_model_with_cfg(
+            ZooResNet, variant, pretrained,
+            block=block, layers=layers, placements=zoo.placements,
+            **kwargs,
+        )
+    if pretrained_backbone is not None:
+        from .pretrained import init_from_resnet
+        init_from_resnet(model, pretrained_backbone)
+    return model
+
+
+@register_model
+def resnet50_gc(pretrained: bool = False, **kwargs: Any) -> ZooResNet:
+    """ResNet-50 + GC block (r16) in c3-c5 (GCNet, arXiv:1904.11492)."""
+    return create_zoo_model('resnet50_gc', pretrained, **kwargs)
+
+
+@register_model
+def resnet50_gc_r4(pretrained: bool = False, **kwargs: Any) -> ZooResNet:
+    """ResNet-50 + GC block (r4) in c3-c5 (GCNet, arXiv:1904.11492)."""
+    return create_zoo_model('resnet50_gc_r4', pretrained, **kwargs)
+
+
+@register_model
+def resnet50_nl(pretrained: bool = False, **kwargs: Any) -> ZooResNet:
+    """ResNet-50 + 5 Non-local blocks in res3/res4 (arXiv:1711.07971)."""
+    return create_zoo_model('resnet50_nl', pretrained, **kwargs)
+
+
+@register_model
+def resnet50_snl(pretrained: bool = False, **kwargs: Any) -> ZooResNet:
+    """ResNet-50 + 1 Simplified Non-local block in res4 (GCNet, arXiv:1904.11492)."""
+    return create_zoo_model('resnet50_snl', pretrained, **kwargs)
+
+
+@register_model
+def resnet50_se(pretrained: bool = False, **kwargs: Any) -> ZooResNet:
+    """ResNet-50 + SE (r16) in every bottleneck (arXiv:1709.01507)."""
+    return create_zoo_model('resnet50_se', pretrained, **kwargs)
+
+
+@register_model
+def resnet50_cbam(pretrained: bool = False, **kwargs: Any) -> ZooResNet:
+    """ResNet-50 + CBAM in every bottleneck (arXiv:1807.06521)."""
+    return create_zoo_model('resnet50_cbam', pretrained, **kwargs)
+
+
+@register_model
+def resnet50_bam(pretrained: bool = False, **kwargs: Any) -> ZooResNet:
+    """ResNet-50 + BAM after layer1-3 (arXiv:1807.06514)."""
+    return create_zoo_model('resnet50_bam', pretrained, **kwargs)
+
+
+@register_model
+def resnet50_cc(pretrained: bool = False, **kwargs: Any) -> ZooResNet:
+    """ResNet-50 + criss-cross attention (R=2) after layer3 (CCNet, arXiv:1811.11721)."""
+    return create_zoo_model('resnet50_cc', pretrained, **kwargs)
+
+
+@register_model
+def resnet50_sa(pretrained: bool = False, **kwargs: Any) -> ZooResNet:
+    """ResNet-50 + SAGAN self-attention after layer3 (arXiv:1805.08318)."""
+    return create_zoo_model('resnet50_sa', pretrained, **kwargs)
+
+
+@register_model
+def resnet18_gc(pretrained: bool = False, **kwargs: Any) -> ZooResNet:
+    """ResNet-18 + GC block (r16) in c3-c5 (GCNet, arXiv:1904.11492)."""
+    return create_zoo_model('resnet18_gc', pretrained, **kwargs)
+
+
+@register_model
+def resnet26_gc(pretrained: bool = False, **kwargs: Any) -> ZooResNet:
+    """ResNet-26 + GC block (r16) in c3-c5 (GCNet, arXiv:1904.11492)."""
+    return create_zoo_model('resnet26_gc', pretrained, **kwargs)
+
+
+@register_model
+def resnet101_gc(pretrained: bool = False, **kwargs: Any) -> ZooResNet:
+    """ResNet-101 + GC block (r16) in c3-c5 (GCNet, arXiv:1904.11492)."""
+    return create_zoo_model('resnet101_gc', pretrained, **kwargs)

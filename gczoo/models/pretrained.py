@@ -1,0 +1,164 @@
+"""Start a zoo model from an ImageNet ResNet: load its weights into the backbone, keep the attention
+blocks at identity init.
+
+Because every block starts as the identity (the GC/NL/SNL/CC/SA zero-inits), the new model's
+logits equal the source ResNet's at init; fine-tuning then only has to learn what attention adds.
+(Blocks that cannot be an identity -- SE, CBAM and BAM gates -- start at their papers' init and
+change the logits; the report says which keys were left at init.)
+"""
+import dataclasses
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from .errors import CheckpointError, explain_download_errors
+
+__all__ = ['LoadReport', 'init_from_resnet', 'load_state_dict_file', 'unwrap_state_dict']
+
+StateDict = Dict[str, torch.Tensor]
+_WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model', 'module')
+_PREFIXES = ('module.', '_orig_mod.')
+
+
+@dataclasses.dataclass
+class LoadReport:
+    """What ``init_from_resnet`` did with each key."""
+    loaded: List[str]
+    kept_at_init: List[str]  # attention keys the source does not have
+    skipped_classifier: List[str]  # classifier keys whose shape differs (another num_classes), or no head
+    ignored: List[str]  # source keys with no place in this model that are safe to drop (e.g. the head)
+
+    def __str__(self) -> str:
+        return (f'loaded {len(self.loaded)} tensors; attention tensors kept at init: {len(self.kept_at_init)}; '
+                f'classifier tensors skipped: {self.skipped_classifier or "none"}; '
+                f'source tensors ignored: {self.ignored or "none"}')
+
+
+def load_state_dict_file(path: Union[str, os.PathLike]) -> StateDict:
+    """Read tensors from a ``.safetensors`` file, or a torch file with ``weights_only=True`` (never pickle code).
+
+    Raises ``CheckpointError`` for a missing, truncated/corrupt or unsafe file, naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint file {str(path)!r} does not exist')
+    if path.suffix == '.safetensors':
+        from safetensors import SafetensorsError
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except (SafetensorsError, OSError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f'{str(path)!r} is not a readable safetensors file (truncated or corrupt?): {e}') from e
+    try:
+        obj = torch.load(str(path), map_location='cpu', weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+        raise CheckpointError(
+            f'{str(path)!r} could not be read with torch.load(weights_only=True): {type(e).__name__}: {e}. '
+            f'gczoo never unpickles code; convert the file to safetensors or a plain state dict.') from e
+    return unwrap_state_dict(obj, source=str(path))
+
+
+def unwrap_state_dict(obj: Any, source: str = 'checkpoint') -> StateDict:
+    """The tensor dict inside a checkpoint: unwraps ``state_dict``/``model``/EMA containers and strips
+    DataParallel's ``module.`` and torch.compile's ``_orig_mod.`` prefixes."""
+    if isinstance(obj, Mapping):
+        for key in _WRAPPER_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f'{source} holds no state dict (a mapping of names to tensors)')
+    out = {}
+    for key, value in obj.items():
+        for prefix in _PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix):]
+        out[key] = value
+    return out
+
+
+def _resolve_source(source: Union[str, os.PathLike, Mapping[str, torch.Tensor], nn.Module]) -> Tuple[StateDict, str]:
+    if isinstance(source, nn.Module):
+        return source.state_dict(), type(source).__name__
+    if isinstance(source, Mapping):
+        return unwrap_state_dict(source), 'state dict'
+    if os.path.exists(str(source)):
+        return load_state_dict_file(source), str(source)
+    if isinstance(source, str):
+        import timm
+        if not (source.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(source.split('.')[0])):
+            raise ValueError(
+                f'source {source!r} is neither an existing file nor a timm model name (e.g. "resnet50.a1_in1k")')
+        with explain_download_errors(source):
+            return timm.create_model(source, pretrained=True).state_dict(), source
+    raise TypeError(f'source must be a path, a timm model name, a state dict or a module, got {type(source).__name__}')
+
+
+def _classifier_prefix(model: nn.Module) -> Optional[str]:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    name = cfg.get('classifier') if isinstance(cfg, Mapping) else None
+    return (name or 'fc') + '.'
+
+
+def init_from_resnet(
+        model: nn.Module,
+        source: Union[str, os.PathLike, Mapping[str, torch.Tensor], nn.Module],
+        verbose: bool = False,
+) -> LoadReport:
+    """Load an ImageNet ResNet (timm's or torchvision's key layout: they are the same) into ``model``'s
+    backbone; attention blocks keep their init.
+
+    ``source``: a timm model name with tag (``"resnet50.a1_in1k"``; downloaded through timm's Hub
+    cache), ``hf-hub:``/``local-dir:``, a ``.safetensors``/``.pth`` file (read with
+    ``weights_only=True``), a state dict, or a module. Every backbone tensor must be found with the
+    same shape; otherwise a ``CheckpointError`` lists the missing, unexpected and mis-shaped keys.
+    A classifier of another size is skipped and reported (as timm does for ``num_classes``).
+    """
+    from .gczoo import attention_modules  # resnet.py imports this module's package siblings
+    src, where = _resolve_source(source)
+    target = model.state_dict()
+    attn_prefixes = tuple(f'{name}.' for name, _ in attention_modules(model))
+    head = _classifier_prefix(model)
+
+    loaded, kept, skipped, ignored = [], [], [], []
+    missing, mis_shaped = [], []
+    to_load: StateDict = {}
+    for key, tensor in target.items():
+        if key.startswith(attn_prefixes):
+            if key in src and src[key].shape == tensor.shape:
+                to_load[key] = src[key]
+                loaded.append(key)
+            else:
+                kept.append(key)
+            continue
+        if key not in src:
+            (skipped if key.startswith(head) else missing).append(key)
+        elif src[key].shape != tensor.shape:
+            if key.startswith(head):
+                skipped.append(key)
+            else:
+                mis_shaped.append(f'{key}: source {tuple(src[key].shape)} vs model {tuple(tensor.shape)}')
+        else:
+            to_load[key] = src[key]
+            loaded.append(key)
+    unexpected = [k for k in src if k not in target]
+    for key in list(unexpected):
+        if key.startswith(head) or key.endswith('num_batches_tracked'):
+            unexpected.remove(key)
+            ignored.append(key)
+    if missing or mis_shaped or unexpected:
+        def _fmt(keys: List[str]) -> str:
+            return ', '.join(keys[:12]) + (f' ... (+{len(keys) - 12} more)' if len(keys) > 12 else '') if keys else 'none'
+        raise CheckpointError(
+            f'{where} does not fit {type(model).__name__}\'s backbone: missing {_fmt(missing)}; '
+            f'unexpected {_fmt(unexpected)}; shape mismatch {_fmt(mis_shaped)}. '
+            f'Is the source a ResNet of the same depth (timm or torchvision layout)?')
+    model.load_state_dict(to_load, strict=False)
+    report = LoadReport(loaded=loaded, kept_at_init=kept, skipped_classifier=skipped, ignored=ignored)
+    if verbose:
+        print(f'init_from_resnet({where}): {report}')
+    return report

@@ -1,0 +1,143 @@
+"""Checks every registered block must pass, whatever its equation: the tests specific to one block
+(equivalence to the paper, identity at init, bad settings) live in that block's own test file."""
+import copy
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+from gczoo.layers import ATTN_SPECS, create_attn
+
+NAMES = sorted(ATTN_SPECS)
+CHANNELS = 32
+
+
+def make(name: str, **kwargs) -> nn.Module:
+    return create_attn(name, CHANNELS, **kwargs)
+
+
+def perturbed(block: nn.Module) -> nn.Module:
+    """The block with every parameter moved off its init, so zero-inits no longer hide a path."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in block.parameters():
+            p.add_(0.2 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return block
+
+
+def inputs(b=2, h=6, w=5, scale=1.0, dtype=torch.float32):
+    return scale * torch.randn(b, CHANNELS, h, w, dtype=dtype)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_shape_dtype_non_square(name):
+    block = make(name)
+    for shape in [(2, 6, 5), (1, 3, 9), (2, 8, 8)]:
+        x = inputs(*shape)
+        y = block(x)
+        assert y.shape == x.shape and y.dtype == x.dtype
+        assert torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_gradients_reach_every_parameter(name):
+    block = perturbed(make(name))
+    x = inputs().requires_grad_()
+    block(x).square().sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    for pname, p in block.named_parameters():
+        assert p.grad is not None, f'{name}: {pname} got no gradient'
+        assert p.grad.abs().sum() > 0, f'{name}: {pname} got a zero gradient'
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_batch_one_train_mode(name):
+    block = perturbed(make(name)).train()
+    y = block(inputs(b=1))
+    assert y.shape == (1, CHANNELS, 6, 5) and torch.isfinite(y).all()
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_float64_construction(name):
+    block = make(name, dtype=torch.float64)
+    assert all(t.dtype == torch.float64 for t in block.state_dict().values() if t.is_floating_point())
+    assert block(inputs(dtype=torch.float64)).dtype == torch.float64
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_channels_last_same_output(name):
+    block = perturbed(make(name)).eval()
+    x = inputs(h=7, w=6)
+    ref = block(x)
+    out = block(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    cl_block = copy.deepcopy(block).to(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl_block(x.contiguous(memory_format=torch.channels_last)), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_bf16_autocast_large_inputs_finite(name):
+    block = perturbed(make(name)).eval()
+    x = inputs(scale=1e3)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        y = block(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all(), f'{name}: non-finite output under bf16 autocast'
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_torchscript_matches_eager(name):
+    block = perturbed(make(name)).eval()
+    scripted = torch.jit.script(block)
+    x = inputs()
+    torch.testing.assert_close(scripted(x), block(x))
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_torch_compile_matches_eager(name):
+    torch._dynamo.reset()
+    block = perturbed(make(name)).eval()
+    compiled = torch.compile(block, backend='aot_eager', fullgraph=True)
+    x = inputs()
+    torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('name', ['gc', 'nl'])
+def test_torch_compile_inductor(name):
+    """The real compiler (C++ codegen) on two blocks; the rest use aot_eager above to keep CI short."""
+    torch._dynamo.reset()
+    block = perturbed(make(name)).eval()
+    x = inputs()
+    torch.testing.assert_close(torch.compile(block)(x), block(x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_attention_maps_do_not_change_forward(name):
+    block = perturbed(make(name)).eval()
+    x = inputs()
+    before = block(x)
+    maps = block.attention_maps(x, queries=torch.tensor([0, 7, 29]))
+    assert isinstance(maps, dict) and maps
+    assert all(torch.isfinite(m).all() for m in maps.values())
+    torch.testing.assert_close(block(x), before, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_wrong_channels_and_ndim_raise(name):
+    block = make(name)
+    with pytest.raises(ValueError, match='channels'):
+        block(torch.randn(2, CHANNELS + 1, 6, 5))
+    with pytest.raises(ValueError, match='D'):
+        block(torch.randn(2, CHANNELS, 6))
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_plugs_into_timm_resnet(name):
+    """timm passes device=/dtype= to attn_layer: the block class must take them."""
+    from gczoo.layers import get_attn
+    model = timm.create_model('resnet50', num_classes=4, block_args=dict(attn_layer=get_attn(name)))
+    x = torch.randn(2, 3, 64, 64)
+    out = model(x)
+    assert out.shape == (2, 4)
+    out.sum().backward()

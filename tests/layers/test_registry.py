@@ -1,0 +1,50 @@
+import pytest
+import timm.layers
+import torch.nn as nn
+
+from gczoo.layers import ATTN_SPECS, ContextBlock, create_attn, get_attn, list_attn
+from gczoo.layers.registry import TIMM_ATTN_NAMES
+
+
+def test_every_gczoo_name_builds_its_class_with_its_defaults():
+    for name, spec in ATTN_SPECS.items():
+        block = create_attn(name, 64)
+        assert isinstance(block, spec.cls), name
+
+
+def test_kwargs_override_defaults():
+    block = create_attn('gc_r4', 64, rd_ratio=1 / 8)
+    assert isinstance(block, ContextBlock)
+    assert block.channel_add_conv[0].out_channels == 8
+
+
+@pytest.mark.parametrize('name', [n for n in TIMM_ATTN_NAMES if n not in ATTN_SPECS])
+def test_falls_back_to_timm_names(name):
+    assert get_attn(name) is timm.layers.get_attn(name)
+
+
+@pytest.mark.parametrize('name', TIMM_ATTN_NAMES)
+def test_timm_prefix_reaches_timm_even_where_gczoo_has_the_name(name):
+    assert get_attn(f'timm:{name}') is timm.layers.get_attn(name)
+
+
+def test_names_are_case_insensitive_and_classes_pass_through():
+    assert get_attn('GC') is ContextBlock
+    assert get_attn(ContextBlock) is ContextBlock
+    assert get_attn(None) is None and create_attn(None, 8) is None
+
+
+def test_unknown_name_lists_valid_ones():
+    with pytest.raises(ValueError, match=r"unknown attention block 'nope'.*gc_r4.*eca"):
+        get_attn('nope')
+
+
+def test_non_string_name_is_a_type_error():
+    with pytest.raises(TypeError, match='attn'):
+        get_attn(3)
+
+
+def test_list_attn():
+    assert list_attn()[:2] == ['nl', 'nl_sub']
+    assert 'timm:gc' in list_attn(include_timm=True) and 'eca' in list_attn(include_timm=True)
+    assert all(isinstance(create_attn(n, 32), nn.Module) for n in list_attn())
