@@ -6,9 +6,18 @@ from typing import List, Optional
 
 __all__ = ['COMMANDS', 'main']
 
-# subcommand -> (module with main(argv), one-line help)
+# subcommand -> ('module' or 'module:function' taking argv and returning an exit code, one-line help)
 COMMANDS = {
-    'list': ('gczoo.cli', 'list the attention blocks and models'),
+    'list': ('gczoo.cli:list_main', 'list the attention blocks and models'),
+    'train': ('gczoo.train:main', 'train or fine-tune a model (torchrun for DDP; see scripts/train.sh)'),
+    'eval': ('gczoo.evaluate:main', 'top-1/top-5 of a model on an ImageNet-layout or ImageFolder dataset'),
+    'complexity': ('gczoo.complexity:main', 'parameters, GMACs and GFLOPs of models at any input size'),
+    'bench': ('gczoo.benchmark:main', 'throughput/memory benchmarks: `bench layers` or `bench models`'),
+    'convert': ('gczoo.models.convert:main', 'convert official CBAM/BAM/GCNet checkpoints to gczoo safetensors'),
+    'publish': ('gczoo.hub:main', 'write a Hub repository folder from a training output and upload it'),
+    'cards': ('gczoo.cards:main', 'generate model_cards/ and the README model table from the registry'),
+    'visualize': ('gczoo.visualize:main', 'PNG grids of what each attention block of a model attends to'),
+    'analyze-attention': ('gczoo.visualize:analyze_main', "GCNet's query-independence analysis (CSV + PNG)"),
 }
 
 
@@ -40,10 +49,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command not in COMMANDS:
         print(f'gczoo: unknown command {command!r}\n\n{_usage()}', file=sys.stderr)
         return 2
-    module_name = COMMANDS[command][0]
-    if module_name == 'gczoo.cli':
-        return list_main(rest)
-    result = importlib.import_module(module_name).main(rest)
+    module_name, func_name = COMMANDS[command][0].split(':')
+    result = getattr(importlib.import_module(module_name), func_name)(rest)
     return int(result or 0)
 
 
