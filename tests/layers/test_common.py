@@ -10,7 +10,7 @@ import torch.nn as nn
 from gczoo.layers import ATTN_SPECS, create_attn
 
 NAMES = sorted(ATTN_SPECS)
-CHANNELS = 32
+CHANNELS = 64
 
 
 def make(name: str, **kwargs) -> nn.Module:
