@@ -6,15 +6,24 @@ can call it and stay scriptable.
 """
 from __future__ import annotations
 
-from typing import Iterable, Optional, Sequence
+import math
+from typing import Iterable, List, Optional, Sequence
 
 import torch
+from torch.fx._symbolic_trace import is_fx_tracing
 
-__all__ = ['as_tuple', 'check_input', 'check_choice', 'check_positive_int', 'resolve_rd_channels']
+__all__ = ['as_tuple', 'check_input', 'check_choice', 'check_positive_int', 'query_index', 'resolve_rd_channels']
 
 
 def check_input(x: torch.Tensor, channels: int, ndim: int, block: str) -> None:
-    """Raise ``ValueError`` unless ``x`` has ``ndim`` dimensions and ``channels`` channels (dim 1)."""
+    """Raise ``ValueError`` unless ``x`` has ``ndim`` dimensions and ``channels`` channels (dim 1).
+
+    Skipped while torch.fx traces symbolically (the shapes are proxies then, and FX feature
+    extraction must be able to trace through every block).
+    """
+    if not torch.jit.is_scripting():
+        if is_fx_tracing():
+            return
     if x.dim() != ndim:
         raise ValueError(
             f'{block}: input x must be a {ndim}-D tensor (N, C, ...), got {x.dim()}-D with shape {list(x.shape)}')
@@ -77,3 +86,26 @@ def as_tuple(name: str, value: object, choices: Sequence[str]) -> tuple:
     if len(set(items)) != len(items):
         raise ValueError(f'{name} has duplicates: {list(items)}')
     return items
+
+
+def query_index(queries: Optional[torch.Tensor], spatial: Sequence[int], device: torch.device) -> torch.Tensor:
+    """Validate ``queries`` (indices into the row-major flattened positions of a map of shape
+    ``spatial``) and return them as a LongTensor on ``device``; ``None`` is the centre position."""
+    sizes: List[int] = [int(s) for s in spatial]
+    num_pos = math.prod(sizes)
+    if queries is None:
+        centre = 0
+        for size in sizes:
+            centre = centre * size + size // 2
+        return torch.tensor([centre], dtype=torch.long, device=device)
+    if not isinstance(queries, torch.Tensor) or queries.is_floating_point() or queries.is_complex() \
+            or queries.dtype == torch.bool:
+        raise TypeError(f'queries must be a 1-D integer tensor of flat position indices, got {queries!r}')
+    if queries.dim() != 1:
+        raise ValueError(f'queries must be a 1-D tensor of flat position indices, got shape {list(queries.shape)}')
+    if queries.numel() == 0:
+        raise ValueError('queries must hold at least one position, got an empty tensor')
+    if int(queries.min()) < 0 or int(queries.max()) >= num_pos:
+        raise ValueError(f'queries must lie in [0, {num_pos}) for spatial size {sizes}, '
+                         f'got values in [{int(queries.min())}, {int(queries.max())}]')
+    return queries.to(device=device, dtype=torch.long)

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from timm.layers import create_act_layer
 
 from ._validate import check_choice, check_input, check_positive_int, resolve_rd_channels
+from .norm import BatchNormAnyBatch1d, BatchNormAnyBatch2d
 
 __all__ = ['BAM', 'COMBINE_TYPES', 'OFFICIAL_KEY_MAP', 'official_key_map']
 
@@ -63,19 +64,6 @@ def official_key_map(num_channel_layers: int = 1, num_dilated_convs: int = 2) ->
 OFFICIAL_KEY_MAP: Dict[str, str] = official_key_map(1, 2)
 
 
-def _bn_with_running_stats(
-        x: torch.Tensor,
-        running_mean: Optional[torch.Tensor],
-        running_var: Optional[torch.Tensor],
-        weight: Optional[torch.Tensor],
-        bias: Optional[torch.Tensor],
-        eps: float,
-) -> torch.Tensor:
-    """BatchNorm with the running statistics (eval-mode BN): used for a train-mode call that has only
-    one value per channel, where batch statistics do not exist (PyTorch raises, pytorch #13223)."""
-    return F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
-
-
 class _FcBnAct(nn.Module):
     """``Linear -> BatchNorm1d -> act`` on ``(B, C_in)``."""
 
@@ -83,17 +71,11 @@ class _FcBnAct(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.fc = nn.Linear(in_features, out_features, **dd)
-        self.bn = nn.BatchNorm1d(out_features, **dd)
+        self.bn = BatchNormAnyBatch1d(out_features, **dd)
         self.act = create_act_layer(act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.fc(x)
-        if self.training and x.numel() == x.shape[1]:  # batch of one: no batch statistics
-            x = _bn_with_running_stats(
-                x, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, self.bn.eps)
-        else:
-            x = self.bn(x)
-        return self.act(x)
+        return self.act(self.bn(self.fc(x)))
 
 
 class _ConvBnAct(nn.Module):
@@ -106,17 +88,11 @@ class _ConvBnAct(nn.Module):
         dd = dict(device=device, dtype=dtype)
         padding = dilation * (kernel_size - 1) // 2
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, **dd)
-        self.bn = nn.BatchNorm2d(out_channels, **dd)
+        self.bn = BatchNormAnyBatch2d(out_channels, **dd)
         self.act = create_act_layer(act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.conv(x)
-        if self.training and x.numel() == x.shape[1]:  # batch of one with a 1x1 map
-            x = _bn_with_running_stats(
-                x, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, self.bn.eps)
-        else:
-            x = self.bn(x)
-        return self.act(x)
+        return self.act(self.bn(self.conv(x)))
 
 
 class _ChannelGate(nn.Module):

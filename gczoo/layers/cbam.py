@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from timm.layers import create_act_layer
 
 from ._validate import as_tuple, check_input, check_positive_int, resolve_rd_channels
+from .norm import BatchNormAnyBatch2d
 
 __all__ = ['CBAM', 'OFFICIAL_KEY_MAP', 'POOL_TYPES']
 
@@ -44,19 +45,6 @@ OFFICIAL_KEY_MAP: Dict[str, str] = {
 }
 
 _POOL_IDS = {name: i for i, name in enumerate(POOL_TYPES)}
-
-
-def _bn_with_running_stats(
-        x: torch.Tensor,
-        running_mean: Optional[torch.Tensor],
-        running_var: Optional[torch.Tensor],
-        weight: Optional[torch.Tensor],
-        bias: Optional[torch.Tensor],
-        eps: float,
-) -> torch.Tensor:
-    """BatchNorm with the running statistics (eval-mode BN): used for a train-mode call that has only
-    one value per channel, where batch statistics do not exist (PyTorch raises, pytorch #13223)."""
-    return F.batch_norm(x, running_mean, running_var, weight, bias, False, 0.0, eps)
 
 
 class _ChannelGate(nn.Module):
@@ -102,17 +90,12 @@ class _SpatialGate(nn.Module):
         super().__init__()
         dd = dict(device=device, dtype=dtype)
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False, **dd)
-        self.bn = nn.BatchNorm2d(1, eps=1e-5, momentum=0.01, affine=True, **dd)
+        self.bn = BatchNormAnyBatch2d(1, eps=1e-5, momentum=0.01, affine=True, **dd)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # channel pool: max first, then mean (official order)
         y = self.conv(torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1))
-        if self.training and y.numel() == y.shape[1]:  # batch 1 with a 1x1 map: one value per channel
-            y = _bn_with_running_stats(
-                y, self.bn.running_mean, self.bn.running_var, self.bn.weight, self.bn.bias, self.bn.eps)
-        else:
-            y = self.bn(y)
-        return torch.sigmoid(y)
+        return torch.sigmoid(self.bn(y))
 
 
 class CBAM(nn.Module):

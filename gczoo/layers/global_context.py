@@ -23,6 +23,7 @@ import warnings
 from typing import Callable, Dict, Optional, Sequence, Union
 
 import torch
+import torch.fx
 import torch.nn as nn
 
 from timm.layers.create_act import create_act_layer
@@ -35,6 +36,7 @@ _POOLING_TYPES = ('att', 'avg')
 _FUSION_TYPES = ('channel_add', 'channel_mul')
 
 
+@torch.fx.wrap  # a leaf for FX tracing: it branches on the dtype
 def _softmax_pool_weights(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over the last dim, computed in float32 when ``logits`` are float16/bfloat16.
 

@@ -141,3 +141,14 @@ def test_plugs_into_timm_resnet(name):
     out = model(x)
     assert out.shape == (2, 4)
     out.sum().backward()
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_fx_symbolic_trace_train_and_eval(name):
+    """torchvision's FX feature extraction traces both modes through every block."""
+    block = perturbed(make(name))
+    x = inputs()
+    for train in (False, True):
+        block.train(train)
+        traced = torch.fx.symbolic_trace(block)
+        torch.testing.assert_close(traced(x), block(x))

@@ -1,0 +1,140 @@
+"""Criss-cross attention (CCNet).
+
+Paper: Zilong Huang, Xinggang Wang, Lichao Huang, Chang Huang, Yunchao Wei, Wenyu Liu,
+"CCNet: Criss-Cross Attention for Semantic Segmentation", ICCV 2019 (arXiv:1811.11721).
+
+Every position u of an (H, W) feature map attends to the H + W - 1 positions of its column and
+its row, itself counted once. With q = W_q x, k = W_k x (1x1 convs, C -> C/8) and v = W_v x
+(1x1 conv, C -> C):
+
+    d_{u,p} = q_u . k_p                          for p in the cross of u
+    A_u     = softmax_p(d_{u,p})                 jointly over the H + W - 1 positions
+    y_u     = gamma * sum_p A_{u,p} v_p + x_u
+
+``recurrence`` applies the same module (shared weights) R times, x <- CCA(x); with R = 2 (the
+paper's RCCA) information from every position reaches every other one.
+
+Layout: energies over the column are (B, H, W, H) with the self position (row index == u's row)
+masked out, energies over the row are (B, H, W, W) and keep the self position. Memory is
+O(B * H * W * (H + W)); nothing N x N is built. The self mask is a boolean tensor made on the
+input's device and applied with ``masked_fill``, so the energies keep their dtype (half, bfloat16,
+float64) instead of being promoted by a float32 mask, and no device is hard-coded (CCNet #90, #98).
+
+Parameter names (``query_conv``, ``key_conv``, ``value_conv``, ``gamma``) follow the official
+CCNet / mmcv ``CrissCrossAttention`` key layout.
+"""
+from typing import Dict, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ._validate import check_input, check_positive_int, query_index, resolve_rd_channels
+
+__all__ = ['CrissCrossAttention']
+
+
+class CrissCrossAttention(nn.Module):
+    """Criss-cross attention block of CCNet, applied ``recurrence`` times with shared weights.
+
+    Args:
+        channels: input (and output) channels C.
+        rd_ratio: query/key width as a fraction of ``channels`` (paper: 1/8).
+        rd_channels: query/key width; overrides ``rd_ratio`` when given.
+        recurrence: how many times the same block is applied (paper's RCCA: 2).
+        device, dtype: factory arguments for the parameters.
+
+    ``gamma`` starts at 0, so the block is the identity at initialisation.
+    """
+
+    def __init__(
+            self,
+            channels: int,
+            *,
+            rd_ratio: float = 1. / 8,
+            rd_channels: Optional[int] = None,
+            recurrence: int = 2,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = dict(device=device, dtype=dtype)
+        self.channels = check_positive_int('channels', channels)
+        self.rd_channels = resolve_rd_channels(channels, rd_ratio, rd_channels)
+        self.recurrence = check_positive_int('recurrence', recurrence)
+        self.query_conv = nn.Conv2d(channels, self.rd_channels, kernel_size=1, **dd)
+        self.key_conv = nn.Conv2d(channels, self.rd_channels, kernel_size=1, **dd)
+        self.value_conv = nn.Conv2d(channels, channels, kernel_size=1, **dd)
+        self.gamma = nn.Parameter(torch.zeros(1, **dd))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Default (PyTorch) init for the three 1x1 convs; ``gamma`` is zero-initialised so the
+        block is the identity when inserted into a pretrained network."""
+        self.query_conv.reset_parameters()
+        self.key_conv.reset_parameters()
+        self.value_conv.reset_parameters()
+        with torch.no_grad():
+            self.gamma.zero_()
+
+    def extra_repr(self) -> str:
+        return f'channels={self.channels}, rd_channels={self.rd_channels}, recurrence={self.recurrence}'
+
+    def _step(self, x: torch.Tensor) -> torch.Tensor:
+        """One criss-cross attention pass: gamma * CCA(x) + x."""
+        height, width = x.shape[2], x.shape[3]
+        q = self.query_conv(x)
+        k = self.key_conv(x)
+        v = self.value_conv(x)
+        # e_h[b, i, j, r] = q[b, :, i, j] . k[b, :, r, j]  (column of (i, j)); the self entry r == i is
+        # excluded here and kept in the row energies, so every position is counted exactly once.
+        e_h = torch.einsum('bcij,bcrj->bijr', q, k)
+        self_mask = torch.eye(height, dtype=torch.bool, device=x.device).unsqueeze(1)  # [i, 1, r]
+        e_h = e_h.masked_fill(self_mask, float('-inf'))
+        # e_w[b, i, j, s] = q[b, :, i, j] . k[b, :, i, s]  (row of (i, j))
+        e_w = torch.einsum('bcij,bcis->bijs', q, k)
+        attn = torch.softmax(torch.cat([e_h, e_w], dim=-1), dim=-1)
+        a_h, a_w = torch.split(attn, [height, width], dim=-1)
+        out = torch.einsum('bijr,bcrj->bcij', a_h, v) + torch.einsum('bijs,bcis->bcij', a_w, v)
+        return self.gamma * out + x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.channels, 4, 'CrissCrossAttention')
+        for _ in range(self.recurrence):
+            x = self._step(x)
+        return x
+
+    def _cross_rows(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """Weights of the queries ``idx`` over their crosses, scattered onto (B, K, H, W)."""
+        height, width = x.shape[2], x.shape[3]
+        rows = torch.div(idx, width, rounding_mode='floor')
+        cols = idx - rows * width
+        q = self.query_conv(x).flatten(2)[:, :, idx]  # (B, Cr, K)
+        k = self.key_conv(x)  # (B, Cr, H, W)
+        e_h = torch.einsum('bck,bcrk->bkr', q, k[:, :, :, cols])  # column of each query: (B, K, H)
+        self_mask = torch.arange(height, device=x.device).unsqueeze(0) == rows.unsqueeze(1)  # (K, H)
+        e_h = e_h.masked_fill(self_mask, float('-inf'))
+        e_w = torch.einsum('bck,bcks->bks', q, k[:, :, rows, :])  # row of each query: (B, K, W)
+        attn = torch.softmax(torch.cat([e_h, e_w], dim=-1), dim=-1)
+        a_h, a_w = torch.split(attn, [height, width], dim=-1)
+        col_onehot = F.one_hot(cols, width).to(attn.dtype)  # (K, W)
+        row_onehot = F.one_hot(rows, height).to(attn.dtype)  # (K, H)
+        return a_h.unsqueeze(-1) * col_onehot[None, :, None, :] + a_w.unsqueeze(2) * row_onehot[None, :, :, None]
+
+    def attention_maps(self, x: torch.Tensor, queries: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+        """Criss-cross weights of the query positions ``queries`` (row-major flat indices; ``None``: centre).
+
+        Returns ``'query'``: (B, K, H, W), each query's H + W - 1 weights of the first recurrence
+        step scattered onto its row and column (zeros elsewhere, sums to 1). For ``recurrence`` R > 1
+        also ``'query_r2'`` ... ``'query_rR'``: the weights of step t, computed on the output of step
+        t - 1 (what the forward uses at that step). Only K rows are computed, never N x N.
+        """
+        check_input(x, self.channels, 4, 'CrissCrossAttention')
+        height, width = x.shape[2], x.shape[3]
+        idx = query_index(queries, (height, width), x.device)
+        maps: Dict[str, torch.Tensor] = {}
+        for step in range(self.recurrence):
+            maps['query' if step == 0 else f'query_r{step + 1}'] = self._cross_rows(x, idx)
+            if step + 1 < self.recurrence:
+                x = self._step(x)
+        return maps
