@@ -1,33 +1,959 @@
-"""Weights in the Hugging Face Hub's layout: save, publish, load."""
+"""Weights in the Hugging Face Hub's layout: write, check, publish, load and cache.
+
+A Hub repository of gczoo weights holds exactly three files:
+
+* ``model.safetensors`` -- the state dict (never a pickle: no ``.bin``/``.pth``);
+* ``config.json`` -- timm's format (``architecture``, ``num_classes``, ``num_features``,
+  ``global_pool``, ``label_names``, ``model_args``, ``pretrained_cfg`` with the data config the
+  weights were trained and evaluated with, and ``hf_hub_filename: model.safetensors`` so timm's
+  Hub loader never falls back to a pickled ``pytorch_model.bin``);
+* ``README.md`` -- the model card with the measured results (``gczoo.cards.render_model_card``).
+
+Every place a user keeps weights loads through timm itself:
+``timm.create_model('hf-hub:ORG/REPO', pretrained=True)`` (the Hub or, with ``HF_HUB_OFFLINE=1``,
+the Hub cache under ``HF_HOME``), ``'local-dir:DIR'``, ``pretrained_cfg_overlay=dict(file=...)``,
+a zoo name with ``pretrained=True`` once its tag is published, and ``torch.hub.load``.
+:func:`create_model` is the same call with gczoo's checks around it: it refuses pickled weights,
+checks a folder's files, keys and shapes before loading, and turns a failed download into one
+:class:`~gczoo.models.PretrainedWeightsError` that says what was looked for, where, and what to do.
+(``timm.create_model('hf-hub:...')`` downloads ``config.json`` before any gczoo code runs, so only
+this wrapper can explain a failure at that step.)
+
+Why not timm's ``push_to_hf_hub`` as a whole: it writes ``pytorch_model.bin`` next to the
+safetensors file unless ``safe_serialization=True``, writes its own generic README only when the
+repo has none (so a re-published card with new results would never reach the Hub), and works in
+a temporary folder, so there is nothing to inspect before uploading (``--dry-run``). ``publish``
+therefore uses its two halves: timm's ``save_for_hf(..., safe_serialization=True)`` for the
+weights and config, and ``huggingface_hub.HfApi`` ``create_repo`` + ``upload_folder`` for the upload.
+"""
+import argparse
+import dataclasses
+import hashlib
+import json
 import os
+import re
+import shutil
+import sys
+import tempfile
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import torch
 import torch.nn as nn
+from huggingface_hub import HfApi
 
-__all__ = ['save_pretrained']
+from gczoo.models import HUB_ORG, ZOO_MODELS, CheckpointError, PretrainedWeightsError, load_state_dict_file
+from gczoo.models.errors import _download_error_types
 
-# factory kwargs that are about how weights were obtained, not about the architecture
-_NON_ARCH_ARGS = ('pretrained_backbone', 'pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'features_only')
+__all__ = [
+    'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'HUB_FILES', 'save_pretrained', 'read_weights_shapes',
+    'verify_weights', 'load_pretrained_weights', 'check_hub_folder', 'create_model', 'write_to_hub_cache',
+    'TrainedWeights', 'load_training_output', 'card_results', 'default_repo_id', 'write_hub_folder',
+    'upload_hub_folder', 'PublishResult', 'publish', 'main',
+]
+
+PathLike = Union[str, os.PathLike]
+WEIGHTS_NAME = 'model.safetensors'
+CONFIG_NAME = 'config.json'
+CARD_NAME = 'README.md'
+HUB_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
+# file names that hold pickles (torch.save); gczoo never publishes them and reads them only on request
+PICKLE_SUFFIXES = ('.bin', '.pth', '.pt', '.ckpt', '.pkl', '.pickle', '.tar')
+
+# factory kwargs that say how weights were obtained, not what the architecture is: a config that
+# kept them would make `local-dir:`/`hf-hub:` loading pass them again (pretrained_backbone together
+# with pretrained=True is refused by the zoo's entrypoints)
+_NON_ARCH_ARGS = ('pretrained_backbone', 'pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'features_only',
+                  'out_indices', 'feature_cls', 'checkpoint_path', 'pretrained_model_args')
+# kwargs of timm.create_model that are about loading or wrapping, not about building the weights' model
+_LOAD_ONLY_KWARGS = ('pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir', 'features_only', 'out_indices',
+                     'feature_cls', 'scriptable', 'exportable', 'no_jit', 'device', 'dtype')
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
 
 
 def save_pretrained(
         model: nn.Module,
-        out_dir: Union[str, os.PathLike],
+        out_dir: PathLike,
         *,
         data_config: Optional[Dict[str, Any]] = None,
-        label_names: Optional[list] = None,
+        label_names: Optional[Sequence[str]] = None,
+        tag: Optional[str] = None,
 ) -> Path:
     """Write ``model.safetensors`` + ``config.json`` in timm's Hub layout (``local-dir:`` loads it).
 
-    Uses timm's own ``save_for_hf`` (safetensors only, no pickle).
+    Uses timm's own ``save_for_hf`` (safetensors only, no pickle), then fixes up the config:
+    ``model_args`` keeps only architecture arguments, ``pretrained_cfg.hf_hub_filename`` pins the
+    safetensors file for Hub loading, and ``pretrained_cfg.tag`` is ``tag`` when given (the
+    training recipe; otherwise the source cfg's tag is kept).
     """
     from timm.models import save_for_hf
+    if not hasattr(model, 'pretrained_cfg'):
+        raise TypeError(f'model must be a timm model (with a pretrained_cfg), got {type(model).__name__}')
     out = Path(out_dir)
-    model_args = {k: v for k, v in getattr(model, '_model_args', {}).items() if k not in _NON_ARCH_ARGS}
-    model_config = {'num_classes': model.num_classes}
+    model_config: Dict[str, Any] = {'num_classes': model.num_classes}
     if label_names is not None:
-        model_config['label_names'] = list(label_names)
+        label_names = list(label_names)
+        if len(label_names) != model.num_classes:
+            raise ValueError(f'label_names has {len(label_names)} names but the model has {model.num_classes} classes')
+        model_config['label_names'] = label_names
+    model_args = {k: v for k, v in getattr(model, '_model_args', {}).items() if k not in _NON_ARCH_ARGS}
     save_for_hf(model, str(out), model_config=model_config, model_args=model_args,
                 safe_serialization=True, data_config=data_config)
+    config_path = out / CONFIG_NAME
+    config = json.loads(config_path.read_text())
+    # save_for_hf starts from the model's recorded factory kwargs, so drop the non-architecture ones here
+    config['model_args'] = {k: v for k, v in config.get('model_args', {}).items() if k not in _NON_ARCH_ARGS}
+    config['pretrained_cfg']['hf_hub_filename'] = WEIGHTS_NAME
+    if tag is not None:
+        config['pretrained_cfg']['tag'] = tag
+    config_path.write_text(json.dumps(config, indent=2))
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# checking and loading
+
+
+def _sniff_pickle(path: Path) -> Optional[str]:
+    """What a non-safetensors file looks like, from its first bytes (None if not a pickle)."""
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    if head.startswith(b'PK\x03\x04'):
+        return 'a torch.save zip archive (pickled Python objects)'
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return 'a pickle'
+    return None
+
+
+def _refuse_pickle(path: Path, what: str) -> CheckpointError:
+    return CheckpointError(
+        f'{str(path)!r} is {what}, and gczoo does not load pickled weights by default (a pickle can run code). '
+        f'Convert it once with `gczoo publish {path} --model NAME --dry-run --local-dir DIR` (reads it with '
+        f'torch.load(weights_only=True) and writes model.safetensors), or pass allow_pickle=True to read it '
+        f'with torch.load(weights_only=True).')
+
+
+def read_weights_shapes(path: PathLike) -> Dict[str, Tuple[int, ...]]:
+    """Tensor names and shapes of a ``.safetensors`` file, read from its header only (no tensor data).
+
+    Raises ``CheckpointError`` naming the file if it is missing, truncated or corrupt, or a pickle.
+    """
+    from safetensors import SafetensorError, safe_open
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'weights file {str(path)!r} does not exist')
+    try:
+        with safe_open(str(path), framework='pt') as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except SafetensorError as e:
+        kind = _sniff_pickle(path)
+        if kind is not None:
+            raise CheckpointError(
+                f'{str(path)!r} should be a safetensors file but is {kind}; gczoo never unpickles weights files '
+                f'named .safetensors. Re-export it with gczoo.hub.save_pretrained or `gczoo publish --dry-run`.'
+            ) from e
+        raise CheckpointError(
+            f'{str(path)!r} is not a readable safetensors file ({e}); it is probably truncated or corrupt '
+            f'(an interrupted download or copy). Delete it and copy or download it again.') from e
+
+
+def _fmt_keys(keys: Sequence[str], limit: int = 10) -> str:
+    if not keys:
+        return 'none'
+    shown = ', '.join(keys[:limit])
+    return shown + (f' ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def verify_weights(
+        model: nn.Module,
+        shapes: Mapping[str, Union[Tuple[int, ...], torch.Tensor]],
+        source: str,
+        *,
+        strict: bool = True,
+        tolerate_prefixes: Sequence[str] = (),
+) -> None:
+    """Check that ``shapes`` (name -> shape or tensor) fit ``model``'s state dict before loading.
+
+    Raises ``CheckpointError`` listing the missing, unexpected and mis-shaped keys. With
+    ``strict=False`` only mis-shaped keys are errors. Keys under ``tolerate_prefixes`` (e.g. the
+    classifier when ``num_classes`` changes) may be missing or differ in shape.
+    """
+    def _shape(v: Any) -> Tuple[int, ...]:
+        return tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
+
+    target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tolerated = tuple(tolerate_prefixes)
+    missing = [k for k in target if k not in shapes and not (tolerated and k.startswith(tolerated))]
+    unexpected = [k for k in shapes if k not in target]
+    mis_shaped = [f'{k}: file {_shape(shapes[k])} vs model {target[k]}' for k in shapes
+                  if k in target and _shape(shapes[k]) != target[k] and not (tolerated and k.startswith(tolerated))]
+    if not strict:
+        missing, unexpected = [], []
+    if missing or unexpected or mis_shaped:
+        raise CheckpointError(
+            f'{source} does not fit {type(model).__name__}: missing {_fmt_keys(missing)}; '
+            f'unexpected {_fmt_keys(unexpected)}; shape mismatch {_fmt_keys(mis_shaped)}. '
+            f'Were the weights saved from another model or with another num_classes?')
+
+
+def _find_weights_file(folder: Path) -> Path:
+    weights = folder / WEIGHTS_NAME
+    if weights.is_file():
+        return weights
+    others = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    pickles = [n for n in others if n.endswith(PICKLE_SUFFIXES)]
+    hint = (f'; it holds pickled weights ({", ".join(pickles)}), which gczoo does not load by default '
+            f'(pass allow_pickle=True, or convert with `gczoo publish FILE --model NAME --dry-run --local-dir DIR`)'
+            if pickles else f'; it holds: {", ".join(others) or "nothing"}')
+    raise CheckpointError(f'no {WEIGHTS_NAME} in {str(folder)!r}{hint}')
+
+
+def load_pretrained_weights(
+        model: nn.Module,
+        path_or_dir: Union[PathLike, Mapping[str, torch.Tensor]],
+        *,
+        allow_pickle: bool = False,
+        strict: bool = True,
+) -> nn.Module:
+    """Load weights into ``model`` after checking every key and shape; returns ``model``.
+
+    ``path_or_dir``: a Hub-layout folder (its ``model.safetensors``), a ``.safetensors`` file, a
+    state dict, or -- only with ``allow_pickle=True`` -- a ``.pth``/``.bin`` file, a folder holding
+    only such a file, read with ``torch.load(weights_only=True)`` (training checkpoints are unwrapped:
+    EMA, ``state_dict``, ``module.``/``_orig_mod.`` prefixes). Mismatches raise ``CheckpointError``
+    listing the keys; nothing is loaded unless everything fits (``strict=False`` allows missing and
+    unexpected keys, never a shape mismatch).
+    """
+    if isinstance(path_or_dir, Mapping):
+        state = dict(path_or_dir)
+        verify_weights(model, state, 'state dict', strict=strict)
+        model.load_state_dict(state, strict=strict)
+        return model
+    path = Path(path_or_dir)
+    if path.is_dir():
+        try:
+            path = _find_weights_file(path)
+        except CheckpointError:
+            pickles = sorted(p for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+            if not (allow_pickle and pickles):
+                raise
+            path = pickles[0]
+    if not path.is_file():
+        raise CheckpointError(f'weights file {str(path)!r} does not exist')
+    if path.suffix == '.safetensors':
+        from safetensors.torch import load_file
+        verify_weights(model, read_weights_shapes(path), repr(str(path)), strict=strict)
+        state = load_file(str(path))
+    else:
+        if not allow_pickle:
+            raise _refuse_pickle(path, _sniff_pickle(path) or f'not a safetensors file (suffix {path.suffix!r})')
+        state = load_state_dict_file(path)  # torch.load(weights_only=True), unwrapped
+        verify_weights(model, state, repr(str(path)), strict=strict)
+    model.load_state_dict(state, strict=strict)
+    return model
+
+
+def _read_config(folder: Path) -> Dict[str, Any]:
+    if not folder.is_dir():
+        raise CheckpointError(f'weights folder {str(folder)!r} does not exist or is not a folder')
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        present = ', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'
+        raise CheckpointError(
+            f'no {CONFIG_NAME} in {str(folder)!r} (it holds: {present}); a Hub-layout folder needs '
+            f'{WEIGHTS_NAME} and {CONFIG_NAME} as written by gczoo.hub.save_pretrained or `gczoo publish`')
+    try:
+        config = json.loads(config_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f'{str(config_path)!r} is not valid JSON: {e}') from e
+    if not isinstance(config, dict) or not isinstance(config.get('architecture'), str):
+        raise CheckpointError(f'{str(config_path)!r} has no "architecture" (a timm model name); is it a timm config?')
+    return config
+
+
+def _check_architecture(architecture: str, where: str) -> None:
+    import timm
+    if not timm.is_model(architecture):
+        gczoo_models = ', '.join(ZOO_MODELS)
+        raise CheckpointError(
+            f'{where} names architecture {architecture!r}, which is not a registered timm model '
+            f'(timm {timm.__version__}; gczoo registers: {gczoo_models}). Install the package that defines it, '
+            f'or fix "architecture" in the config.')
+
+
+def check_hub_folder(folder: PathLike, *, allow_pickle: bool = False) -> Dict[str, Any]:
+    """Check a Hub-layout folder before loading or uploading it; returns its parsed ``config.json``.
+
+    Checks: ``config.json`` exists, parses and names a registered architecture; no pickled weights
+    sit next to it (unless ``allow_pickle``); ``model.safetensors`` exists, is complete, and its keys
+    and shapes are exactly those of the model the config describes (built on the meta device, so
+    this costs no memory). Each failure is a ``CheckpointError`` naming the file and the fix.
+    """
+    import timm
+    folder = Path(folder)
+    config = _read_config(folder)
+    _check_architecture(config['architecture'], repr(str(folder / CONFIG_NAME)))
+    pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    if pickles and not allow_pickle:
+        raise CheckpointError(
+            f'{str(folder)!r} holds pickled weights ({", ".join(pickles)}); gczoo folders hold only {WEIGHTS_NAME}. '
+            f'Delete them (the safetensors file has the same tensors) or pass allow_pickle=True.')
+    weights = _find_weights_file(folder)
+    shapes = read_weights_shapes(weights)
+    # timm's own config parsing (model_args, num_classes) builds the model the folder describes
+    model = timm.create_model(f'local-dir:{folder}', pretrained=False, device='meta')
+    verify_weights(model, shapes, repr(str(weights)))
+    return config
+
+
+def _hub_cache_dir(cache_dir: Optional[PathLike]) -> str:
+    from huggingface_hub import constants
+    return os.path.abspath(str(cache_dir or constants.HF_HUB_CACHE))
+
+
+def _is_offline() -> bool:
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_download_error(
+        repo_id: str,
+        files: Sequence[str],
+        cache_dir: Optional[PathLike],
+        cause: BaseException,
+        requested: str,
+) -> PretrainedWeightsError:
+    """One error for a failed Hub download: what was looked for, where, and what to do."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models._hub import hf_split
+    repo, revision = hf_split(repo_id)
+    cache = _hub_cache_dir(cache_dir)
+    try:
+        not_cached = [f for f in files
+                      if not isinstance(try_to_load_from_cache(repo, f, cache_dir=cache, revision=revision), str)]
+    except ValueError:  # an invalid repo id: say so below through the cause
+        not_cached = list(files)
+    offline = _is_offline()
+    mode = 'HF_HUB_OFFLINE=1, so nothing was downloaded' if offline else 'online; the download failed'
+    reason = f'{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ""}'.rstrip(': ')
+    return PretrainedWeightsError(
+        f'Could not load {requested!r}: looked for {", ".join(files)} of the Hub repo {repo!r} '
+        f'(revision {revision or "main"}) in the Hub cache {cache!r} ({mode}); not in the cache: '
+        f'{", ".join(not_cached) or "none"} ({reason}). What to do: online, check the repo id and your access '
+        f'(`hf auth login` or HF_TOKEN for private repos); offline, fill the cache on a connected machine '
+        f'(`hf download {repo}` with the same HF_HOME, then copy HF_HOME) or from a copied folder with '
+        f'gczoo.hub.write_to_hub_cache(folder, {repo!r}); or load a folder directly with '
+        f'timm.create_model("local-dir:DIR", pretrained=True) or '
+        f'pretrained_cfg_overlay=dict(file="model.safetensors"); '
+        f'or train your own weights with scripts/train.sh.')
+
+
+def _is_download_error(e: BaseException) -> bool:
+    return isinstance(e, _download_error_types())
+
+
+def create_model(
+        model_name: str,
+        pretrained: bool = False,
+        *,
+        allow_pickle: bool = False,
+        **kwargs: Any,
+) -> nn.Module:
+    """``timm.create_model`` with gczoo's checks around it (same arguments, same model).
+
+    * ``local-dir:DIR`` with ``pretrained=True``: the folder is checked first
+      (:func:`check_hub_folder`: files, architecture, keys and shapes, no pickles).
+    * ``pretrained_cfg_overlay=dict(file=...)``: the file must exist, be safetensors (a ``.pth`` only
+      with ``allow_pickle=True``, read with ``weights_only=True``) and fit the model.
+    * ``hf-hub:ORG/REPO`` (and zoo names whose tag is published): only ``model.safetensors`` is
+      downloaded (never a pickled ``pytorch_model.bin``) unless ``allow_pickle=True``; a failed
+      download of ``config.json`` or the weights becomes one ``PretrainedWeightsError`` naming the
+      repo, the files, the cache folder, and what to do.
+    * a config naming an architecture that is not registered, or corrupt weights: ``CheckpointError``.
+    """
+    import timm
+    from timm.models import parse_model_name, split_model_name_tag
+    from timm.models._builder import resolve_pretrained_cfg
+
+    if not isinstance(model_name, str):
+        raise TypeError(f'model_name must be a str, got {type(model_name).__name__}')
+    source, model_id = parse_model_name(model_name)
+    overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
+    cache_dir = kwargs.get('cache_dir')
+
+    if source == 'local-dir':
+        folder = Path(model_id)
+        if pretrained:
+            check_hub_folder(folder, allow_pickle=allow_pickle)
+        else:
+            _check_architecture(_read_config(folder)['architecture'], repr(str(folder / CONFIG_NAME)))
+    elif source is None and not timm.is_model(split_model_name_tag(model_id)[0]):
+        raise ValueError(f'unknown model {model_name!r}: not a registered timm model (gczoo models: '
+                         f'{", ".join(ZOO_MODELS)}); use "hf-hub:ORG/REPO" or "local-dir:DIR" for weights folders')
+
+    if pretrained and overlay.get('file'):
+        file = Path(overlay['file'])
+        if file.is_dir():
+            raise CheckpointError(f'pretrained_cfg_overlay file {str(file)!r} is a folder; use "local-dir:{file}"')
+        if file.suffix == '.safetensors':
+            shapes = read_weights_shapes(file)
+            build_kwargs = {k: v for k, v in kwargs.items() if k not in _LOAD_ONLY_KWARGS}
+            meta_model = timm.create_model(model_name, pretrained=False, device='meta', **build_kwargs)
+            classifier = meta_model.pretrained_cfg.get('classifier') or 'fc'
+            classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+            # timm drops the classifier itself when num_classes differs from the file's cfg
+            verify_weights(meta_model, shapes, repr(str(file)), tolerate_prefixes=tuple(f'{c}.' for c in classifiers))
+        elif not file.is_file():
+            raise CheckpointError(f'pretrained_cfg_overlay file {str(file)!r} does not exist')
+        elif not allow_pickle:
+            raise _refuse_pickle(file, _sniff_pickle(file) or f'not a safetensors file (suffix {file.suffix!r})')
+
+    hub_repo: Optional[str] = None
+    hub_files: List[str] = []
+    if source == 'hf-hub':
+        hub_repo, hub_files = model_id, [CONFIG_NAME] + ([WEIGHTS_NAME] if pretrained else [])
+    elif pretrained and source is None and not overlay.get('file'):
+        # the registry's cfg (or the one passed) says where timm will download from
+        architecture, tag = split_model_name_tag(model_id)
+        cfg = resolve_pretrained_cfg(architecture, pretrained_cfg=kwargs.get('pretrained_cfg') or tag or None,
+                                     pretrained_cfg_overlay=overlay)
+        if cfg.hf_hub_id and not cfg.url and not cfg.file:
+            hub_repo, hub_files = cfg.hf_hub_id, [overlay.get('hf_hub_filename') or cfg.hf_hub_filename or WEIGHTS_NAME]
+    if pretrained and hub_repo is not None and not allow_pickle:
+        filename = overlay.setdefault('hf_hub_filename', WEIGHTS_NAME)
+        if not filename.endswith('.safetensors'):
+            raise CheckpointError(
+                f'hf_hub_filename {filename!r} is not a safetensors file; gczoo does not load pickled weights '
+                f'by default (pass allow_pickle=True to read it with torch.load(weights_only=True))')
+
+    from safetensors import SafetensorError
+    try:
+        return timm.create_model(model_name, pretrained=pretrained, pretrained_cfg_overlay=overlay or None, **kwargs)
+    except PretrainedWeightsError as e:
+        # the zoo's entrypoint explains download errors in general terms; name the repo and cache here
+        if hub_repo is not None and e.__cause__ is not None and _is_download_error(e.__cause__):
+            raise _hub_download_error(hub_repo, hub_files, cache_dir, e.__cause__, model_name) from e.__cause__
+        raise
+    except SafetensorError as e:
+        where = ''
+        if hub_repo is not None:
+            from huggingface_hub import try_to_load_from_cache
+            from timm.models._hub import hf_split
+            repo, revision = hf_split(hub_repo)
+            cached = try_to_load_from_cache(repo, hub_files[-1], cache_dir=_hub_cache_dir(cache_dir), revision=revision)
+            where = f' (the cached file {cached!r}; delete it, or run `hf cache delete`, and download again)' \
+                if isinstance(cached, str) else ''
+        raise CheckpointError(f'the weights of {model_name!r} are not a readable safetensors file{where}: {e}') from e
+    except RuntimeError as e:
+        message = str(e)
+        if message.startswith('Unknown model'):
+            architecture = message[len('Unknown model'):].strip(' ()')
+            where = f'the {CONFIG_NAME} of {model_name!r}' if source else repr(model_name)
+            raise CheckpointError(
+                f'{where} names architecture {architecture!r}, which is not a registered timm model '
+                f'(gczoo registers: {", ".join(ZOO_MODELS)}). Install the package that defines it, '
+                f'or fix "architecture" in the config.') from e
+        if 'Error(s) in loading state_dict' in message:
+            raise CheckpointError(f'the weights of {model_name!r} do not fit the model: {message}') from e
+        raise
+    except Exception as e:
+        if hub_repo is not None and _is_download_error(e):
+            raise _hub_download_error(hub_repo, hub_files, cache_dir, e, model_name) from e
+        raise
+
+
+# ----------------------------------------------------------------------------------------------
+# the Hub cache
+
+
+def _is_lfs(path: Path) -> bool:
+    # the Hub stores *.safetensors (its default .gitattributes) and any file over 10 MB in LFS
+    return path.suffix in ('.safetensors',) + PICKLE_SUFFIXES or path.stat().st_size > 10 * 1024 * 1024
+
+
+def _etag(path: Path) -> str:
+    """The ETag the Hub serves for a file, which huggingface_hub uses as the blob's name in its cache:
+    the sha256 of an LFS file's content, the git blob sha1 of a regular file."""
+    from huggingface_hub.utils.sha import git_hash, sha_fileobj
+    if _is_lfs(path):
+        with open(path, 'rb') as f:
+            return sha_fileobj(f).hex()
+    return git_hash(path.read_bytes())
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_to_hub_cache(
+        folder: PathLike,
+        repo_id: str,
+        *,
+        cache_dir: Optional[PathLike] = None,
+        revision: str = 'main',
+        commit_hash: Optional[str] = None,
+) -> Path:
+    """Put a Hub-layout folder into the Hugging Face cache as if ``hf_hub_download`` had fetched it.
+
+    For air-gapped machines: copy a published folder (e.g. from ``hf download REPO --local-dir DIR``
+    on a connected machine), call this once, then with ``HF_HUB_OFFLINE=1``
+    ``timm.create_model('hf-hub:REPO', pretrained=True)`` (and zoo names whose tag is published)
+    load it like any cached download. The layout is huggingface_hub's:
+    ``<cache>/models--ORG--NAME/blobs/<etag>`` (sha256 for LFS files such as safetensors, the git
+    blob sha1 otherwise), ``snapshots/<commit>/<file>`` -> ``../../blobs/<etag>`` (relative symlinks;
+    a copy where symlinks are unsupported), ``refs/<revision>`` holding the commit.
+
+    ``cache_dir`` defaults to huggingface_hub's (``HF_HUB_CACHE``, else ``HF_HOME/hub``).
+    ``commit_hash``: the Hub commit the files came from, if known; otherwise a stand-in derived from
+    the files' hashes (a connected huggingface_hub then sees a different commit and re-downloads).
+    Returns the snapshot folder.
+    """
+    from huggingface_hub.file_download import repo_folder_name
+    from huggingface_hub.utils import validate_repo_id
+    folder = Path(folder)
+    validate_repo_id(repo_id)  # HFValidationError (a ValueError) names the problem
+    if not folder.is_dir():
+        raise ValueError(f'folder must be an existing folder, got {str(folder)!r}')
+    files = sorted(p for p in folder.rglob('*') if p.is_file() and not any(
+        part.startswith('.') for part in p.relative_to(folder).parts))
+    if not files:
+        raise ValueError(f'folder {str(folder)!r} holds no files')
+    if commit_hash is not None and not (len(commit_hash) == 40 and all(c in '0123456789abcdef' for c in commit_hash)):
+        raise ValueError(f'commit_hash must be a 40-character lowercase hex git commit, got {commit_hash!r}')
+    etags = {p.relative_to(folder).as_posix(): _etag(p) for p in files}
+    commit = commit_hash or hashlib.sha1(
+        ''.join(f'{name}\0{etag}\n' for name, etag in sorted(etags.items())).encode()).hexdigest()
+
+    storage = Path(_hub_cache_dir(cache_dir)) / repo_folder_name(repo_id=repo_id, repo_type='model')
+    (storage / 'blobs').mkdir(parents=True, exist_ok=True)
+    snapshot = storage / 'snapshots' / commit
+    for path, (name, etag) in zip(files, etags.items()):
+        blob = storage / 'blobs' / etag
+        if not blob.exists():
+            tmp = blob.with_name(f'{etag}.{os.getpid()}.incomplete')  # huggingface_hub's suffix for partial blobs
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, blob)
+        pointer = snapshot / name
+        pointer.parent.mkdir(parents=True, exist_ok=True)
+        if pointer.is_symlink() or pointer.exists():
+            pointer.unlink()
+        try:
+            os.symlink(os.path.relpath(blob, pointer.parent), pointer)
+        except OSError:  # no symlinks (Windows without developer mode): huggingface_hub copies too
+            shutil.copyfile(blob, pointer)
+    if revision != commit:
+        (storage / 'refs').mkdir(exist_ok=True)
+        _atomic_write_text(storage / 'refs' / revision, commit)
+    return snapshot
+
+
+# ----------------------------------------------------------------------------------------------
+# publishing
+
+# checkpoint file names looked for in a training output folder, best first
+_CHECKPOINT_NAMES = ('best.pth.tar', 'model_best.pth.tar', 'best.pth', 'checkpoint_best.pth', 'model_best.pth',
+                     'last.pth.tar', 'last.pth', 'checkpoint_last.pth', 'checkpoint.pth.tar', 'checkpoint.pth')
+_DATA_ARG_KEYS = ('input_size', 'img_size', 'in_chans', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std')
+
+
+@dataclasses.dataclass
+class TrainedWeights:
+    """A trained model and what was measured with it, ready to be written as a Hub folder."""
+    model: nn.Module
+    model_name: str
+    data_config: Dict[str, Any]
+    label_names: Optional[List[str]]
+    results: Dict[str, Any]
+    args: Dict[str, Any]
+    source: str
+
+
+def _read_json(path: Path, what: str) -> Dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f'{what} {str(path)!r} is not readable JSON: {e}') from e
+    if not isinstance(value, dict):
+        raise ValueError(f'{what} {str(path)!r} must hold a JSON object, got {type(value).__name__}')
+    return value
+
+
+def _read_label_names(path: PathLike) -> List[str]:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f'label_names file {str(path)!r} does not exist')
+    text = path.read_text()
+    if path.suffix == '.json':
+        names = json.loads(text)
+        if isinstance(names, dict):  # {"0": "cat", ...}
+            names = [names[k] for k in sorted(names, key=int)]
+    else:
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise ValueError(f'label_names file {str(path)!r} must hold one name per line or a JSON list of strings')
+    return names
+
+
+def _checkpoint_args(path: Path) -> Dict[str, Any]:
+    """The ``args`` a training checkpoint carries, if it can be read with weights_only=True."""
+    try:
+        obj = torch.load(str(path), map_location='cpu', weights_only=True)
+    except Exception:  # args stored as an argparse.Namespace need unpickling: use args.json instead
+        return {}
+    args = obj.get('args') if isinstance(obj, Mapping) else None
+    return dict(args) if isinstance(args, Mapping) else {}
+
+
+def load_training_output(
+        source: PathLike,
+        *,
+        model_name: Optional[str] = None,
+        checkpoint: Optional[PathLike] = None,
+        label_names: Optional[Sequence[str]] = None,
+        results: Optional[Mapping[str, Any]] = None,
+) -> TrainedWeights:
+    """Read what ``gczoo train`` wrote to OUT (or a lone checkpoint file) into a ``TrainedWeights``.
+
+    From a training output folder: ``OUT/export/{model.safetensors,config.json}`` (the best model,
+    with its data config and label names) unless ``checkpoint`` names another file (e.g.
+    ``OUT/last.pth.tar``); ``OUT/results.json`` (``best``/``final`` top-1/top-5, ``class_names``,
+    ``args``) for the card; ``OUT/args.json`` or the checkpoint's ``args`` if results.json has none.
+    From a checkpoint file (``.safetensors``, or ``.pth``/``.pth.tar`` read with
+    ``torch.load(weights_only=True)``, EMA weights preferred as in gczoo train's export):
+    ``model_name`` or the args' ``model`` gives the architecture, the classifier's shape the class
+    count, and the args (``img_size``, ``crop_pct``, ``mean``, ...) the data config.
+    """
+    import timm
+    from timm.data import resolve_data_config
+    source = Path(source)
+    if not source.exists():
+        raise ValueError(f'source {str(source)!r} does not exist; pass a training output folder (OUT) '
+                         f'or a checkpoint file')
+    out_dir = source if source.is_dir() else source.parent
+    ckpt = Path(checkpoint) if checkpoint is not None else (None if source.is_dir() else source)
+
+    if results is None:
+        results = _read_json(out_dir / 'results.json', 'results') if (out_dir / 'results.json').is_file() else {}
+    results = dict(results)
+    args: Dict[str, Any] = {}
+    if (out_dir / 'args.json').is_file():
+        args = _read_json(out_dir / 'args.json', 'training args')
+    elif isinstance(results.get('args'), Mapping):  # gczoo train keeps its args in results.json
+        args = dict(results['args'])
+    if label_names is None and isinstance(results.get('class_names'), list):
+        label_names = [str(n) for n in results['class_names']]
+
+    export = out_dir / 'export'
+    if ckpt is None and (export / WEIGHTS_NAME).is_file():
+        model = create_model(f'local-dir:{export}', pretrained=True)
+        cfg = model.pretrained_cfg
+        name = cfg['architecture']
+        if model_name is not None and model_name != name:
+            raise ValueError(f'--model {model_name!r} disagrees with the export\'s architecture {name!r} ({export})')
+        data_keys = _DATA_ARG_KEYS + ('test_input_size', 'test_crop_pct')
+        data_config = {k: cfg[k] for k in data_keys if cfg.get(k) is not None}
+        labels = list(label_names) if label_names is not None else cfg.get('label_names')
+        return TrainedWeights(model, name, data_config, list(labels) if labels else None, results, args, str(export))
+
+    if ckpt is None:
+        found = [out_dir / n for n in _CHECKPOINT_NAMES if (out_dir / n).is_file()]
+        if not found:
+            raise CheckpointError(
+                f'{str(out_dir)!r} has no export/{WEIGHTS_NAME} and no checkpoint (looked for '
+                f'{", ".join(_CHECKPOINT_NAMES)}); pass the checkpoint file with --checkpoint')
+        ckpt = found[0]
+    if not ckpt.is_file():
+        raise CheckpointError(f'checkpoint file {str(ckpt)!r} does not exist')
+    if not args and ckpt.suffix != '.safetensors':
+        args = _checkpoint_args(ckpt)
+    name = model_name or args.get('model')
+    if not name:
+        raise ValueError(f'which model are the weights in {str(ckpt)!r} for? Pass --model NAME '
+                         f'(no args.json or checkpoint args with "model" were found)')
+    if not timm.is_model(name):
+        raise ValueError(f'--model {name!r} is not a registered timm model (gczoo models: {", ".join(ZOO_MODELS)})')
+    if ckpt.suffix == '.safetensors':
+        from safetensors.torch import load_file
+        read_weights_shapes(ckpt)  # clear error for a truncated file or a pickle
+        state = load_file(str(ckpt))
+    else:
+        state = load_state_dict_file(ckpt)  # weights_only=True, unwrapped (EMA first)
+    meta = timm.create_model(name, device='meta')
+    head = (meta.pretrained_cfg.get('classifier') or 'fc') + '.weight'
+    num_classes = int(state[head].shape[0]) if head in state else args.get('num_classes')
+    if not num_classes:
+        raise CheckpointError(f'{str(ckpt)!r} has no {head!r}; cannot tell the number of classes (pass a checkpoint '
+                              f'with its classifier)')
+    arch_args = {k: args[k] for k in ('in_chans', 'global_pool') if args.get(k) is not None}
+    model = timm.create_model(name, num_classes=num_classes, **arch_args)
+    load_pretrained_weights(model, state)
+    data_args = {k: args[k] for k in _DATA_ARG_KEYS if args.get(k) not in (None, '', [])}  # '' = model default
+    data_config = resolve_data_config(data_args, model=model)
+    labels = list(label_names) if label_names is not None else None
+    return TrainedWeights(model, name, data_config, labels, results, args, str(ckpt))
+
+
+def default_repo_id(model_name: str, tag: str) -> str:
+    """``{HUB_ORG}/{model}.{tag}``: one repo per model and training recipe, as timm names its weights."""
+    if not tag or not all(c.isalnum() or c in '_-' for c in tag):
+        raise ValueError(f'tag must be a non-empty name of letters, digits, "_" and "-" (e.g. "ft_in1k"), got {tag!r}')
+    return f'{HUB_ORG}/{model_name}.{tag}'
+
+
+def _without_paths(text: str) -> str:
+    # a public card should not show where the data sat on the training machine
+    return re.sub(r'\s*(?:at\s+)?\(?(?:/|[A-Za-z]:\\)[^\s)]*\)?', '', text).strip()
+
+
+def card_results(weights: TrainedWeights) -> Dict[str, Any]:
+    """The measured numbers in ``gczoo.cards``' form (``top1``, ``top5``, ``dataset``, ``img_size``,
+    ``crop_pct``, ``count``): a ``gczoo eval`` result is used as is; a ``gczoo train`` results.json
+    gives its ``best`` epoch, the one the export holds."""
+    results = weights.results
+    if isinstance(results.get('top1'), (int, float)):
+        return dict(results)
+    best = results.get('best') if isinstance(results.get('best'), Mapping) else {}
+    if not isinstance(best.get('top1'), (int, float)):
+        return {}
+    out: Dict[str, Any] = {'top1': float(best['top1'])}
+    if isinstance(best.get('top5'), (int, float)):
+        out['top5'] = float(best['top5'])
+    dataset = results.get('dataset') or results.get('data')
+    if isinstance(dataset, str) and dataset:
+        out['dataset'] = _without_paths(dataset)
+    input_size = weights.data_config.get('input_size')
+    if input_size:
+        out['img_size'] = int(input_size[-1])
+    if weights.data_config.get('crop_pct') is not None:
+        out['crop_pct'] = weights.data_config['crop_pct']
+    if isinstance(results.get('val_images'), int):
+        out['count'] = results['val_images']
+    return out
+
+
+def _repo_section(weights: TrainedWeights, repo_id: str, tag: str) -> str:
+    """What this repository holds and how to load it (the zoo card describes the architecture)."""
+    cfg = weights.data_config
+    best = weights.results.get('best') if isinstance(weights.results.get('best'), Mapping) else {}
+    final = weights.results.get('final') if isinstance(weights.results.get('final'), Mapping) else {}
+    lines = [f'## Weights in this repository: `{repo_id}`', '']
+    facts = [f'- **Recipe tag:** `{tag}`', f'- **Classes:** {weights.model.num_classes}'
+             + (f' (`label_names` in config.json)' if weights.label_names else '')]
+    if cfg.get('input_size'):
+        facts.append(f'- **Preprocessing:** input {tuple(cfg["input_size"])}, crop_pct {cfg.get("crop_pct")}, '
+                     f'{cfg.get("interpolation")} interpolation, mean {tuple(cfg.get("mean", ()))}, '
+                     f'std {tuple(cfg.get("std", ()))} (pretrained_cfg in config.json)')
+    if isinstance(best.get('top1'), (int, float)):
+        epochs = weights.results.get('epochs')
+        facts.append(f'- **Checkpoint:** best validation epoch {best.get("epoch")}'
+                     + (f' of {epochs}' if epochs else '') + f': top-1 {best["top1"]:.2f}'
+                     + (f', top-5 {best["top5"]:.2f}' if isinstance(best.get('top5'), (int, float)) else ''))
+    if isinstance(final.get('top1'), (int, float)) and final.get('epoch') != best.get('epoch'):
+        facts.append(f'- **Last epoch ({final.get("epoch")}):** top-1 {final["top1"]:.2f}'
+                     + (f', top-5 {final["top5"]:.2f}' if isinstance(final.get('top5'), (int, float)) else ''))
+    facts.append(f'- **Files:** `{WEIGHTS_NAME}` (safetensors only, no pickle), `{CONFIG_NAME}` (timm format)')
+    lines += facts
+    lines += ['', '```python', 'import timm', 'import gczoo  # registers the gczoo models with timm', '',
+              f"model = timm.create_model('hf-hub:{repo_id}', pretrained=True).eval()",
+              'data_config = timm.data.resolve_model_data_config(model)',
+              'transform = timm.data.create_transform(**data_config, is_training=False)', '```', '',
+              f'Offline: `HF_HUB_OFFLINE=1` with the repo in the Hub cache (`hf download {repo_id}`), or '
+              f"`timm.create_model('local-dir:DIR', pretrained=True)` on a downloaded copy of this folder.", '']
+    return '\n'.join(lines)
+
+
+def _render_card(weights: TrainedWeights, repo_id: str, tag: str) -> str:
+    """The zoo's model card (``gczoo.cards``) with the measured results, plus this repo's section."""
+    from gczoo.cards import render_model_card  # imported here: cards may build on this module
+    card = render_model_card(weights.model_name, card_results(weights))
+    section = _repo_section(weights, repo_id, tag)
+    head, sep, tail = card.partition('\n## Usage')
+    return f'{head}\n{section}{sep}{tail}' if sep else f'{card}\n{section}'
+
+
+def write_hub_folder(
+        weights: TrainedWeights,
+        out_dir: PathLike,
+        *,
+        repo_id: str,
+        tag: str,
+) -> List[Path]:
+    """Write ``model.safetensors``, ``config.json`` and ``README.md`` to ``out_dir`` and check them.
+
+    ``out_dir`` must be empty or hold only these files (they are replaced), so what is written is
+    exactly what will be uploaded. Returns the three paths.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f'local_dir {str(out)!r} exists and is not a folder')
+    if out.is_dir():
+        extra = sorted(p.name for p in out.iterdir() if p.name not in HUB_FILES)
+        if extra:
+            raise ValueError(f'local_dir {str(out)!r} already holds other files ({", ".join(extra)}); '
+                             f'use an empty folder so that it holds exactly what is uploaded')
+    save_pretrained(weights.model, out, data_config=weights.data_config, label_names=weights.label_names, tag=tag)
+    (out / CARD_NAME).write_text(_render_card(weights, repo_id, tag), encoding='utf-8')
+    check_hub_folder(out)
+    return [out / name for name in HUB_FILES]
+
+
+def upload_hub_folder(
+        folder: PathLike,
+        repo_id: str,
+        *,
+        commit_message: str,
+        private: bool = False,
+        revision: Optional[str] = None,
+        create_pr: bool = False,
+        token: Optional[str] = None,
+) -> Any:
+    """Create ``repo_id`` if needed and upload the folder's three Hub files in one commit.
+
+    The token comes from ``token``, else huggingface_hub's usual sources (``HF_TOKEN``, ``hf auth
+    login``). The folder is checked first (:func:`check_hub_folder`), and only ``HUB_FILES`` are
+    uploaded, so no pickle can reach the repo. Returns huggingface_hub's ``CommitInfo``.
+    """
+    folder = Path(folder)
+    check_hub_folder(folder)
+    missing = [name for name in HUB_FILES if not (folder / name).is_file()]
+    if missing:
+        raise CheckpointError(f'{str(folder)!r} lacks {", ".join(missing)}; write it with `gczoo publish --dry-run`')
+    api = HfApi(token=token)
+    repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')
+    repo_id = getattr(repo_url, 'repo_id', None) or repo_id  # the Hub may complete an implicit owner
+    return api.upload_folder(
+        repo_id=repo_id, folder_path=str(folder), repo_type='model', revision=revision, create_pr=create_pr,
+        commit_message=commit_message, allow_patterns=list(HUB_FILES))
+
+
+def _default_commit_message(model_name: str, tag: str, results: Mapping[str, Any]) -> str:
+    best = results.get('best') if isinstance(results.get('best'), Mapping) else results
+    top1 = best.get('top1') if isinstance(best, Mapping) else None
+    measured = f' (top-1 {float(top1):.2f}%)' if isinstance(top1, (int, float)) else ''
+    return f'Publish {model_name}.{tag} weights{measured} with gczoo'
+
+
+@dataclasses.dataclass
+class PublishResult:
+    repo_id: str
+    folder: Path
+    files: List[Path]
+    commit: Any = None  # huggingface_hub CommitInfo after an upload; None for a dry run
+
+
+def publish(
+        source: PathLike,
+        *,
+        model_name: Optional[str] = None,
+        tag: Optional[str] = None,
+        repo_id: Optional[str] = None,
+        checkpoint: Optional[PathLike] = None,
+        label_names: Optional[Sequence[str]] = None,
+        results: Optional[Mapping[str, Any]] = None,
+        local_dir: Optional[PathLike] = None,
+        dry_run: bool = False,
+        private: bool = False,
+        revision: Optional[str] = None,
+        create_pr: bool = False,
+        commit_message: Optional[str] = None,
+        token: Optional[str] = None,
+) -> PublishResult:
+    """Write the Hub folder for a training output (or checkpoint) and, unless ``dry_run``, upload it.
+
+    ``repo_id`` defaults to ``{HUB_ORG}/{model}.{tag}``; one of them is required. The folder goes to
+    ``local_dir`` (default: a temporary folder for an upload, ``OUT/hub/<repo name>`` for a dry run).
+    """
+    if tag is None and repo_id is None:
+        raise ValueError(f'pass tag (the training recipe, e.g. "ft_in1k": repo {HUB_ORG}/MODEL.TAG) or repo_id')
+    weights = load_training_output(source, model_name=model_name, checkpoint=checkpoint,
+                                   label_names=label_names, results=results)
+    if tag is None:
+        tag = repo_id.split('/')[-1].rpartition('.')[2] or 'main'
+    repo_id = repo_id or default_repo_id(weights.model_name, tag)
+    from huggingface_hub.utils import validate_repo_id
+    validate_repo_id(repo_id)
+    message = commit_message or _default_commit_message(weights.model_name, tag, weights.results)
+
+    if dry_run or local_dir is not None:
+        base = Path(source) if Path(source).is_dir() else Path(source).parent
+        folder = Path(local_dir) if local_dir is not None else base / 'hub' / repo_id.split('/')[-1]
+        files = write_hub_folder(weights, folder, repo_id=repo_id, tag=tag)
+        commit = None if dry_run else upload_hub_folder(
+            folder, repo_id, commit_message=message, private=private, revision=revision, create_pr=create_pr,
+            token=token)
+        return PublishResult(repo_id, folder, files, commit)
+    with tempfile.TemporaryDirectory(prefix='gczoo-publish-') as tmp:
+        folder = Path(tmp) / repo_id.split('/')[-1]
+        files = write_hub_folder(weights, folder, repo_id=repo_id, tag=tag)
+        commit = upload_hub_folder(folder, repo_id, commit_message=message, private=private, revision=revision,
+                                   create_pr=create_pr, token=token)
+        return PublishResult(repo_id, folder, files, commit)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog='gczoo publish',
+        description='Write a Hugging Face Hub repository folder (model.safetensors, config.json in timm\'s '
+                    'format, README.md model card with the measured results) from a training output or a '
+                    'checkpoint, and upload it. Token: HF_TOKEN or `hf auth login`.')
+    p.add_argument('source', help='training output folder (OUT of gczoo train) or a checkpoint file')
+    p.add_argument('--model', default=None, help='model name (needed for a checkpoint without args)')
+    p.add_argument('--tag', default=None, help=f'training recipe tag; repo id {HUB_ORG}/MODEL.TAG')
+    p.add_argument('--repo-id', default=None, help='full repo id ORG/NAME instead of the default')
+    p.add_argument('--checkpoint', default=None, help='checkpoint inside OUT to publish instead of OUT/export')
+    p.add_argument('--label-names', default=None, help='file with one class name per line, or a JSON list')
+    p.add_argument('--results', default=None, help='JSON with the measured results (default OUT/results.json)')
+    p.add_argument('--local-dir', default=None, help='write the repo folder here (default OUT/hub/NAME for --dry-run)')
+    p.add_argument('--dry-run', action='store_true', help='write and check the folder, do not upload')
+    p.add_argument('--private', action='store_true', help='create the repo as private')
+    p.add_argument('--revision', default=None, help='branch to commit to (default main)')
+    p.add_argument('--create-pr', action='store_true', help='open a pull request instead of committing')
+    p.add_argument('--commit-message', default=None, help='commit message (default names model, tag, top-1)')
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``gczoo publish``: see ``gczoo publish --help``. Returns 0, or 2 after a one-line error for bad input
+    or a failed upload (``GCZOO_DEBUG=1`` shows the traceback)."""
+    args = _parser().parse_args(argv)
+    try:
+        label_names = _read_label_names(args.label_names) if args.label_names else None
+        results = _read_json(Path(args.results), 'results') if args.results else None
+        result = publish(
+            args.source, model_name=args.model, tag=args.tag, repo_id=args.repo_id, checkpoint=args.checkpoint,
+            label_names=label_names, results=results, local_dir=args.local_dir, dry_run=args.dry_run,
+            private=args.private, revision=args.revision, create_pr=args.create_pr,
+            commit_message=args.commit_message)
+    except (ValueError, PretrainedWeightsError) as e:  # CheckpointError and HFValidationError are ValueErrors
+        if os.environ.get('GCZOO_DEBUG'):
+            raise
+        print(f'gczoo publish: error: {e}', file=sys.stderr)
+        return 2
+    except _download_error_types() as e:  # the Hub refused or could not be reached
+        if os.environ.get('GCZOO_DEBUG'):
+            raise
+        print(f'gczoo publish: upload failed: {type(e).__name__}: {e}. Check the repo id, your write access and '
+              f'token (HF_TOKEN or `hf auth login`), and that the Hub is reachable; the folder is complete, '
+              f'so `--dry-run --local-dir DIR` then `hf upload REPO DIR` also works.', file=sys.stderr)
+        return 2
+    for path in result.files:
+        if path.exists():  # an upload's temporary folder is gone by now
+            size = path.stat().st_size
+            print(f'{path}  ({size / 1e6:.1f} MB)' if size >= 100_000 else f'{path}  ({size / 1e3:.1f} kB)')
+    if result.commit is None:
+        print(f'dry run: wrote {result.folder} for {result.repo_id}; load it with '
+              f'timm.create_model("local-dir:{result.folder}", pretrained=True)')
+    else:
+        url = getattr(result.commit, 'commit_url', None) or result.commit
+        print(f'uploaded to {result.repo_id}: {url}\n'
+              f'load it with timm.create_model("hf-hub:{result.repo_id}", pretrained=True)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

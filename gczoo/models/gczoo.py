@@ -209,6 +209,7 @@ def _cfg(model_name: str, tag: str) -> Dict[str, Any]:
     zoo = ZOO_MODELS[model_name]
     return {
         'hf_hub_id': f'{HUB_ORG}/{model_name}.{tag}',
+        'hf_hub_filename': 'model.safetensors',  # never fall back to a pickled pytorch_model.bin
         'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
         'crop_pct': 0.875, 'interpolation': 'bilinear',
         'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
@@ -237,8 +238,8 @@ def _unpublished_message(variant: str, hf_hub_id: str) -> str:
 
 def _check_weights_available(variant: str, pretrained_cfg: Any, overlay: Optional[Dict[str, Any]]) -> None:
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=overlay)
-    if cfg.file or cfg.url or getattr(cfg, 'state_dict', None) is not None:
-        return
+    if cfg.file or cfg.url or getattr(cfg, 'state_dict', None) is not None or cfg.source == 'hf-hub':
+        return  # the user named a source (a file, URL, or an explicit hf-hub: repo)
     zoo = ZOO_MODELS[variant]
     published = {f'{HUB_ORG}/{variant}.{tag}' for tag in zoo.published_tags}
     default_ids = {f'{HUB_ORG}/{variant}.{zoo.default_tag}'}

@@ -46,11 +46,11 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> StateDict:
     if not path.is_file():
         raise CheckpointError(f'checkpoint file {str(path)!r} does not exist')
     if path.suffix == '.safetensors':
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
             return load_file(str(path))
-        except (SafetensorsError, OSError, ValueError, RuntimeError) as e:
+        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
             raise CheckpointError(f'{str(path)!r} is not a readable safetensors file (truncated or corrupt?): {e}') from e
     try:
         obj = torch.load(str(path), map_location='cpu', weights_only=True)
