@@ -114,12 +114,14 @@ def test_unknown_model_name():
 
 
 def test_pretrained_cfg_is_complete():
+    assert timm.create_model('resnet18_gc').pretrained_cfg['architecture'] == 'resnet18_gc'
     for name in NAMES:
-        cfg = timm.create_model(name).pretrained_cfg
+        cfg = timm.models.get_pretrained_cfg(name).to_dict()
         for key in ('input_size', 'crop_pct', 'interpolation', 'mean', 'std', 'first_conv', 'classifier',
                     'pool_size', 'license', 'paper_ids', 'hf_hub_id'):
             assert cfg.get(key), (name, key)
         assert cfg['hf_hub_id'] == f'gczoo/{name}.ft_in1k'
+        assert cfg['hf_hub_filename'] == 'model.safetensors'
         assert cfg['architecture'] == name
 
 
@@ -192,7 +194,7 @@ def test_every_parameter_gets_a_gradient(name):
 
 
 def test_reset_classifier_num_classes_in_chans_global_pool():
-    model = timm.create_model('resnet50_gc', num_classes=10, in_chans=1, global_pool='avgmax')
+    model = timm.create_model('resnet50_gc', num_classes=10, in_chans=1, global_pool='catavgmax')
     assert model.conv1.in_channels == 1 and model.fc.out_features == 10
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 10)
     model.reset_classifier(4)
