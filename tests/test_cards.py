@@ -1,0 +1,124 @@
+"""Model cards: one per zoo model, Hub front matter that parses, numbers measured not copied, and
+the README table between its markers. Reads the committed model_cards/complexity.json, so nothing
+here counts all twelve models again."""
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+
+from gczoo.cards import (
+    DEFAULT_CARDS_DIR, TABLE_END, TABLE_START, block_positions, block_tags, load_complexity, load_results, main,
+    models_table_markdown, render_model_card, update_readme,
+)
+from gczoo.complexity import count_complexity
+from gczoo.models import ZOO_MODELS
+
+CARDS = DEFAULT_CARDS_DIR
+
+
+def _front_matter(text: str) -> dict:
+    match = re.match(r'^---\n(.*?)\n---\n', text, flags=re.S)
+    assert match, 'card does not start with YAML front matter'
+    return yaml.safe_load(match.group(1))
+
+
+@pytest.mark.parametrize('model_name', list(ZOO_MODELS))
+def test_every_model_has_a_card_whose_yaml_parses(model_name):
+    path = CARDS / f'{model_name}.md'
+    assert path.is_file(), f'no card for {model_name}: run `gczoo cards`'
+    text = path.read_text()
+    meta = _front_matter(text)
+    assert meta['library_name'] == 'timm'
+    assert meta['license'] == 'apache-2.0'
+    assert meta['datasets'] == ['imagenet-1k']
+    assert {'image-classification', 'timm', 'gczoo'} <= set(meta['tags'])
+    assert set(block_tags(model_name)) <= set(meta['tags'])
+    zoo = ZOO_MODELS[model_name]
+    assert f'arXiv:{zoo.arxiv}' in text and '```bibtex' in text
+    assert 'No published weights yet' in text  # nothing is published: no accuracy may be claimed
+    assert f"timm.create_model('{model_name}'" in text and f"torch.hub.load('gczoo/gczoo', '{model_name}')" in text
+    assert f'scripts/train.sh --model {model_name} --pretrained-backbone' in text
+    # the card is what the generator writes today (regenerate with `gczoo cards` after changing the zoo)
+    assert text == render_model_card(model_name)
+
+
+def test_no_stray_cards():
+    assert sorted(p.stem for p in CARDS.glob('*.md')) == sorted(ZOO_MODELS)
+
+
+def test_committed_complexity_is_current():
+    table = load_complexity(CARDS / 'complexity.json')
+    assert set(table) == set(ZOO_MODELS) | {'resnet50'}
+    fresh = count_complexity('resnet18_gc', 224)
+    assert table['resnet18_gc']['gmacs'] == pytest.approx(fresh['gmacs'], abs=1e-6)
+    assert table['resnet18_gc']['params_m'] == pytest.approx(fresh['params_m'], abs=1e-6)
+    assert round(table['resnet50']['gmacs'], 2) == 4.11
+
+
+def test_card_states_measured_numbers_and_placements():
+    table = load_complexity(CARDS / 'complexity.json')
+    text = render_model_card('resnet50_gc', complexity=table)
+    assert f"**Parameters (M):** {table['resnet50_gc']['params_m']:.2f}" in text
+    assert f"{table['resnet50_gc']['gmacs']:.3f}" in text
+    assert "(the paper's table: 28.08 M)" in text
+    assert '`layer2.0.se`' in text and '`layer4.2.se`' in text and 'layer1' not in text.split('## Accuracy')[0].split('### Where')[1]
+    stages = [stage for stage, _, _, _ in block_positions('resnet50_nl')]
+    assert stages == ['layer2', 'layer3']
+    assert '`layer3.attn5`' in render_model_card('resnet50_nl', complexity=table)
+
+
+def test_card_with_results():
+    results = {'top1': 77.701, 'top5': 93.66, 'dataset': 'ImageNet-1k val (50,000 images)',
+               'command': 'NPROC=8 scripts/eval.sh --model local-dir:out/export --data-dir /data/imagenet',
+               'img_size': 224, 'crop_pct': 0.875, 'count': 50000}
+    text = render_model_card('resnet50_gc', results)
+    assert '| ImageNet-1k val (50,000 images) | 77.70 | 93.66 | 224 | 0.875 | 50000 |' in text
+    assert results['command'] in text
+    assert 'No published weights yet' not in text
+    _front_matter(text)
+    with pytest.raises(ValueError, match="unknown gczoo model 'resnet50_gx'"):
+        render_model_card('resnet50_gx')
+
+
+def test_load_results_formats(tmp_path):
+    eval_json = tmp_path / 'eval.json'
+    eval_json.write_text(json.dumps({'model': 'local-dir:/x/export', 'architecture': 'resnet18_gc', 'top1': 70.0}))
+    mapping = tmp_path / 'results.json'
+    mapping.write_text(json.dumps({'resnet50_se': {'top1': 77.0, 'top5': 93.5}}))
+    results = load_results([eval_json, mapping])
+    assert results['resnet18_gc']['top1'] == 70.0 and results['resnet50_se']['top5'] == 93.5
+    bad = tmp_path / 'bad.json'
+    bad.write_text(json.dumps({'model': 'vit_base', 'top1': 1.0}))
+    with pytest.raises(ValueError, match='cannot tell which gczoo model'):
+        load_results([bad])
+
+
+def test_readme_table_between_markers(tmp_path):
+    table = models_table_markdown(load_complexity(CARDS / 'complexity.json'), {'resnet50_gc': {'top1': 77.7}})
+    rows = [line for line in table.splitlines()[2:]]
+    assert len(rows) == len(ZOO_MODELS)
+    assert '| 77.70 |' in rows[0] and 'no weights yet' in rows[1]
+    readme = tmp_path / 'README.md'
+    readme.write_text(f'# gczoo\n\nintro\n\n{TABLE_START}\nold table\n{TABLE_END}\n\nafter\n')
+    assert update_readme(readme, table) is True
+    text = readme.read_text()
+    assert 'old table' not in text and table in text and text.endswith('after\n') and text.startswith('# gczoo')
+    assert update_readme(readme, table) is False  # idempotent
+    readme.write_text('# no markers\n')
+    with pytest.raises(ValueError, match='needs the markers'):
+        update_readme(readme, table)
+
+
+def test_cards_command(tmp_path, capsys):
+    out = tmp_path / 'cards'
+    out.mkdir()
+    shutil.copy(CARDS / 'complexity.json', out / 'complexity.json')
+    readme = tmp_path / 'README.md'
+    readme.write_text(f'{TABLE_START}\n{TABLE_END}\n')
+    assert main(['--out-dir', str(out), '--no-measure', '--readme', str(readme)]) == 0
+    assert sorted(p.stem for p in out.glob('*.md')) == sorted(ZOO_MODELS)
+    assert '`resnet101_gc`' in readme.read_text()
+    assert main(['--out-dir', str(tmp_path / 'empty'), '--no-measure']) == 2
+    assert 'does not exist' in capsys.readouterr().err
