@@ -4,12 +4,13 @@ here counts all twelve models again."""
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
 from gczoo.cards import (
-    DEFAULT_CARDS_DIR, TABLE_END, TABLE_START, block_positions, block_tags, load_complexity, load_results, main,
+    BLOCKS_TABLE_END, BLOCKS_TABLE_START, DEFAULT_CARDS_DIR, TABLE_END, TABLE_START, block_positions, block_tags, load_complexity, load_results, main,
     models_table_markdown, render_model_card, update_readme,
 )
 from gczoo.complexity import count_complexity
@@ -116,9 +117,18 @@ def test_cards_command(tmp_path, capsys):
     out.mkdir()
     shutil.copy(CARDS / 'complexity.json', out / 'complexity.json')
     readme = tmp_path / 'README.md'
-    readme.write_text(f'{TABLE_START}\n{TABLE_END}\n')
+    readme.write_text(f'{TABLE_START}\n{TABLE_END}\n{BLOCKS_TABLE_START}\n{BLOCKS_TABLE_END}\n')
     assert main(['--out-dir', str(out), '--no-measure', '--readme', str(readme)]) == 0
     assert sorted(p.stem for p in out.glob('*.md')) == sorted(ZOO_MODELS)
     assert '`resnet101_gc`' in readme.read_text()
+    assert '| `cc` | `CrissCrossAttention` |' in readme.read_text()
     assert main(['--out-dir', str(tmp_path / 'empty'), '--no-measure']) == 2
     assert 'does not exist' in capsys.readouterr().err
+
+
+def test_readme_tables_are_current():
+    """README.md's generated tables equal what the registry gives now (run `gczoo cards --readme README.md`)."""
+    from gczoo.cards import blocks_table_markdown
+    text = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
+    assert blocks_table_markdown() in text
+    assert models_table_markdown() in text
