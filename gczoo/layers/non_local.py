@@ -26,7 +26,7 @@ a_i + b_j and processes the queries in chunks, so inference holds at most one ch
 pairwise weights at a time (under autograd the ReLU outputs of every chunk are kept for backward).
 """
 import math
-from typing import Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -296,69 +296,21 @@ class NonLocal(nn.Module):
 
 
 class NonLocal1d(NonLocal):
-    """Non-local block on (N, C, L) inputs; see :class:`NonLocal` for the arguments."""
+    """Non-local block on (N, C, L) inputs; takes :class:`NonLocal`'s keyword arguments."""
 
-    def __init__(
-            self,
-            channels: int,
-            *,
-            mode: str = 'embedded_gaussian',
-            rd_ratio: float = 0.5,
-            rd_channels: Optional[int] = None,
-            sub_sample: bool = False,
-            use_scale: bool = True,
-            norm_layer: Union[str, Callable[..., nn.Module], None] = 'batchnorm',
-            chunk_size: Optional[int] = None,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__(
-            channels, spatial_dims=1, mode=mode, rd_ratio=rd_ratio, rd_channels=rd_channels,
-            sub_sample=sub_sample, use_scale=use_scale, norm_layer=norm_layer, chunk_size=chunk_size,
-            device=device, dtype=dtype)
+    def __init__(self, channels: int, **kwargs: Any) -> None:
+        super().__init__(channels, spatial_dims=1, **kwargs)
 
 
 class NonLocal2d(NonLocal):
-    """Non-local block on (N, C, H, W) inputs; see :class:`NonLocal` for the arguments."""
+    """Non-local block on (N, C, H, W) inputs; takes :class:`NonLocal`'s keyword arguments."""
 
-    def __init__(
-            self,
-            channels: int,
-            *,
-            mode: str = 'embedded_gaussian',
-            rd_ratio: float = 0.5,
-            rd_channels: Optional[int] = None,
-            sub_sample: bool = False,
-            use_scale: bool = True,
-            norm_layer: Union[str, Callable[..., nn.Module], None] = 'batchnorm',
-            chunk_size: Optional[int] = None,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__(
-            channels, spatial_dims=2, mode=mode, rd_ratio=rd_ratio, rd_channels=rd_channels,
-            sub_sample=sub_sample, use_scale=use_scale, norm_layer=norm_layer, chunk_size=chunk_size,
-            device=device, dtype=dtype)
+    def __init__(self, channels: int, **kwargs: Any) -> None:
+        super().__init__(channels, spatial_dims=2, **kwargs)
 
 
 class NonLocal3d(NonLocal):
-    """Non-local block on (N, C, T, H, W) inputs; see :class:`NonLocal` for the arguments."""
+    """Non-local block on (N, C, T, H, W) inputs; takes :class:`NonLocal`'s keyword arguments."""
 
-    def __init__(
-            self,
-            channels: int,
-            *,
-            mode: str = 'embedded_gaussian',
-            rd_ratio: float = 0.5,
-            rd_channels: Optional[int] = None,
-            sub_sample: bool = False,
-            use_scale: bool = True,
-            norm_layer: Union[str, Callable[..., nn.Module], None] = 'batchnorm',
-            chunk_size: Optional[int] = None,
-            device=None,
-            dtype=None,
-    ):
-        super().__init__(
-            channels, spatial_dims=3, mode=mode, rd_ratio=rd_ratio, rd_channels=rd_channels,
-            sub_sample=sub_sample, use_scale=use_scale, norm_layer=norm_layer, chunk_size=chunk_size,
-            device=device, dtype=dtype)
+    def __init__(self, channels: int, **kwargs: Any) -> None:
+        super().__init__(channels, spatial_dims=3, **kwargs)
