@@ -300,18 +300,12 @@ def _classifier_weight_key(model: nn.Module) -> str:
 
 def _load_checkpoint_into(model: nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
     from gczoo.models import CheckpointError
-    target = model.state_dict()
-    missing = [k for k in target if k not in state and not k.endswith('num_batches_tracked')]
-    unexpected = [k for k in state if k not in target]
-    mis_shaped = [f'{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}'
-                  for k, v in target.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or mis_shaped:
-        def fmt(keys: List[str]) -> str:
-            return (f'{len(keys)} (' + ', '.join(keys[:6]) + (', ...' if len(keys) > 6 else '') + ')') if keys else '0'
+    from gczoo.models.pretrained import compare_state_dicts
+    mismatch = compare_state_dicts(model.state_dict(), state)
+    if mismatch:
         raise CheckpointError(
             f'--checkpoint {path!r} does not fit {type(model).__name__} '
-            f'({getattr(model, "pretrained_cfg", {}).get("architecture", "?")}): missing keys {fmt(missing)}, '
-            f'unexpected keys {fmt(unexpected)}, shape mismatches {fmt(mis_shaped)}. '
+            f'({getattr(model, "pretrained_cfg", {}).get("architecture", "?")}): {mismatch}. '
             f'Is it a checkpoint of this model (and of this --num-classes)?')
     model.load_state_dict(state, strict=False)
 

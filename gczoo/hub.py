@@ -43,6 +43,7 @@ import torch.nn as nn
 from huggingface_hub import HfApi
 
 from gczoo.models import HUB_ORG, ZOO_MODELS, CheckpointError, PretrainedWeightsError, load_state_dict_file
+from gczoo.models.pretrained import compare_state_dicts
 from gczoo.models.errors import _download_error_types
 
 __all__ = [
@@ -160,13 +161,6 @@ def read_weights_shapes(path: PathLike) -> Dict[str, Tuple[int, ...]]:
             f'(an interrupted download or copy). Delete it and copy or download it again.') from e
 
 
-def _fmt_keys(keys: Sequence[str], limit: int = 10) -> str:
-    if not keys:
-        return 'none'
-    shown = ', '.join(keys[:limit])
-    return shown + (f' ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
-
-
 def verify_weights(
         model: nn.Module,
         shapes: Mapping[str, Union[Tuple[int, ...], torch.Tensor]],
@@ -181,21 +175,16 @@ def verify_weights(
     ``strict=False`` only mis-shaped keys are errors. Keys under ``tolerate_prefixes`` (e.g. the
     classifier when ``num_classes`` changes) may be missing or differ in shape.
     """
-    def _shape(v: Any) -> Tuple[int, ...]:
-        return tuple(v.shape) if isinstance(v, torch.Tensor) else tuple(v)
-
-    target = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     tolerated = tuple(tolerate_prefixes)
-    missing = [k for k in target if k not in shapes and not (tolerated and k.startswith(tolerated))]
-    unexpected = [k for k in shapes if k not in target]
-    mis_shaped = [f'{k}: file {_shape(shapes[k])} vs model {target[k]}' for k in shapes
-                  if k in target and _shape(shapes[k]) != target[k] and not (tolerated and k.startswith(tolerated))]
+    mismatch = compare_state_dicts(
+        model.state_dict(), shapes,
+        may_be_missing=lambda k: bool(tolerated) and k.startswith(tolerated),
+        may_differ=lambda k: bool(tolerated) and k.startswith(tolerated))
     if not strict:
-        missing, unexpected = [], []
-    if missing or unexpected or mis_shaped:
+        mismatch.missing, mismatch.unexpected = [], []
+    if mismatch:
         raise CheckpointError(
-            f'{source} does not fit {type(model).__name__}: missing {_fmt_keys(missing)}; '
-            f'unexpected {_fmt_keys(unexpected)}; shape mismatch {_fmt_keys(mis_shaped)}. '
+            f'{source} does not fit {type(model).__name__}: {mismatch}. '
             f'Were the weights saved from another model or with another num_classes?')
 
 

@@ -175,9 +175,9 @@ def test_round_trip_pretrained_cfg_overlay_file(published, images, reference_log
 def test_load_pretrained_weights_verifies_then_loads(published, images, reference_logits):
     model = hub.load_pretrained_weights(timm.create_model(MODEL, num_classes=3), published)
     torch.testing.assert_close(_logits(model, images), reference_logits, rtol=0, atol=0)
-    with pytest.raises(CheckpointError, match=r'fc\.weight: file \(3, 512\) vs model \(5, 512\)'):
+    with pytest.raises(CheckpointError, match=r'fc\.weight: checkpoint \(3, 512\) vs model \(5, 512\)'):
         hub.load_pretrained_weights(timm.create_model(MODEL, num_classes=5), published)
-    with pytest.raises(CheckpointError, match=r'unexpected layer2\.0\.se\.'):
+    with pytest.raises(CheckpointError, match=r'unexpected keys layer2\.0\.se\.'):
         hub.load_pretrained_weights(timm.create_model('resnet18', num_classes=3), published / 'model.safetensors')
 
 

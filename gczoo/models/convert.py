@@ -53,7 +53,6 @@ import dataclasses
 import functools
 import json
 import os
-import pickle
 import re
 import sys
 from collections import Counter, OrderedDict
@@ -66,7 +65,7 @@ from gczoo.layers.bam import OFFICIAL_KEY_MAP as BAM_KEY_MAP
 from gczoo.layers.cbam import OFFICIAL_KEY_MAP as CBAM_KEY_MAP
 
 from .errors import CheckpointError
-from .pretrained import load_state_dict_file, unwrap_state_dict
+from .pretrained import compare_state_dicts, format_keys, load_state_dict_file, unwrap_state_dict
 
 __all__ = [
     'LAYOUTS', 'ConversionReport', 'detect_layout', 'convert_state_dict', 'convert_checkpoint',
@@ -91,7 +90,6 @@ _BAM_KEY = re.compile(r'^bam([1-3])\.(.+)$')
 _GC_KEY = re.compile(r'^(layer[1-4]\.\d+)\.context_block[^.]*\.(.+)$')
 _MMDET_PREFIX = 'backbone.'
 _MMPRETRAIN_HEAD = 'head.fc.'
-_SHOW = 12  # keys listed per category in an error message
 
 
 @dataclasses.dataclass
@@ -131,63 +129,14 @@ class ConversionReport:
             lines.append('dropped (not part of the model): '
                          + ', '.join(f'{g}.* ({n})' for g, n in sorted(groups.items())))
         if self.filled:
-            lines.append(f'filled from the model (absent from the source): {_fmt(self.filled)}')
+            lines.append(f'filled from the model (absent from the source): {format_keys(self.filled)}')
         lines += self.notes
         lines.append(f'load with: {self.load_snippet}')
         return '\n'.join(lines)
 
 
-def _fmt(keys: Sequence[str]) -> str:
-    if not keys:
-        return 'none'
-    shown = ', '.join(keys[:_SHOW])
-    return shown + (f' ... (+{len(keys) - _SHOW} more)' if len(keys) > _SHOW else '')
-
-
-def read_checkpoint(path: PathLike) -> StateDict:
-    """The state dict inside a checkpoint file, read without unpickling code.
-
-    ``.safetensors`` files are read with safetensors; anything else with
-    ``torch.load(weights_only=True)`` (old non-zip PyTorch files included), then unwrapped
-    (``state_dict``/``model`` containers, DataParallel ``module.`` prefixes). A missing or corrupt file,
-    or one that pickles Python objects besides tensors, raises ``CheckpointError`` naming the file and,
-    for the latter, the objects found and how to keep only the weights.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f'checkpoint file {str(path)!r} does not exist')
-    if path.suffix == '.safetensors':
-        return unwrap_state_dict(load_state_dict_file(path), source=str(path))
-    try:
-        obj = torch.load(str(path), map_location='cpu', weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = _unsafe_globals(path, e)
-        if not found:  # not an allow-list refusal: the bytes themselves are bad
-            detail = re.search(r'WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)', str(e), re.S)
-            raise CheckpointError(
-                f'{str(path)!r} is not a readable PyTorch checkpoint (truncated or corrupt?): invalid pickle data '
-                f'({detail.group(1) if detail else str(e).splitlines()[0]})') from e
-        raise CheckpointError(
-            f'{str(path)!r} pickles Python objects besides tensors ({", ".join(found)}), typically the '
-            f"'meta'/'message_hub' entries mmcv/mmengine save next to 'state_dict'. gczoo reads checkpoints with "
-            f'torch.load(weights_only=True) only and will not unpickle them. Re-save the weights alone, where you '
-            f'trust the file (unpickling can run code): python -c "import torch; '
-            f"ck = torch.load('{path}', map_location='cpu', weights_only=False); "
-            f"torch.save(ck['state_dict'], 'state_dict.pth')\" and convert state_dict.pth.") from e
-    except Exception as e:  # torch raises RuntimeError, EOFError, zipfile errors... for damaged files
-        raise CheckpointError(
-            f'{str(path)!r} is not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {e}') from e
-    return unwrap_state_dict(obj, source=str(path))
-
-
-def _unsafe_globals(path: Path, error: Exception) -> List[str]:
-    """The globals ``weights_only`` refused in ``path``: read from the pickle opcodes (nothing is run), or,
-    for old non-zip files that reader does not handle, from the refusal message."""
-    try:
-        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:  # a non-zip or damaged file
-        found = []
-    return found or sorted(set(re.findall(r'GLOBAL ([\w.]+)', str(error))))
+# Kept under the name this module has always exported.
+read_checkpoint = load_state_dict_file
 
 
 def detect_layout(state_dict: Mapping[str, Any]) -> str:
@@ -208,7 +157,7 @@ def detect_layout(state_dict: Mapping[str, Any]) -> str:
     raise CheckpointError(
         f'could not recognise the checkpoint layout ({hint}). Looked for CBAM keys (layerS.B.cbam.*), '
         f'BAM keys (bam1.*-bam3.*) and mmdet/GCNet keys (backbone.* or layerS.B.context_block.*); '
-        f'first keys: {_fmt(keys)}. Pass layout= one of {", ".join(LAYOUTS)} if it is one of them.')
+        f'first keys: {format_keys(keys)}. Pass layout= one of {", ".join(LAYOUTS)} if it is one of them.')
 
 
 def _as_state_dict(obj: Mapping[str, Any]) -> StateDict:
@@ -359,13 +308,11 @@ def _convert(
         old = renamed[key][0]
         return old if old == key else f'{old} (-> {key})'
 
-    unexpected = [origin(k) for k in renamed if k not in target]
-    mis_shaped = [f'{origin(k)}: checkpoint {tuple(renamed[k][1].shape)} vs {model_name} {target[k][0]}'
-                  for k in renamed if k in target and tuple(renamed[k][1].shape) != target[k][0]]
     # BatchNorm's counter is absent from files saved before PyTorch 0.4.1 and never changes a result
     filled = [k for k in target if k not in renamed and k.endswith('num_batches_tracked')]
-    missing = [k for k in target if k not in renamed and k not in filled]
-    if missing or unexpected or mis_shaped:
+    mismatch = compare_state_dicts(
+        {k: shape for k, (shape, _) in target.items()}, {k: t for k, (_, t) in renamed.items()}, describe=origin)
+    if mismatch:
         hint = ''
         if model is not None:
             try:
@@ -374,7 +321,7 @@ def _convert(
                 pass
         raise CheckpointError(
             f'the {layout} checkpoint does not fit {model_name}' + (' (backbone only)' if not num_classes else '')
-            + f': missing {_fmt(missing)}; unexpected {_fmt(unexpected)}; shape mismatch {_fmt(mis_shaped)}.' + hint)
+            + f': {mismatch}.' + hint)
     converted: StateDict = OrderedDict()
     storages = set()
     for key in target:  # the model's own key order

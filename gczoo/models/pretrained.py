@@ -8,19 +8,70 @@ change the logits; the report says which keys were left at init.)
 """
 import dataclasses
 import os
+import pickle
+import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
 from .errors import CheckpointError, explain_download_errors
 
-__all__ = ['LoadReport', 'init_from_resnet', 'load_state_dict_file', 'unwrap_state_dict']
+__all__ = [
+    'LoadReport', 'StateDictMismatch', 'compare_state_dicts', 'format_keys', 'init_from_resnet', 'load_state_dict_file',
+    'unwrap_state_dict',
+]
 
 StateDict = Dict[str, torch.Tensor]
 _WRAPPER_KEYS = ('state_dict_ema', 'model_ema', 'state_dict', 'model', 'module')
 _PREFIXES = ('module.', '_orig_mod.')
+
+
+def format_keys(keys: Sequence[str], limit: int = 12) -> str:
+    """``a, b, c ... (+N more)`` for an error message; ``none`` when empty."""
+    if not keys:
+        return 'none'
+    return ', '.join(keys[:limit]) + (f' ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def _shape(value: Any) -> Tuple[int, ...]:
+    return tuple(value.shape) if hasattr(value, 'shape') else tuple(value)
+
+
+@dataclasses.dataclass
+class StateDictMismatch:
+    """How a source state dict fails to fit a target: each list holds printable key descriptions."""
+    missing: List[str]
+    unexpected: List[str]
+    mis_shaped: List[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.missing or self.unexpected or self.mis_shaped)
+
+    def __str__(self) -> str:
+        return (f'missing keys {format_keys(self.missing)}; unexpected keys {format_keys(self.unexpected)}; '
+                f'shape mismatch {format_keys(self.mis_shaped)}')
+
+
+def compare_state_dicts(
+        target: Mapping[str, Any],
+        source: Mapping[str, Any],
+        *,
+        may_be_missing: Callable[[str], bool] = lambda key: key.endswith('num_batches_tracked'),
+        may_differ: Callable[[str], bool] = lambda key: False,
+        describe: Callable[[str], str] = lambda key: key,
+) -> StateDictMismatch:
+    """Compare name -> tensor-or-shape mappings before loading ``source`` into ``target``.
+
+    ``may_be_missing``/``may_differ`` excuse target keys (e.g. a classifier of another size);
+    ``describe`` names a source key in messages (e.g. with its name in the original checkpoint).
+    """
+    missing = [k for k in target if k not in source and not may_be_missing(k)]
+    unexpected = [describe(k) for k in source if k not in target]
+    mis_shaped = [f'{describe(k)}: checkpoint {_shape(source[k])} vs model {_shape(target[k])}'
+                  for k in source if k in target and _shape(source[k]) != _shape(target[k]) and not may_differ(k)]
+    return StateDictMismatch(missing, unexpected, mis_shaped)
 
 
 @dataclasses.dataclass
@@ -38,9 +89,14 @@ class LoadReport:
 
 
 def load_state_dict_file(path: Union[str, os.PathLike]) -> StateDict:
-    """Read tensors from a ``.safetensors`` file, or a torch file with ``weights_only=True`` (never pickle code).
+    """The state dict inside a checkpoint file, read without unpickling code.
 
-    Raises ``CheckpointError`` for a missing, truncated/corrupt or unsafe file, naming the file.
+    ``.safetensors`` files are read with safetensors; anything else with
+    ``torch.load(weights_only=True)`` (old non-zip PyTorch files included), then unwrapped
+    (``state_dict``/``model``/EMA containers, ``module.``/``_orig_mod.`` prefixes). A missing,
+    truncated or corrupt file, or one that pickles Python objects besides tensors, raises
+    ``CheckpointError`` naming the file and, for the latter, the objects found and how to keep
+    only the weights.
     """
     path = Path(path)
     if not path.is_file():
@@ -49,16 +105,39 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> StateDict:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
         try:
-            return load_file(str(path))
-        except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+            return unwrap_state_dict(load_file(str(path)), source=str(path))
+        except (SafetensorError, OSError, RuntimeError) as e:
             raise CheckpointError(f'{str(path)!r} is not a readable safetensors file (truncated or corrupt?): {e}') from e
     try:
         obj = torch.load(str(path), map_location='cpu', weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError... for bad files
+    except pickle.UnpicklingError as e:
+        found = _unsafe_globals(path, e)
+        if not found:  # not an allow-list refusal: the bytes themselves are bad
+            detail = re.search(r'WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)', str(e), re.S)
+            raise CheckpointError(
+                f'{str(path)!r} is not a readable PyTorch checkpoint (truncated or corrupt?): invalid pickle data '
+                f'({detail.group(1) if detail else str(e).splitlines()[0]})') from e
         raise CheckpointError(
-            f'{str(path)!r} could not be read with torch.load(weights_only=True): {type(e).__name__}: {e}. '
-            f'gczoo never unpickles code; convert the file to safetensors or a plain state dict.') from e
+            f'{str(path)!r} pickles Python objects besides tensors ({", ".join(found)}), typically the '
+            f"'meta'/'message_hub' entries mmcv/mmengine save next to 'state_dict'. gczoo reads checkpoints with "
+            f'torch.load(weights_only=True) only and will not unpickle them. Re-save the weights alone, where you '
+            f'trust the file (unpickling can run code): python -c "import torch; '
+            f"ck = torch.load('{path}', map_location='cpu', weights_only=False); "
+            f"torch.save(ck['state_dict'], 'state_dict.pth')\" and load state_dict.pth.") from e
+    except Exception as e:  # torch raises RuntimeError, EOFError, zipfile errors... for damaged files
+        raise CheckpointError(
+            f'{str(path)!r} is not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {e}') from e
     return unwrap_state_dict(obj, source=str(path))
+
+
+def _unsafe_globals(path: Path, error: Exception) -> List[str]:
+    """The globals ``weights_only`` refused in ``path``: read from the pickle opcodes (nothing is run), or,
+    for old non-zip files that reader does not handle, from the refusal message."""
+    try:
+        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+    except Exception:  # a non-zip or damaged file
+        found = []
+    return found or sorted(set(re.findall(r'GLOBAL ([\w.]+)', str(error))))
 
 
 def unwrap_state_dict(obj: Any, source: str = 'checkpoint') -> StateDict:
@@ -150,12 +229,10 @@ def init_from_resnet(
         if key.startswith(head) or key.endswith('num_batches_tracked'):
             unexpected.remove(key)
             ignored.append(key)
-    if missing or mis_shaped or unexpected:
-        def _fmt(keys: List[str]) -> str:
-            return ', '.join(keys[:12]) + (f' ... (+{len(keys) - 12} more)' if len(keys) > 12 else '') if keys else 'none'
+    mismatch = StateDictMismatch(missing, unexpected, mis_shaped)
+    if mismatch:
         raise CheckpointError(
-            f'{where} does not fit {type(model).__name__}\'s backbone: missing {_fmt(missing)}; '
-            f'unexpected {_fmt(unexpected)}; shape mismatch {_fmt(mis_shaped)}. '
+            f'{where} does not fit {type(model).__name__}\'s backbone: {mismatch}. '
             f'Is the source a ResNet of the same depth (timm or torchvision layout)?')
     model.load_state_dict(to_load, strict=False)
     report = LoadReport(loaded=loaded, kept_at_init=kept, skipped_classifier=skipped, ignored=ignored)

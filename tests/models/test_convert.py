@@ -288,7 +288,7 @@ def test_unknown_key_is_listed_by_its_source_name(cbam_official):
         convert_state_dict(sd)
     msg = str(info.value)
     assert 'unexpected' in msg and 'layer1.0.cbam.ChannelGate.extra.weight' in msg and 'layer9.weight' in msg
-    assert 'missing none' in msg
+    assert 'missing keys none' in msg
 
 
 def test_shape_mismatch_and_missing_keys_are_listed(cbam_official):
@@ -299,12 +299,12 @@ def test_shape_mismatch_and_missing_keys_are_listed(cbam_official):
         convert_state_dict(sd)
     msg = str(info.value)
     assert 'layer2.1.cbam.ChannelGate.mlp.1.weight (-> layer2.1.se.channel_gate.fc1.weight)' in msg
-    assert '(64, 512) vs resnet50_cbam (32, 512)' in msg
-    assert 'missing layer3.0.bn2.running_mean' in msg
+    assert 'checkpoint (64, 512) vs model (32, 512)' in msg
+    assert 'missing keys layer3.0.bn2.running_mean' in msg
 
 
 def test_forcing_a_model_whose_keys_differ_lists_them(cbam_official):
-    with pytest.raises(CheckpointError, match=r"does not fit resnet50_se.*missing layer1\.0\.se\.fc1.*"
+    with pytest.raises(CheckpointError, match=r"does not fit resnet50_se.*missing keys layer1\.0\.se\.fc1.*"
                                               r"Its keys point to 'resnet50_cbam'"):
         convert_state_dict(cbam_official, model='resnet50_se')
 
