@@ -463,29 +463,13 @@ def _restore_rng(state: Mapping[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state['cuda'])
 
 
-def _fmt_keys(keys: List[str], limit: int = 12) -> str:
-    if not keys:
-        return 'none'
-    return ', '.join(keys[:limit]) + (f' ... (+{len(keys) - limit} more)' if len(keys) > limit else '')
-
-
-def _key_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Tuple[List[str], List[str], List[str]]:
-    target = model.state_dict()
-    missing = [k for k in target if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in target]
-    mis_shaped = [f'{k}: checkpoint {tuple(v.shape)} vs model {tuple(target[k].shape)}'
-                  for k, v in state_dict.items() if k in target and tuple(v.shape) != tuple(target[k].shape)]
-    return missing, unexpected, mis_shaped
-
-
 def _load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, hint: str = '') -> None:
     from gczoo.models import CheckpointError, unwrap_state_dict
+    from gczoo.models.pretrained import compare_state_dicts
     state_dict = unwrap_state_dict(dict(state_dict), source=source)
-    missing, unexpected, mis_shaped = _key_mismatch(model, state_dict)
-    if missing or unexpected or mis_shaped:
-        raise CheckpointError(
-            f'{source} does not fit {type(model).__name__} {hint}: missing keys {_fmt_keys(missing)}; '
-            f'unexpected keys {_fmt_keys(unexpected)}; shape mismatch {_fmt_keys(mis_shaped)}')
+    mismatch = compare_state_dicts(model.state_dict(), state_dict)
+    if mismatch:
+        raise CheckpointError(f'{source} does not fit {type(model).__name__} {hint}: {mismatch}')
     model.load_state_dict(state_dict)
 
 
@@ -564,18 +548,17 @@ def _create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
 
 def _load_initial_checkpoint(model: nn.Module, path: str) -> None:
     from gczoo.models import CheckpointError, load_state_dict_file
+    from gczoo.models.pretrained import compare_state_dicts
     state_dict = load_state_dict_file(path)  # unwraps training checkpoints (EMA weights first)
     head = (getattr(model, 'pretrained_cfg', {}) or {}).get('classifier') or 'fc'
     target = model.state_dict()
     skipped = [k for k, v in state_dict.items()
                if k.startswith(head + '.') and k in target and tuple(v.shape) != tuple(target[k].shape)]
     state_dict = {k: v for k, v in state_dict.items() if k not in skipped}
-    missing, unexpected, mis_shaped = _key_mismatch(model, state_dict)
-    missing = [k for k in missing if k not in skipped]
-    if missing or unexpected or mis_shaped:
-        raise CheckpointError(
-            f'--initial-checkpoint {path!r} does not fit --model {type(model).__name__}: missing keys '
-            f'{_fmt_keys(missing)}; unexpected keys {_fmt_keys(unexpected)}; shape mismatch {_fmt_keys(mis_shaped)}')
+    mismatch = compare_state_dicts(
+        target, state_dict, may_be_missing=lambda k: k in skipped or k.endswith('num_batches_tracked'))
+    if mismatch:
+        raise CheckpointError(f'--initial-checkpoint {path!r} does not fit --model {type(model).__name__}: {mismatch}')
     model.load_state_dict(state_dict, strict=False)
     if skipped:
         print(f'--initial-checkpoint: classifier {", ".join(skipped)} has another number of classes; left at init')
@@ -616,6 +599,7 @@ def _build_datasets(args: argparse.Namespace, env: Any) -> Tuple[Any, Any, List[
     """(train, val) datasets without transforms, the class names, and a description of the data."""
     from timm.data import create_dataset
     from gczoo.data import check_image_folder, prepare_digits
+    from gczoo.models.pretrained import format_keys
 
     if _uses_embedded_digits(args):
         if env.local_rank == 0:
@@ -633,7 +617,7 @@ def _build_datasets(args: argparse.Namespace, env: Any) -> Tuple[Any, Any, List[
         unknown = sorted(set(val_classes) - set(train_classes))
         if unknown:
             raise ValueError(f'validation split {str(val_dir)!r} has classes the training split {str(train_dir)!r} '
-                             f'does not: {_fmt_keys(unknown)}')
+                             f'does not: {format_keys(unknown)}')
         train_ds = create_dataset('', root=str(train_dir), split=args.train_split, search_split=False, is_training=True)
         class_to_idx = dict(train_ds.reader.class_to_idx)
         val_ds = create_dataset('', root=str(val_dir), split=args.val_split, search_split=False, class_map=class_to_idx)

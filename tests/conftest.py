@@ -3,9 +3,10 @@ import os
 import pytest
 import torch
 
-# At most two threads (the CI machine's cores); OMP_NUM_THREADS, when set, wins.
+# One intra-op thread unless OMP_NUM_THREADS says otherwise: the tests use small tensors, where a
+# second thread mostly spins, and several tests start torchrun workers that need the other core.
 if 'OMP_NUM_THREADS' not in os.environ:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(autouse=True)

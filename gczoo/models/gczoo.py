@@ -14,8 +14,9 @@ Each model's configuration is one row of ``ZOO_MODELS``; the entrypoints below o
 """
 import dataclasses
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Tuple, Type, Union
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Type, Union
 
+import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
@@ -203,6 +204,13 @@ class ZooResNet(ResNet):
     def init_weights(self, zero_init_last: bool = True) -> None:
         super().init_weights(zero_init_last=zero_init_last)
         self.reset_attn_parameters()
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> Set[str]:
+        """Norm weights of the attention blocks (GC's LayerNorm weight is (P, 1, 1), so timm's
+        ``ndim <= 1`` rule would otherwise decay it, unlike every other norm weight)."""
+        return {f'{name}.{pname}' for name, module in self.named_modules()
+                if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) for pname, _ in module.named_parameters()}
 
 
 def _cfg(model_name: str, tag: str) -> Dict[str, Any]:

@@ -201,3 +201,13 @@ def test_reset_classifier_num_classes_in_chans_global_pool():
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 4)
     model.reset_classifier(0)
     assert model(torch.randn(2, 1, 64, 64)).shape == (2, 2048 * 2)
+
+
+def test_attention_norm_weights_are_excluded_from_weight_decay():
+    from timm.optim import create_optimizer_v2
+    model = timm.create_model('resnet18_gc', num_classes=3)
+    assert 'layer2.0.se.channel_add_conv.1.weight' in model.no_weight_decay()
+    opt = create_optimizer_v2(model, 'adamw', lr=1e-3, weight_decay=0.05)
+    decayed = {id(p) for g in opt.param_groups if g['weight_decay'] > 0 for p in g['params']}
+    assert id(model.layer2[0].se.channel_add_conv[1].weight) not in decayed
+    assert id(model.layer2[0].conv1.weight) in decayed
