@@ -10,7 +10,7 @@ import math
 from typing import Iterable, List, Optional, Sequence
 
 import torch
-from torch.fx._symbolic_trace import is_fx_tracing
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = ['as_tuple', 'check_input', 'check_choice', 'check_positive_int', 'query_index', 'resolve_rd_channels']
 
@@ -22,7 +22,7 @@ def check_input(x: torch.Tensor, channels: int, ndim: int, block: str) -> None:
     extraction must be able to trace through every block).
     """
     if not torch.jit.is_scripting():
-        if is_fx_tracing():
+        if is_fx_symbolic_tracing():
             return
     if x.dim() != ndim:
         raise ValueError(

@@ -31,7 +31,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.fx._symbolic_trace import is_fx_tracing
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from . import _attention
 from ._validate import check_choice, check_input, check_positive_int, query_index, resolve_rd_channels
@@ -214,7 +214,7 @@ class NonLocal(nn.Module):
 
     def _check_pool_input(self, x: torch.Tensor) -> None:
         if not torch.jit.is_scripting():
-            if is_fx_tracing():  # shapes are proxies while FX traces; nothing to check
+            if is_fx_symbolic_tracing():  # shapes are proxies while FX traces; nothing to check
                 return
         if self.sub_sample:
             for i in range(self.spatial_dims):
