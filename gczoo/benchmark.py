@@ -1311,28 +1311,24 @@ def _resolve_device(device: str) -> str:
     return device
 
 
-def _positive(name: str) -> Callable[[str], int]:
+def _int_at_least(name: str, minimum: int) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f'{name} must be an integer, got {text!r}') from None
-        if value < 1:
-            raise argparse.ArgumentTypeError(f'{name} must be >= 1, got {value}')
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f'{name} must be >= {minimum}, got {value}')
         return value
     return parse
+
+
+def _positive(name: str) -> Callable[[str], int]:
+    return _int_at_least(name, 1)
 
 
 def _non_negative(name: str) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'{name} must be an integer, got {text!r}') from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f'{name} must be >= 0, got {value}')
-        return value
-    return parse
+    return _int_at_least(name, 0)
 
 
 def _non_negative_float(name: str) -> Callable[[str], float]:
