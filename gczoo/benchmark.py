@@ -1362,7 +1362,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     sub = parser.add_subparsers(dest='what', required=True, metavar='{layers,models}')
     layers = sub.add_parser(
-        'layers', help='every block vs a naive baseline and timm: time and peak extra memory',
+        'layers', formatter_class=argparse.ArgumentDefaultsHelpFormatter, help='every block vs a naive baseline and timm: time and peak extra memory',
         description='Every block vs a naive baseline and timm\'s counterpart (time and peak extra memory), '
                     'interleaved, medians over rounds; prints a ratio table, writes layers.csv/.json.')
     layers.add_argument('--blocks', nargs='+', default=list(LAYER_BLOCKS), choices=LAYER_BLOCKS, metavar='BLOCK',
@@ -1387,7 +1387,7 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument('--seed', type=int, default=0)
     _common_args(layers)
     models = sub.add_parser(
-        'models', help='zoo model throughput vs timm resnet and timm attention models, with GMAC ratios',
+        'models', formatter_class=argparse.ArgumentDefaultsHelpFormatter, help='zoo model throughput vs timm resnet and timm attention models, with GMAC ratios',
         description='Inference and training-step throughput of zoo models as time ratios to timm\'s ResNet of '
                     'the same depth and to timm\'s nearest attention model, next to the GMAC ratio; '
                     'writes models.csv/.json.')

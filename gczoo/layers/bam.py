@@ -204,10 +204,10 @@ class BAM(nn.Module):
         m_c = self.channel_gate(x)[:, :, None, None]
         m_s = self.spatial_gate(x)
         if self.combine == 'mul':
-            logits = m_c * m_s
+            gate = torch.sigmoid(m_c * m_s)
         else:
-            logits = m_c + m_s
-        return x * (1.0 + torch.sigmoid(logits))
+            gate = torch.sigmoid(m_c + m_s)
+        return torch.addcmul(x, x, gate)  # x * (1 + gate) without another full-size temporary
 
     def attention_maps(self, x: torch.Tensor, queries: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """``'channel'``: ``sigmoid(M_c)`` ``(B, C)``; ``'spatial'``: ``sigmoid(M_s)`` ``(B, 1, H, W)``.
