@@ -292,12 +292,6 @@ class _SkippingLoader:
                 yield images, targets
 
 
-def _classifier_weight_key(model: nn.Module) -> str:
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    classifier = cfg.get('classifier') or 'fc'
-    return (classifier if isinstance(classifier, str) else classifier[0]) + '.weight'
-
-
 def _load_checkpoint_into(model: nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
     from gczoo.models import CheckpointError
     from gczoo.models.pretrained import compare_state_dicts
@@ -327,6 +321,7 @@ def create_eval_model(
     """
     from gczoo.hub import create_model
     from gczoo.models import load_state_dict_file
+    from gczoo.models.pretrained import classifier_names
     if not isinstance(model_name, str) or not model_name:
         raise TypeError(f'--model must be a model name, got {model_name!r}')
     is_hub = model_name.startswith(('local-dir:', 'hf-hub:'))
@@ -355,7 +350,7 @@ def create_eval_model(
     if state is not None and num_classes is None:
         import timm
         probe = create_model(model_name, pretrained=False) if is_hub else timm.create_model(model_name, device='meta')
-        head = _classifier_weight_key(probe)
+        head = classifier_names(probe)[0] + '.weight'
         if head in state:
             kwargs['num_classes'] = int(state[head].shape[0])
     model = create_model(model_name, pretrained=(pretrained or is_hub) and state is None, **kwargs)

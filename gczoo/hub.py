@@ -43,7 +43,7 @@ import torch.nn as nn
 from huggingface_hub import HfApi
 
 from gczoo.models import HUB_ORG, ZOO_MODELS, CheckpointError, PretrainedWeightsError, load_state_dict_file
-from gczoo.models.pretrained import compare_state_dicts
+from gczoo.models.pretrained import classifier_names, compare_state_dicts
 from gczoo.models.errors import _download_error_types
 
 __all__ = [
@@ -391,8 +391,7 @@ def create_model(
             shapes = read_weights_shapes(file)
             build_kwargs = {k: v for k, v in kwargs.items() if k not in _LOAD_ONLY_KWARGS}
             meta_model = timm.create_model(model_name, pretrained=False, device='meta', **build_kwargs)
-            classifier = meta_model.pretrained_cfg.get('classifier') or 'fc'
-            classifiers = (classifier,) if isinstance(classifier, str) else tuple(classifier)
+            classifiers = classifier_names(meta_model)
             # timm drops the classifier itself when num_classes differs from the file's cfg
             verify_weights(meta_model, shapes, repr(str(file)), tolerate_prefixes=tuple(f'{c}.' for c in classifiers))
         elif not file.is_file():
@@ -673,7 +672,7 @@ def load_training_output(
     else:
         state = load_state_dict_file(ckpt)  # weights_only=True, unwrapped (EMA first)
     meta = timm.create_model(name, device='meta')
-    head = (meta.pretrained_cfg.get('classifier') or 'fc') + '.weight'
+    head = classifier_names(meta)[0] + '.weight'
     num_classes = int(state[head].shape[0]) if head in state else args.get('num_classes')
     if not num_classes:
         raise CheckpointError(f'{str(ckpt)!r} has no {head!r}; cannot tell the number of classes (pass a checkpoint '

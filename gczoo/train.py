@@ -548,12 +548,12 @@ def _create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
 
 def _load_initial_checkpoint(model: nn.Module, path: str) -> None:
     from gczoo.models import CheckpointError, load_state_dict_file
-    from gczoo.models.pretrained import compare_state_dicts
+    from gczoo.models.pretrained import classifier_names, compare_state_dicts
     state_dict = load_state_dict_file(path)  # unwraps training checkpoints (EMA weights first)
-    head = (getattr(model, 'pretrained_cfg', {}) or {}).get('classifier') or 'fc'
+    heads = tuple(f'{name}.' for name in classifier_names(model))
     target = model.state_dict()
     skipped = [k for k, v in state_dict.items()
-               if k.startswith(head + '.') and k in target and tuple(v.shape) != tuple(target[k].shape)]
+               if k.startswith(heads) and k in target and tuple(v.shape) != tuple(target[k].shape)]
     state_dict = {k: v for k, v in state_dict.items() if k not in skipped}
     mismatch = compare_state_dicts(
         target, state_dict, may_be_missing=lambda k: k in skipped or k.endswith('num_batches_tracked'))

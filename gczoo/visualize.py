@@ -57,6 +57,7 @@ import torch.nn.functional as F
 
 from gczoo.layers import ContextBlock, CrissCrossAttention, NonLocal, SelfAttention2d, SimplifiedNonLocal
 from gczoo.models import CheckpointError, PretrainedWeightsError, attention_modules, load_state_dict_file
+from gczoo.models.pretrained import classifier_names
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -186,7 +187,7 @@ def load_model(
                     raise ValueError('pass either --pretrained or --checkpoint, not both')
                 state_dict = load_state_dict_file(checkpoint)
                 model = timm.create_model(name)
-                classifier = (getattr(model, 'pretrained_cfg', None) or {}).get('classifier') or 'fc'
+                classifier = classifier_names(model)[0]
                 weight = state_dict.get(f'{classifier}.weight')
                 if weight is not None and weight.shape[0] != model.num_classes:
                     model = timm.create_model(name, num_classes=weight.shape[0])

@@ -19,7 +19,7 @@ import torch.nn as nn
 from .errors import CheckpointError, explain_download_errors
 
 __all__ = [
-    'LoadReport', 'StateDictMismatch', 'compare_state_dicts', 'format_keys', 'init_from_resnet', 'load_state_dict_file',
+    'LoadReport', 'StateDictMismatch', 'classifier_names', 'compare_state_dicts', 'format_keys', 'init_from_resnet', 'load_state_dict_file',
     'unwrap_state_dict',
 ]
 
@@ -177,10 +177,13 @@ def _resolve_source(source: Union[str, os.PathLike, Mapping[str, torch.Tensor], 
     raise TypeError(f'source must be a path, a timm model name, a state dict or a module, got {type(source).__name__}')
 
 
-def _classifier_prefix(model: nn.Module) -> Optional[str]:
+def classifier_names(model: nn.Module) -> Tuple[str, ...]:
+    """The classifier module name(s) of a timm model, from its pretrained cfg (``('fc',)`` by default)."""
     cfg = getattr(model, 'pretrained_cfg', None) or {}
     name = cfg.get('classifier') if isinstance(cfg, Mapping) else None
-    return (name or 'fc') + '.'
+    if not name:
+        return ('fc',)
+    return (name,) if isinstance(name, str) else tuple(name)
 
 
 def init_from_resnet(
@@ -201,7 +204,7 @@ def init_from_resnet(
     src, where = _resolve_source(source)
     target = model.state_dict()
     attn_prefixes = tuple(f'{name}.' for name, _ in attention_modules(model))
-    head = _classifier_prefix(model)
+    head = tuple(f'{name}.' for name in classifier_names(model))
 
     loaded, kept, skipped, ignored = [], [], [], []
     missing, mis_shaped = [], []
