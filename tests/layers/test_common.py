@@ -40,15 +40,61 @@ def test_shape_dtype_non_square(name):
         assert torch.isfinite(y).all()
 
 
+class _BiasFeedsBatchNormTracer(torch.fx.Tracer):
+    """Keeps Linear/Conv and every BatchNorm as single nodes, so the graph shows which feeds which."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.modules.batchnorm._BatchNorm)) \
+            or super().is_leaf_module(m, qualname)
+
+
+def biases_feeding_batch_norm(block: nn.Module) -> set:
+    """Names of the biases whose layer's output goes only into a train-mode BatchNorm.
+
+    BatchNorm subtracts the batch mean per channel, so in training such a bias cancels exactly and its
+    gradient is zero by construction; what a kernel leaves of it (0 or ~1e-9) depends on the CPU
+    (issue 14). They stay in the blocks because the official checkpoints (BAM, CBAM) have them.
+    """
+    tracer = _BiasFeedsBatchNormTracer()
+    graph = tracer.trace(block.train())
+    modules = dict(block.named_modules())
+    found = set()
+    for node in graph.nodes:
+        if node.op != 'call_module' or getattr(modules[node.target], 'bias', None) is None:
+            continue
+        if not isinstance(modules[node.target], (nn.Linear, nn.modules.conv._ConvNd)):
+            continue
+        users = list(node.users)
+        if users and all(u.op == 'call_module' and isinstance(modules[u.target], nn.modules.batchnorm._BatchNorm)
+                         and modules[u.target].training for u in users):
+            found.add(f'{node.target}.bias')
+    return found
+
+
+def test_biases_feeding_batch_norm_found_from_structure():
+    """The finder sees BAM's and CBAM's bias-before-BN layers and nothing in a block without BN."""
+    assert 'channel_gate.layers.0.fc.bias' in biases_feeding_batch_norm(make('bam_sum'))
+    assert 'spatial_gate.reduce.conv.bias' in biases_feeding_batch_norm(make('bam'))
+    assert biases_feeding_batch_norm(make('gc')) == set()
+
+
 @pytest.mark.parametrize('name', NAMES)
 def test_gradients_reach_every_parameter(name):
+    """Every parameter gets a non-zero gradient, except biases that feed a train-mode BatchNorm: their
+    gradient is exactly zero in exact arithmetic, so they are asserted ~0 (round-off only) instead."""
     block = perturbed(make(name))
+    cancelled = biases_feeding_batch_norm(block)
     x = inputs().requires_grad_()
     block(x).square().sum().backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
-    for pname, p in block.named_parameters():
-        assert p.grad is not None, f'{name}: {pname} got no gradient'
-        assert p.grad.abs().sum() > 0, f'{name}: {pname} got a zero gradient'
+    grads = {pname: p.grad for pname, p in block.named_parameters()}
+    assert all(g is not None for g in grads.values()), f'{name}: no gradient for {[k for k, g in grads.items() if g is None]}'
+    largest = max(g.abs().max().item() for g in grads.values())
+    for pname, grad in grads.items():
+        if pname in cancelled:
+            assert grad.abs().max().item() <= 1e-5 * largest, f'{name}: {pname} feeds a BatchNorm, its gradient must be ~0'
+        else:
+            assert grad.abs().sum() > 0, f'{name}: {pname} got a zero gradient'
 
 
 @pytest.mark.parametrize('name', NAMES)
