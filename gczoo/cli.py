@@ -1,24 +1,81 @@
-"""The ``gczoo`` command. Each subcommand is a thin call into one module's ``main(argv)``, which owns
-its flags (``gczoo train --help`` is ``python -m gczoo.train --help``)."""
+"""The ``gczoo`` command and the one runner every command goes through.
+
+Each subcommand is a call into one job's ``main(argv)``, which owns its flags (``gczoo train --help``
+is ``python -m gczoo.train --help``). ``run`` is the only place that turns a failure into what a
+person sees: a ``GczooError``, ``ValueError`` or ``OSError`` (a bad flag, file, image or checkpoint, a
+full disk, a read-only folder) becomes one line on stderr naming what failed and what to do, and exit
+status 2. ``GCZOO_DEBUG=1`` re-raises it with its traceback instead.
+"""
+import errno
 import importlib
+import os
 import sys
-from typing import List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ['COMMANDS', 'main']
+from gczoo.errors import GczooError
 
-# subcommand -> ('module' or 'module:function' taking argv and returning an exit code, one-line help)
-COMMANDS = {
+__all__ = ['COMMANDS', 'DEBUG_ENV', 'EXIT_USER_ERROR', 'main', 'one_line', 'run', 'run_command']
+
+DEBUG_ENV = 'GCZOO_DEBUG'
+EXIT_USER_ERROR = 2
+
+# subcommand -> ('module:function' taking argv and returning an exit code, one-line help)
+COMMANDS: Dict[str, Tuple[str, str]] = {
     'list': ('gczoo.cli:list_main', 'list the attention blocks and models'),
     'train': ('gczoo.train:main', 'train or fine-tune a model (torchrun for DDP; see scripts/train.sh)'),
     'eval': ('gczoo.evaluate:main', 'top-1/top-5 of a model on an ImageNet-layout or ImageFolder dataset'),
     'complexity': ('gczoo.complexity:main', 'parameters, GMACs and GFLOPs of models at any input size'),
-    'bench': ('gczoo.benchmark:main', 'throughput/memory benchmarks: `bench layers` or `bench models`'),
+    'bench': ('gczoo.bench:main', 'throughput/memory benchmarks: `bench layers` or `bench models`'),
     'convert': ('gczoo.models.convert:main', 'convert official CBAM/BAM/GCNet checkpoints to gczoo safetensors'),
     'publish': ('gczoo.hub:main', 'write a Hub repository folder from a training output and upload it'),
     'cards': ('gczoo.cards:main', 'generate model_cards/ and the README model table from the registry'),
     'visualize': ('gczoo.visualize:main', 'PNG grids of what each attention block of a model attends to'),
     'analyze-attention': ('gczoo.visualize:analyze_main', "GCNet's query-independence analysis (CSV + PNG)"),
 }
+
+# what to do about an OSError, by errno: the OS says what failed, not how to go on
+_OS_ADVICE = {
+    errno.ENOSPC: 'free some disk space or write to another folder',
+    errno.EDQUOT: 'free some disk space or write to another folder',
+    errno.EACCES: 'check the permissions, or write to another folder',
+    errno.EPERM: 'check the permissions, or write to another folder',
+    errno.EROFS: 'the file system is read-only: write to another folder',
+    errno.ENOENT: 'check the path',
+    errno.ENOTDIR: 'check the path: a part of it is a file, not a folder',
+    errno.EISDIR: 'a folder was given where a file is expected',
+    errno.EEXIST: 'remove it or choose another name',
+}
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line; for an error re-raised from a DataLoader worker, the worker's last
+    line (its traceback is in the message); for an ``OSError``, what to do about its errno."""
+    text = str(error)
+    if 'Original Traceback' in text:  # torch's ExceptionWrapper
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        text = lines[-1].split(': ', 1)[-1] if lines else text
+    if isinstance(error, OSError) and not isinstance(error, GczooError):
+        advice = _OS_ADVICE.get(error.errno or -1)
+        where = f': {error.filename!r}' if error.filename else ''
+        if error.strerror:
+            text = f'{error.strerror}{where}'
+        text = f'{text} ({advice})' if advice else text
+    text = ' '.join(text.split()) or type(error).__name__
+    return text
+
+
+def run(main_fn: Callable[[List[str]], Optional[int]], argv: Sequence[str], prog: str) -> int:
+    """``main_fn(argv)`` with gczoo's error handling: see the module docstring."""
+    try:
+        return int(main_fn(list(argv)) or 0)
+    except (GczooError, ValueError, OSError) as e:
+        if os.environ.get(DEBUG_ENV, '') not in ('', '0'):
+            raise
+        print(f'{prog}: error: {one_line(e)}', file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted', file=sys.stderr, flush=True)
+        return 130
 
 
 def list_main(argv: Optional[List[str]] = None) -> int:
@@ -40,18 +97,25 @@ def _usage() -> str:
     return '\n'.join(lines)
 
 
+def run_command(command: str, argv: Optional[Sequence[str]] = None) -> int:
+    """Run one subcommand through ``run`` (``python -m gczoo.train`` is ``run_command('train')``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    module_name, func_name = COMMANDS[command][0].split(':')
+    # imported here, not at the top: `gczoo --help` should not pay for torch's and every job's imports
+    main_fn = getattr(importlib.import_module(module_name), func_name)
+    return run(main_fn, argv, f'gczoo {command}')
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ('-h', '--help'):
         print(_usage())
-        return 0 if argv else 2
+        return 0 if argv else EXIT_USER_ERROR
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f'gczoo: unknown command {command!r}\n\n{_usage()}', file=sys.stderr)
-        return 2
-    module_name, func_name = COMMANDS[command][0].split(':')
-    result = getattr(importlib.import_module(module_name), func_name)(rest)
-    return int(result or 0)
+        print(f'gczoo: error: unknown command {command!r}; run gczoo --help for the list', file=sys.stderr)
+        return EXIT_USER_ERROR
+    return run_command(command, rest)
 
 
 if __name__ == '__main__':

@@ -294,7 +294,7 @@ class _SkippingLoader:
 
 def _load_checkpoint_into(model: nn.Module, state: Dict[str, torch.Tensor], path: str) -> None:
     from gczoo.models import CheckpointError
-    from gczoo.models.pretrained import compare_state_dicts
+    from gczoo.models.weights import compare_state_dicts
     mismatch = compare_state_dicts(model.state_dict(), state)
     if mismatch:
         raise CheckpointError(
@@ -320,8 +320,8 @@ def create_eval_model(
     mismatched checkpoint) or ``PretrainedWeightsError`` (weights that cannot be had).
     """
     from gczoo.hub import create_model
-    from gczoo.models import load_state_dict_file
-    from gczoo.models.pretrained import classifier_names
+    from gczoo.models import read_state_dict
+    from gczoo.models.weights import classifier_names
     if not isinstance(model_name, str) or not model_name:
         raise TypeError(f'--model must be a model name, got {model_name!r}')
     is_hub = model_name.startswith(('local-dir:', 'hf-hub:'))
@@ -344,7 +344,7 @@ def create_eval_model(
     kwargs: Dict[str, Any] = {}
     state = None
     if checkpoint is not None:
-        state = load_state_dict_file(checkpoint)
+        state = read_state_dict(checkpoint)
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
     if state is not None and num_classes is None:

@@ -42,9 +42,9 @@ import torch
 import torch.nn as nn
 from huggingface_hub import HfApi
 
-from gczoo.models import HUB_ORG, ZOO_MODELS, CheckpointError, PretrainedWeightsError, load_state_dict_file
-from gczoo.models.pretrained import classifier_names, compare_state_dicts
-from gczoo.models.errors import _download_error_types
+from gczoo.models import HUB_ORG, ZOO_MODELS, CheckpointError, PretrainedWeightsError, read_state_dict
+from gczoo.models.weights import classifier_names, compare_state_dicts
+from gczoo.models.errors import download_error_types
 
 __all__ = [
     'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'HUB_FILES', 'save_pretrained', 'read_weights_shapes',
@@ -239,7 +239,7 @@ def load_pretrained_weights(
     else:
         if not allow_pickle:
             raise _refuse_pickle(path, _sniff_pickle(path) or f'not a safetensors file (suffix {path.suffix!r})')
-        state = load_state_dict_file(path)  # torch.load(weights_only=True), unwrapped
+        state = read_state_dict(path)  # torch.load(weights_only=True), unwrapped
         verify_weights(model, state, repr(str(path)), strict=strict)
     model.load_state_dict(state, strict=strict)
     return model
@@ -341,7 +341,7 @@ def _hub_download_error(
 
 
 def _is_download_error(e: BaseException) -> bool:
-    return isinstance(e, _download_error_types())
+    return isinstance(e, download_error_types())
 
 
 def create_model(
@@ -670,7 +670,7 @@ def load_training_output(
         read_weights_shapes(ckpt)  # clear error for a truncated file or a pickle
         state = load_file(str(ckpt))
     else:
-        state = load_state_dict_file(ckpt)  # weights_only=True, unwrapped (EMA first)
+        state = read_state_dict(ckpt)  # weights_only=True, unwrapped (EMA first)
     meta = timm.create_model(name, device='meta')
     head = classifier_names(meta)[0] + '.weight'
     num_classes = int(state[head].shape[0]) if head in state else args.get('num_classes')
@@ -922,7 +922,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             raise
         print(f'gczoo publish: error: {e}', file=sys.stderr)
         return 2
-    except _download_error_types() as e:  # the Hub refused or could not be reached
+    except download_error_types() as e:  # the Hub refused or could not be reached
         if os.environ.get('GCZOO_DEBUG'):
             raise
         print(f'gczoo publish: upload failed: {type(e).__name__}: {e}. Check the repo id, your write access and '

@@ -465,7 +465,7 @@ def _restore_rng(state: Mapping[str, Any]) -> None:
 
 def _load_model_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str, hint: str = '') -> None:
     from gczoo.models import CheckpointError, unwrap_state_dict
-    from gczoo.models.pretrained import compare_state_dicts
+    from gczoo.models.weights import compare_state_dicts
     state_dict = unwrap_state_dict(dict(state_dict), source=source)
     mismatch = compare_state_dicts(model.state_dict(), state_dict)
     if mismatch:
@@ -547,9 +547,9 @@ def _create_model(args: argparse.Namespace, num_classes: int) -> nn.Module:
 
 
 def _load_initial_checkpoint(model: nn.Module, path: str) -> None:
-    from gczoo.models import CheckpointError, load_state_dict_file
-    from gczoo.models.pretrained import classifier_names, compare_state_dicts
-    state_dict = load_state_dict_file(path)  # unwraps training checkpoints (EMA weights first)
+    from gczoo.models import CheckpointError, read_state_dict
+    from gczoo.models.weights import classifier_names, compare_state_dicts
+    state_dict = read_state_dict(path)  # unwraps training checkpoints (EMA weights first)
     heads = tuple(f'{name}.' for name in classifier_names(model))
     target = model.state_dict()
     skipped = [k for k, v in state_dict.items()
@@ -599,7 +599,7 @@ def _build_datasets(args: argparse.Namespace, env: Any) -> Tuple[Any, Any, List[
     """(train, val) datasets without transforms, the class names, and a description of the data."""
     from timm.data import create_dataset
     from gczoo.data import check_image_folder, prepare_digits
-    from gczoo.models.pretrained import format_keys
+    from gczoo.models.weights import format_keys
 
     if _uses_embedded_digits(args):
         if env.local_rank == 0:

@@ -56,8 +56,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from gczoo.layers import ContextBlock, CrissCrossAttention, NonLocal, SelfAttention2d, SimplifiedNonLocal
-from gczoo.models import CheckpointError, PretrainedWeightsError, attention_modules, load_state_dict_file
-from gczoo.models.pretrained import classifier_names
+from gczoo.models import CheckpointError, PretrainedWeightsError, attention_modules, read_state_dict
+from gczoo.models.weights import classifier_names
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -165,7 +165,7 @@ def load_model(
     ``spec`` is a zoo (or any timm) model name (random init with ``seed`` unless ``pretrained`` or a
     ``checkpoint`` is given), ``NAME=CHECKPOINT`` (same as ``checkpoint``), or a ``local-dir:DIR`` /
     ``hf-hub:ORG/REPO`` name that timm loads with its weights. Checkpoints are read with
-    ``gczoo.models.load_state_dict_file`` (safetensors or ``weights_only`` torch files); the number of
+    ``gczoo.models.read_state_dict`` (safetensors or ``weights_only`` torch files); the number of
     classes is taken from the checkpoint's classifier.
     """
     import timm
@@ -185,7 +185,7 @@ def load_model(
             if checkpoint is not None:
                 if pretrained:
                     raise ValueError('pass either --pretrained or --checkpoint, not both')
-                state_dict = load_state_dict_file(checkpoint)
+                state_dict = read_state_dict(checkpoint)
                 model = timm.create_model(name)
                 classifier = classifier_names(model)[0]
                 weight = state_dict.get(f'{classifier}.weight')

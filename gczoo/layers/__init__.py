@@ -8,11 +8,11 @@ from .cbam import CBAM
 from .criss_cross import CrissCrossAttention
 from .global_context import ContextBlock, SimplifiedNonLocal
 from .non_local import NonLocal, NonLocal1d, NonLocal2d, NonLocal3d
-from .registry import ATTN_SPECS, create_attn, get_attn, list_attn
+from .registry import ATTN_SPECS, attention_modules, create_attn, get_attn, list_attn
 from .self_attention import SelfAttention2d
 from .squeeze_excite import SqueezeExcite
 
 __all__ = [
     'BAM', 'CBAM', 'ContextBlock', 'CrissCrossAttention', 'NonLocal', 'NonLocal1d', 'NonLocal2d', 'NonLocal3d',
-    'SelfAttention2d', 'SimplifiedNonLocal', 'SqueezeExcite', 'ATTN_SPECS', 'create_attn', 'get_attn', 'list_attn',
+    'SelfAttention2d', 'SimplifiedNonLocal', 'SqueezeExcite', 'ATTN_SPECS', 'attention_modules', 'create_attn', 'get_attn', 'list_attn',
 ]

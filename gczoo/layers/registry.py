@@ -18,7 +18,7 @@ from .non_local import NonLocal2d
 from .self_attention import SelfAttention2d
 from .squeeze_excite import SqueezeExcite
 
-__all__ = ['AttnSpec', 'ATTN_SPECS', 'TIMM_ATTN_NAMES', 'get_attn', 'create_attn', 'list_attn']
+__all__ = ['AttnSpec', 'ATTN_SPECS', 'TIMM_ATTN_NAMES', 'attention_modules', 'get_attn', 'create_attn', 'list_attn']
 
 
 class AttnSpec(NamedTuple):
@@ -85,6 +85,12 @@ def get_attn(attn: Union[str, AttnFactory, None]) -> Optional[AttnFactory]:
     if timm_name in TIMM_ATTN_NAMES:
         return timm_get_attn(timm_name)
     raise ValueError(f'unknown attention block {attn!r}; valid names: {", ".join(list_attn(include_timm=True))}')
+
+
+def attention_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
+    """``(name, module)`` of every gczoo attention block in ``model``, in forward order."""
+    classes = tuple({spec.cls for spec in ATTN_SPECS.values()})
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, classes)]
 
 
 def create_attn(attn: Union[str, AttnFactory, None], channels: int, **kwargs: Any) -> Optional[nn.Module]:

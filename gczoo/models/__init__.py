@@ -1,15 +1,21 @@
 """The zoo: timm ResNets with attention blocks where their papers put them, registered with timm
-on import (``timm.create_model('resnet50_gc')``), and the tools to start them from ImageNet weights."""
-from .convert import LAYOUTS, ConversionReport, convert_checkpoint, convert_state_dict, detect_layout, read_checkpoint
+on import (``timm.create_model('resnet50_gc')``), the one weight-loading path every job uses
+(``weights``), and the tools to start them from ImageNet weights or official checkpoints."""
+from gczoo.layers import attention_modules
+
 from .errors import CheckpointError, PretrainedWeightsError
-from .pretrained import LoadReport, init_from_resnet, load_state_dict_file, unwrap_state_dict
-from .gczoo import (
-    HUB_ORG, ZOO_MODELS, Placement, ZooModel, ZooResNet, attention_modules, create_zoo_model, list_zoo_models,
+from .weights import (
+    StateDictMismatch, check_state_dict, classifier_names, compare_state_dicts, load_weights, read_checkpoint,
+    read_state_dict, unwrap_state_dict,
 )
+from .pretrained import LoadReport, init_from_resnet
+from .gczoo import HUB_ORG, ZOO_MODELS, Placement, ZooModel, ZooResNet, create_zoo_model, list_zoo_models
+from .convert import LAYOUTS, ConversionReport, convert_checkpoint, convert_state_dict, detect_layout
 
 __all__ = [
-    'CheckpointError', 'PretrainedWeightsError', 'LoadReport', 'init_from_resnet', 'load_state_dict_file',
-    'unwrap_state_dict', 'HUB_ORG', 'ZOO_MODELS', 'Placement', 'ZooModel', 'ZooResNet', 'attention_modules',
+    'CheckpointError', 'PretrainedWeightsError', 'StateDictMismatch', 'check_state_dict', 'classifier_names',
+    'compare_state_dicts', 'load_weights', 'read_checkpoint', 'read_state_dict', 'unwrap_state_dict', 'LoadReport',
+    'init_from_resnet', 'HUB_ORG', 'ZOO_MODELS', 'Placement', 'ZooModel', 'ZooResNet', 'attention_modules',
     'create_zoo_model', 'list_zoo_models', 'LAYOUTS', 'ConversionReport', 'convert_checkpoint', 'convert_state_dict',
-    'detect_layout', 'read_checkpoint',
+    'detect_layout',
 ]

@@ -64,12 +64,14 @@ import torch
 from gczoo.layers.bam import OFFICIAL_KEY_MAP as BAM_KEY_MAP
 from gczoo.layers.cbam import OFFICIAL_KEY_MAP as CBAM_KEY_MAP
 
+from gczoo.args import ArgumentParser
+
 from .errors import CheckpointError
-from .pretrained import compare_state_dicts, format_keys, load_state_dict_file, unwrap_state_dict
+from .weights import compare_state_dicts, format_keys, read_state_dict, unwrap_state_dict
 
 __all__ = [
     'LAYOUTS', 'ConversionReport', 'detect_layout', 'convert_state_dict', 'convert_checkpoint',
-    'read_checkpoint', 'main',
+    'main',
 ]
 
 StateDict = Dict[str, torch.Tensor]
@@ -133,10 +135,6 @@ class ConversionReport:
         lines += self.notes
         lines.append(f'load with: {self.load_snippet}')
         return '\n'.join(lines)
-
-
-# Kept under the name this module has always exported.
-read_checkpoint = load_state_dict_file
 
 
 def detect_layout(state_dict: Mapping[str, Any]) -> str:
@@ -374,7 +372,7 @@ def convert_checkpoint(
         raise ValueError(f'out_path must end in .safetensors, got {str(out_path)!r}')
     if out_path.exists() and src_path.exists() and out_path.resolve() == src_path.resolve():
         raise ValueError(f'out_path must differ from src_path, got {str(out_path)!r} for both')
-    state_dict = read_checkpoint(src_path)
+    state_dict = read_state_dict(src_path)
     layout, model_name, converted, dropped, filled, num_classes = _convert(state_dict, layout, model)
 
     notes = []
@@ -396,7 +394,7 @@ def convert_checkpoint(
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog='gczoo convert',
         description='Convert an official CBAM/BAM (Jongchan/attention-module) or GCNet/mmdetection/mmpretrain '
                     'ResNet checkpoint into gczoo safetensors loadable with '
@@ -412,15 +410,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``gczoo convert SRC OUT``: returns 0, or 2 after a one-line error (``GCZOO_DEBUG=1``: traceback)."""
+    """``gczoo convert SRC OUT`` (errors are printed by ``gczoo.cli.run``)."""
     args = _parser().parse_args(argv)
-    try:
-        report = convert_checkpoint(args.src, args.out, layout=args.layout, model=args.model)
-    except (ValueError, TypeError) as e:  # CheckpointError is a ValueError
-        if os.environ.get('GCZOO_DEBUG'):
-            raise
-        print(f'gczoo convert: error: {e}', file=sys.stderr)
-        return 2
+    report = convert_checkpoint(args.src, args.out, layout=args.layout, model=args.model)
     print(report)
     if args.report_json:
         path = Path(args.report_json)
@@ -430,4 +422,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    from gczoo.cli import run_command
+    sys.exit(run_command('convert'))

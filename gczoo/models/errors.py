@@ -2,18 +2,13 @@
 import contextlib
 from typing import Iterator
 
-__all__ = ['CheckpointError', 'PretrainedWeightsError', 'explain_download_errors']
+from gczoo.errors import CheckpointError, PretrainedWeightsError
+
+__all__ = ['CheckpointError', 'PretrainedWeightsError', 'download_error_types', 'explain_download_errors']
 
 
-class CheckpointError(ValueError):
-    """A checkpoint is corrupt, pickled where safetensors was expected, or does not fit the model."""
-
-
-class PretrainedWeightsError(RuntimeError):
-    """Pretrained weights were asked for but cannot be had; the message says which and what to do."""
-
-
-def _download_error_types() -> tuple:
+def download_error_types() -> tuple:
+    """The exception types a failed download raises (huggingface_hub's and the OS's)."""
     types: list = [OSError]  # offline cache misses and connection failures are OSErrors
     try:
         from huggingface_hub import errors as hf_errors
@@ -31,7 +26,7 @@ def explain_download_errors(variant: str, enabled: bool = True) -> Iterator[None
         return
     try:
         yield
-    except _download_error_types() as e:
+    except download_error_types() as e:
         raise PretrainedWeightsError(
             f'Could not load pretrained weights for {variant!r}: {type(e).__name__}: {e}. '
             f'If you are offline, set HF_HUB_OFFLINE=1 with the weights in your Hub cache (HF_HOME), '

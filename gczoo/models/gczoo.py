@@ -23,9 +23,10 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
-from gczoo.layers import ATTN_SPECS, get_attn
+from gczoo.layers import attention_modules, get_attn
 
 from .errors import PretrainedWeightsError, explain_download_errors
+from .pretrained import init_from_resnet
 
 __all__ = [
     'Placement', 'ZooModel', 'ZOO_MODELS', 'ZooResNet', 'PretrainedWeightsError', 'HUB_ORG', 'list_zoo_models',
@@ -140,16 +141,6 @@ ZOO_MODELS: Dict[str, ZooModel] = {
 
 def list_zoo_models() -> List[str]:
     return list(ZOO_MODELS)
-
-
-def _attn_classes() -> Tuple[type, ...]:
-    return tuple({spec.cls for spec in ATTN_SPECS.values()})
-
-
-def attention_modules(model: nn.Module) -> List[Tuple[str, nn.Module]]:
-    """``(name, module)`` of every gczoo attention block in ``model``, in forward order."""
-    classes = _attn_classes()
-    return [(n, m) for n, m in model.named_modules() if isinstance(m, classes)]
 
 
 class ZooResNet(ResNet):
@@ -278,7 +269,6 @@ def create_zoo_model(variant: str, pretrained: bool = False, **kwargs: Any) -> n
             **kwargs,
         )
     if pretrained_backbone is not None:
-        from .pretrained import init_from_resnet
         init_from_resnet(model, pretrained_backbone)
     return model
 

@@ -18,9 +18,9 @@ from safetensors import safe_open
 
 import gczoo  # noqa: F401  (registers the models)
 from gczoo.models import CheckpointError, attention_modules, init_from_resnet
-from gczoo.models.convert import (
-    LAYOUTS, convert_checkpoint, convert_state_dict, detect_layout, main, read_checkpoint,
-)
+from gczoo.cli import main as cli_main
+from gczoo.models.convert import LAYOUTS, convert_checkpoint, convert_state_dict, detect_layout
+from gczoo.models.weights import read_state_dict
 
 BN = ('weight', 'bias', 'running_mean', 'running_var', 'num_batches_tracked')
 
@@ -336,7 +336,7 @@ def test_corrupt_truncated_and_missing_files(tmp_path, cbam_official):
     garbage = tmp_path / 'garbage.pth'
     garbage.write_bytes(b'\x00not a checkpoint' * 64)
     with pytest.raises(CheckpointError, match='garbage.pth.*not a readable PyTorch checkpoint'):
-        read_checkpoint(garbage)
+        read_state_dict(garbage)
     full = tmp_path / 'full.pth'
     torch.save({'state_dict': {k: cbam_official[k] for k in list(cbam_official)[:4]}}, full)
     truncated = tmp_path / 'truncated.pth'
@@ -346,9 +346,9 @@ def test_corrupt_truncated_and_missing_files(tmp_path, cbam_official):
     bad_st = tmp_path / 'bad.safetensors'
     bad_st.write_bytes(b'{"oops"')
     with pytest.raises(CheckpointError, match='bad.safetensors'):
-        read_checkpoint(bad_st)
+        read_state_dict(bad_st)
     with pytest.raises(CheckpointError, match='does not exist'):
-        read_checkpoint(tmp_path / 'nope.pth')
+        read_state_dict(tmp_path / 'nope.pth')
     assert not (tmp_path / 'x.safetensors').exists()
 
 
@@ -363,7 +363,7 @@ def test_pickled_objects_in_meta_are_refused_and_named(tmp_path, zip_format):
             'state_dict': {'backbone.conv1.weight': torch.zeros(1)}}
     torch.save(ckpt, path, _use_new_zipfile_serialization=zip_format)
     with pytest.raises(CheckpointError) as info:
-        read_checkpoint(path)
+        read_state_dict(path)
     msg = str(info.value)
     assert 'weights_only=True' in msg and "torch.save(ck['state_dict']" in msg
     assert 'numpy' in msg or '_Hook' in msg
@@ -373,7 +373,7 @@ def test_cli_writes_the_file_and_a_json_report(tmp_path, capsys, gc_model):
     src = tmp_path / 'det.pth'
     torch.save(mmdet_checkpoint(to_mmdet(gc_model.state_dict())), src)
     out, report_json = tmp_path / 'out' / 'gc.safetensors', tmp_path / 'report.json'
-    assert main([str(src), str(out), '--report-json', str(report_json)]) == 0
+    assert cli_main(['convert', str(src), str(out), '--report-json', str(report_json)]) == 0
     assert out.is_file()
     printed = capsys.readouterr().out
     assert 'resnet50_gc' in printed and 'load with: timm.create_model(' in printed
@@ -384,6 +384,6 @@ def test_cli_writes_the_file_and_a_json_report(tmp_path, capsys, gc_model):
 def test_cli_reports_errors_in_one_line(tmp_path, capsys):
     bad = tmp_path / 'bad.pth'
     bad.write_bytes(b'junk')
-    assert main([str(bad), str(tmp_path / 'o.safetensors')]) == 2
+    assert cli_main(['convert', str(bad), str(tmp_path / 'o.safetensors')]) == 2
     err = capsys.readouterr().err
     assert err.startswith('gczoo convert: error:') and 'bad.pth' in err
