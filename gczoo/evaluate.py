@@ -319,7 +319,7 @@ def create_eval_model(
     accuracy means nothing. Raises ``ValueError`` (unknown model), ``CheckpointError`` (unreadable or
     mismatched checkpoint) or ``PretrainedWeightsError`` (weights that cannot be had).
     """
-    from gczoo.hub import create_model
+    from gczoo.models.hub_folder import create_model
     from gczoo.models import read_state_dict
     from gczoo.models.weights import classifier_names
     if not isinstance(model_name, str) or not model_name:

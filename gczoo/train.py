@@ -1172,7 +1172,7 @@ def train(args: argparse.Namespace) -> int:
 def _export_best(model: nn.Module, best_path: Path, export_dir: Path, data_config: Dict[str, Any],
                  class_names: List[str]) -> Path:
     import copy
-    from gczoo.hub import save_pretrained
+    from gczoo.models.hub_folder import save_pretrained
     ckpt = load_training_checkpoint(best_path)
     weights = ckpt['state_dict_ema'] if ckpt.get('state_dict_ema') is not None else ckpt['state_dict']
     export_model = copy.deepcopy(model).cpu()

@@ -18,22 +18,20 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._builder import resolve_pretrained_cfg
 from timm.models.resnet import BasicBlock, Bottleneck, ResNet
 
 from gczoo.layers import attention_modules, get_attn
 
-from .errors import PretrainedWeightsError, explain_download_errors
+from .errors import PretrainedWeightsError, explain_download_errors  # noqa: F401  (PretrainedWeightsError re-exported)
 from .pretrained import init_from_resnet
+from .tags import HUB_ORG, check_weights_available, pretrained_cfgs
 
 __all__ = [
     'Placement', 'ZooModel', 'ZOO_MODELS', 'ZooResNet', 'PretrainedWeightsError', 'HUB_ORG', 'list_zoo_models',
     'attention_modules',
 ]
 
-HUB_ORG = 'gczoo'
 ALL_BLOCKS = None  # a Placement.stages value: every residual block of that stage
 
 _DEPTHS: Dict[int, Tuple[Type[nn.Module], Tuple[int, int, int, int]]] = {
@@ -204,46 +202,7 @@ class ZooResNet(ResNet):
                 if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) for pname, _ in module.named_parameters()}
 
 
-def _cfg(model_name: str, tag: str) -> Dict[str, Any]:
-    zoo = ZOO_MODELS[model_name]
-    return {
-        'hf_hub_id': f'{HUB_ORG}/{model_name}.{tag}',
-        'hf_hub_filename': 'model.safetensors',  # never fall back to a pickled pytorch_model.bin
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7),
-        'crop_pct': 0.875, 'interpolation': 'bilinear',
-        'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv1', 'classifier': 'fc',
-        'license': 'apache-2.0',
-        'paper_ids': f'arXiv:{zoo.arxiv}', 'paper_name': zoo.paper,
-        'origin_url': 'https://github.com/gczoo/gczoo',
-        'notes': (zoo.summary,),
-    }
-
-
-default_cfgs = generate_default_cfgs({
-    f'{name}.{zoo.default_tag}': _cfg(name, zoo.default_tag) for name, zoo in ZOO_MODELS.items()
-})
-
-
-def _unpublished_message(variant: str, hf_hub_id: str) -> str:
-    return (
-        f'No pretrained weights for {variant!r} are published yet (looked for the Hub repo {hf_hub_id!r}). '
-        f'Either start from an ImageNet ResNet with the attention blocks at identity init: '
-        f'timm.create_model({variant!r}, pretrained_backbone="resnet50.a1_in1k" or a local .safetensors/.pth path) '
-        f'(or gczoo.models.init_from_resnet(model, source)); or load your own weights with '
-        f'pretrained_cfg_overlay=dict(file="path/to/model.safetensors"), "local-dir:DIR" or "hf-hub:ORG/REPO".'
-    )
-
-
-def _check_weights_available(variant: str, pretrained_cfg: Any, overlay: Optional[Dict[str, Any]]) -> None:
-    cfg = resolve_pretrained_cfg(variant, pretrained_cfg=pretrained_cfg, pretrained_cfg_overlay=overlay)
-    if cfg.file or cfg.url or getattr(cfg, 'state_dict', None) is not None or cfg.source == 'hf-hub':
-        return  # the user named a source (a file, URL, or an explicit hf-hub: repo)
-    zoo = ZOO_MODELS[variant]
-    published = {f'{HUB_ORG}/{variant}.{tag}' for tag in zoo.published_tags}
-    default_ids = {f'{HUB_ORG}/{variant}.{zoo.default_tag}'}
-    if cfg.hf_hub_id in default_ids and cfg.hf_hub_id not in published:
-        raise PretrainedWeightsError(_unpublished_message(variant, cfg.hf_hub_id))
+default_cfgs = generate_default_cfgs(pretrained_cfgs(ZOO_MODELS))
 
 
 def create_zoo_model(variant: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
@@ -261,7 +220,7 @@ def create_zoo_model(variant: str, pretrained: bool = False, **kwargs: Any) -> n
     zoo = ZOO_MODELS[variant]
     block, layers = _DEPTHS[zoo.depth]
     if pretrained:
-        _check_weights_available(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        check_weights_available(variant, zoo, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     with explain_download_errors(variant, enabled=pretrained):
         model = build_model_with_cfg(
             ZooResNet, variant, pretrained,

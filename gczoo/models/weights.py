@@ -30,7 +30,7 @@ from gczoo.errors import CheckpointError
 
 __all__ = [
     'StateDict', 'StateDictMismatch', 'PICKLE_SUFFIXES', 'WEIGHTS_NAME', 'check_state_dict', 'classifier_names',
-    'compare_state_dicts', 'format_keys', 'load_weights', 'read_checkpoint', 'read_safetensors_shapes',
+    'compare_state_dicts', 'format_keys', 'pickle_refusal', 'load_weights', 'read_checkpoint', 'read_safetensors_shapes',
     'read_state_dict', 'unwrap_state_dict',
 ]
 
@@ -192,7 +192,8 @@ def _existing_file(path: PathLike) -> Path:
     return path
 
 
-def _refuse_pickle(path: Path) -> CheckpointError:
+def pickle_refusal(path: Path) -> CheckpointError:
+    """The error for a pickled weights file where only safetensors is accepted by default."""
     what = _sniff_pickle(path) or f'not a safetensors file (suffix {path.suffix!r})'
     return CheckpointError(
         f'{str(path)!r} is {what}, and gczoo does not load pickled weights by default (a pickle can run code). '
@@ -210,7 +211,7 @@ def read_checkpoint(path: PathLike, *, allow_pickle: bool = True) -> Dict[str, A
             from safetensors.torch import load_file
             return load_file(str(path))
         if not allow_pickle:
-            raise _refuse_pickle(path)
+            raise pickle_refusal(path)
         obj = torch.load(str(path), map_location='cpu', weights_only=True)
     if not isinstance(obj, Mapping):
         raise CheckpointError(f'{str(path)!r} holds a {type(obj).__name__}, not a checkpoint (a mapping)')
@@ -221,7 +222,7 @@ def read_state_dict(path: PathLike, *, use_ema: bool = True, allow_pickle: bool 
     """The state dict inside a checkpoint file, read without unpickling code (see the module docstring)."""
     path = _existing_file(path)
     if path.suffix != '.safetensors' and not allow_pickle:
-        raise _refuse_pickle(path)
+        raise pickle_refusal(path)
     from timm.models import load_state_dict as timm_load_state_dict
     with _reading(path):
         state = timm_load_state_dict(str(path), use_ema=use_ema, weights_only=True)

@@ -1,0 +1,372 @@
+"""Weights in the Hugging Face Hub's layout: write, check and load a folder, with gczoo's checks.
+
+A Hub repository of gczoo weights holds exactly three files:
+
+* ``model.safetensors`` -- the state dict (never a pickle: no ``.bin``/``.pth``);
+* ``config.json`` -- timm's format (``architecture``, ``num_classes``, ``num_features``,
+  ``global_pool``, ``label_names``, ``model_args``, ``pretrained_cfg`` with the data config the
+  weights were trained and evaluated with, and ``hf_hub_filename: model.safetensors`` so timm's
+  Hub loader never falls back to a pickled ``pytorch_model.bin``);
+* ``README.md`` -- the model card (written by ``gczoo.hub``'s publish flow).
+
+Every place a user keeps weights loads through timm itself:
+``timm.create_model('hf-hub:ORG/REPO', pretrained=True)`` (the Hub or, with ``HF_HUB_OFFLINE=1``,
+the Hub cache under ``HF_HOME``), ``'local-dir:DIR'``, ``pretrained_cfg_overlay=dict(file=...)``,
+a zoo name with ``pretrained=True``, and ``torch.hub.load``. :func:`create_model` is the same call
+with gczoo's checks around it: it refuses pickled weights, checks a folder's files, keys and shapes
+before loading, and turns a failed download into one :class:`~gczoo.errors.PretrainedWeightsError`
+that says what was looked for, where, and what to do. (``timm.create_model('hf-hub:...')``
+downloads ``config.json`` before any gczoo code runs, so only this wrapper can explain a failure
+at that step.) Reading and checking the tensors is ``gczoo.models.weights``'s job.
+
+It sits in ``models/`` (not beside the publish flow in ``gczoo.hub``) because training, evaluation
+and visualisation load and save such folders, and jobs only import downwards.
+"""
+import json
+import os
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+
+from gczoo.errors import CheckpointError, PretrainedWeightsError
+
+from .errors import download_error_types
+from .gczoo import ZOO_MODELS
+from .weights import (
+    PICKLE_SUFFIXES, WEIGHTS_NAME, check_state_dict, classifier_names, load_weights, read_safetensors_shapes,
+    pickle_refusal,
+)
+
+__all__ = [
+    'WEIGHTS_NAME', 'CONFIG_NAME', 'save_pretrained', 'read_weights_shapes', 'verify_weights',
+    'load_pretrained_weights', 'check_hub_folder', 'create_model',
+]
+
+PathLike = Union[str, os.PathLike]
+CONFIG_NAME = 'config.json'
+
+# factory kwargs that say how weights were obtained, not what the architecture is: a config that
+# kept them would make `local-dir:`/`hf-hub:` loading pass them again (pretrained_backbone together
+# with pretrained=True is refused by the zoo's entrypoints)
+_NON_ARCH_ARGS = ('pretrained_backbone', 'pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'features_only',
+                  'out_indices', 'feature_cls', 'checkpoint_path', 'pretrained_model_args')
+# kwargs of timm.create_model that are about loading or wrapping, not about building the weights' model
+_LOAD_ONLY_KWARGS = ('pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir', 'features_only', 'out_indices',
+                     'feature_cls', 'scriptable', 'exportable', 'no_jit', 'device', 'dtype')
+
+
+# ----------------------------------------------------------------------------------------------
+# writing
+
+
+def save_pretrained(
+        model: nn.Module,
+        out_dir: PathLike,
+        *,
+        data_config: Optional[Dict[str, Any]] = None,
+        label_names: Optional[Sequence[str]] = None,
+        tag: Optional[str] = None,
+) -> Path:
+    """Write ``model.safetensors`` + ``config.json`` in timm's Hub layout (``local-dir:`` loads it).
+
+    Uses timm's own ``save_for_hf`` (safetensors only, no pickle), then fixes up the config:
+    ``model_args`` keeps only architecture arguments, ``pretrained_cfg.hf_hub_filename`` pins the
+    safetensors file for Hub loading, and ``pretrained_cfg.tag`` is ``tag`` when given (the
+    training recipe; otherwise the source cfg's tag is kept).
+    """
+    from timm.models import save_for_hf
+    if not hasattr(model, 'pretrained_cfg'):
+        raise TypeError(f'model must be a timm model (with a pretrained_cfg), got {type(model).__name__}')
+    out = Path(out_dir)
+    model_config: Dict[str, Any] = {'num_classes': model.num_classes}
+    if label_names is not None:
+        label_names = list(label_names)
+        if len(label_names) != model.num_classes:
+            raise ValueError(f'label_names has {len(label_names)} names but the model has {model.num_classes} classes')
+        model_config['label_names'] = label_names
+    model_args = {k: v for k, v in getattr(model, '_model_args', {}).items() if k not in _NON_ARCH_ARGS}
+    save_for_hf(model, str(out), model_config=model_config, model_args=model_args,
+                safe_serialization=True, data_config=data_config)
+    config_path = out / CONFIG_NAME
+    config = json.loads(config_path.read_text())
+    # save_for_hf starts from the model's recorded factory kwargs, so drop the non-architecture ones here
+    config['model_args'] = {k: v for k, v in config.get('model_args', {}).items() if k not in _NON_ARCH_ARGS}
+    config['pretrained_cfg']['hf_hub_filename'] = WEIGHTS_NAME
+    if tag is not None:
+        config['pretrained_cfg']['tag'] = tag
+    config_path.write_text(json.dumps(config, indent=2))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# checking and loading
+
+
+def read_weights_shapes(path: PathLike) -> Dict[str, Tuple[int, ...]]:
+    """Tensor names and shapes of a ``.safetensors`` file, from its header (``CheckpointError`` if unreadable)."""
+    return read_safetensors_shapes(path)
+
+
+def verify_weights(
+        model: nn.Module,
+        shapes: Mapping[str, Union[Tuple[int, ...], torch.Tensor]],
+        source: str,
+        *,
+        strict: bool = True,
+        tolerate_prefixes: Sequence[str] = (),
+) -> None:
+    """Check that ``shapes`` (name -> shape or tensor) fit ``model`` before loading (``check_state_dict``)."""
+    check_state_dict(model, shapes, source, strict=strict, tolerate_prefixes=tolerate_prefixes)
+
+
+def _find_weights_file(folder: Path) -> Path:
+    weights = folder / WEIGHTS_NAME
+    if weights.is_file():
+        return weights
+    others = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    pickles = [n for n in others if n.endswith(PICKLE_SUFFIXES)]
+    hint = (f'; it holds pickled weights ({", ".join(pickles)}), which gczoo does not load by default '
+            f'(pass allow_pickle=True, or convert with `gczoo publish FILE --model NAME --dry-run --local-dir DIR`)'
+            if pickles else f'; it holds: {", ".join(others) or "nothing"}')
+    raise CheckpointError(f'no {WEIGHTS_NAME} in {str(folder)!r}{hint}')
+
+
+def load_pretrained_weights(
+        model: nn.Module,
+        path_or_dir: Union[PathLike, Mapping[str, torch.Tensor]],
+        *,
+        allow_pickle: bool = False,
+        strict: bool = True,
+        allow_non_finite: bool = False,
+) -> nn.Module:
+    """Load weights into ``model`` after checking every key, shape, dtype and value; returns ``model``.
+
+    ``path_or_dir``: a Hub-layout folder (its ``model.safetensors``), a ``.safetensors`` file, a
+    state dict, or -- only with ``allow_pickle=True`` -- a ``.pth``/``.bin`` file, or a folder holding
+    only such a file, read with ``torch.load(weights_only=True)``. Nothing is loaded unless everything
+    fits (``strict=False`` allows missing and unexpected keys, never a shape mismatch).
+    """
+    if not isinstance(path_or_dir, Mapping):
+        path = Path(path_or_dir)
+        if path.is_dir():
+            try:
+                path = _find_weights_file(path)
+            except CheckpointError:
+                pickles = sorted(p for p in path.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+                if not (allow_pickle and pickles):
+                    raise
+                path = pickles[0]
+        path_or_dir = path
+    load_weights(model, path_or_dir, what='weights', strict=strict, allow_pickle=allow_pickle,
+                 allow_non_finite=allow_non_finite)
+    return model
+
+
+def _read_config(folder: Path) -> Dict[str, Any]:
+    if not folder.is_dir():
+        raise CheckpointError(f'weights folder {str(folder)!r} does not exist or is not a folder')
+    config_path = folder / CONFIG_NAME
+    if not config_path.is_file():
+        present = ', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'
+        raise CheckpointError(
+            f'no {CONFIG_NAME} in {str(folder)!r} (it holds: {present}); a Hub-layout folder needs '
+            f'{WEIGHTS_NAME} and {CONFIG_NAME} as written by gczoo.hub.save_pretrained or `gczoo publish`')
+    try:
+        config = json.loads(config_path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f'{str(config_path)!r} is not valid JSON: {e}') from e
+    if not isinstance(config, dict) or not isinstance(config.get('architecture'), str):
+        raise CheckpointError(f'{str(config_path)!r} has no "architecture" (a timm model name); is it a timm config?')
+    return config
+
+
+def _check_architecture(architecture: str, where: str) -> None:
+    import timm
+    if not timm.is_model(architecture):
+        gczoo_models = ', '.join(ZOO_MODELS)
+        raise CheckpointError(
+            f'{where} names architecture {architecture!r}, which is not a registered timm model '
+            f'(timm {timm.__version__}; gczoo registers: {gczoo_models}). Install the package that defines it, '
+            f'or fix "architecture" in the config.')
+
+
+def check_hub_folder(folder: PathLike, *, allow_pickle: bool = False) -> Dict[str, Any]:
+    """Check a Hub-layout folder before loading or uploading it; returns its parsed ``config.json``.
+
+    Checks: ``config.json`` exists, parses and names a registered architecture; no pickled weights
+    sit next to it (unless ``allow_pickle``); ``model.safetensors`` exists, is complete, and its keys
+    and shapes are exactly those of the model the config describes (built on the meta device, so
+    this costs no memory). Each failure is a ``CheckpointError`` naming the file and the fix.
+    """
+    import timm
+    folder = Path(folder)
+    config = _read_config(folder)
+    _check_architecture(config['architecture'], repr(str(folder / CONFIG_NAME)))
+    pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
+    if pickles and not allow_pickle:
+        raise CheckpointError(
+            f'{str(folder)!r} holds pickled weights ({", ".join(pickles)}); gczoo folders hold only {WEIGHTS_NAME}. '
+            f'Delete them (the safetensors file has the same tensors) or pass allow_pickle=True.')
+    weights = _find_weights_file(folder)
+    shapes = read_weights_shapes(weights)
+    # timm's own config parsing (model_args, num_classes) builds the model the folder describes
+    model = timm.create_model(f'local-dir:{folder}', pretrained=False, device='meta')
+    verify_weights(model, shapes, repr(str(weights)))
+    return config
+
+
+def _hub_cache_dir(cache_dir: Optional[PathLike]) -> str:
+    from huggingface_hub import constants
+    return os.path.abspath(str(cache_dir or constants.HF_HUB_CACHE))
+
+
+def _is_offline() -> bool:
+    from huggingface_hub import constants
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _hub_download_error(
+        repo_id: str,
+        files: Sequence[str],
+        cache_dir: Optional[PathLike],
+        cause: BaseException,
+        requested: str,
+) -> PretrainedWeightsError:
+    """One error for a failed Hub download: what was looked for, where, and what to do."""
+    from huggingface_hub import try_to_load_from_cache
+    from timm.models._hub import hf_split
+    repo, revision = hf_split(repo_id)
+    cache = _hub_cache_dir(cache_dir)
+    try:
+        not_cached = [f for f in files
+                      if not isinstance(try_to_load_from_cache(repo, f, cache_dir=cache, revision=revision), str)]
+    except ValueError:  # an invalid repo id: say so below through the cause
+        not_cached = list(files)
+    offline = _is_offline()
+    mode = 'HF_HUB_OFFLINE=1, so nothing was downloaded' if offline else 'online; the download failed'
+    reason = f'{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ""}'.rstrip(': ')
+    return PretrainedWeightsError(
+        f'Could not load {requested!r}: looked for {", ".join(files)} of the Hub repo {repo!r} '
+        f'(revision {revision or "main"}) in the Hub cache {cache!r} ({mode}); not in the cache: '
+        f'{", ".join(not_cached) or "none"} ({reason}). What to do: online, check the repo id and your access '
+        f'(`hf auth login` or HF_TOKEN for private repos); offline, fill the cache on a connected machine '
+        f'(`hf download {repo}` with the same HF_HOME, then copy HF_HOME) or from a copied folder with '
+        f'gczoo.hub.write_to_hub_cache(folder, {repo!r}); or load a folder directly with '
+        f'timm.create_model("local-dir:DIR", pretrained=True) or '
+        f'pretrained_cfg_overlay=dict(file="model.safetensors"); '
+        f'or train your own weights with scripts/train.sh.')
+
+
+def _is_download_error(e: BaseException) -> bool:
+    return isinstance(e, download_error_types())
+
+
+def create_model(
+        model_name: str,
+        pretrained: bool = False,
+        *,
+        allow_pickle: bool = False,
+        **kwargs: Any,
+) -> nn.Module:
+    """``timm.create_model`` with gczoo's checks around it (same arguments, same model).
+
+    * ``local-dir:DIR`` with ``pretrained=True``: the folder is checked first
+      (:func:`check_hub_folder`: files, architecture, keys and shapes, no pickles).
+    * ``pretrained_cfg_overlay=dict(file=...)``: the file must exist, be safetensors (a ``.pth`` only
+      with ``allow_pickle=True``, read with ``weights_only=True``) and fit the model.
+    * ``hf-hub:ORG/REPO`` (and zoo names whose tag is published): only ``model.safetensors`` is
+      downloaded (never a pickled ``pytorch_model.bin``) unless ``allow_pickle=True``; a failed
+      download of ``config.json`` or the weights becomes one ``PretrainedWeightsError`` naming the
+      repo, the files, the cache folder, and what to do.
+    * a config naming an architecture that is not registered, or corrupt weights: ``CheckpointError``.
+    """
+    import timm
+    from timm.models import parse_model_name, split_model_name_tag
+    from timm.models._builder import resolve_pretrained_cfg
+
+    if not isinstance(model_name, str):
+        raise TypeError(f'model_name must be a str, got {type(model_name).__name__}')
+    source, model_id = parse_model_name(model_name)
+    overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
+    cache_dir = kwargs.get('cache_dir')
+
+    if source == 'local-dir':
+        folder = Path(model_id)
+        if pretrained:
+            check_hub_folder(folder, allow_pickle=allow_pickle)
+        else:
+            _check_architecture(_read_config(folder)['architecture'], repr(str(folder / CONFIG_NAME)))
+    elif source is None and not timm.is_model(split_model_name_tag(model_id)[0]):
+        raise ValueError(f'unknown model {model_name!r}: not a registered timm model (gczoo models: '
+                         f'{", ".join(ZOO_MODELS)}); use "hf-hub:ORG/REPO" or "local-dir:DIR" for weights folders')
+
+    if pretrained and overlay.get('file'):
+        file = Path(overlay['file'])
+        if file.is_dir():
+            raise CheckpointError(f'pretrained_cfg_overlay file {str(file)!r} is a folder; use "local-dir:{file}"')
+        if file.suffix == '.safetensors':
+            shapes = read_weights_shapes(file)
+            build_kwargs = {k: v for k, v in kwargs.items() if k not in _LOAD_ONLY_KWARGS}
+            meta_model = timm.create_model(model_name, pretrained=False, device='meta', **build_kwargs)
+            classifiers = classifier_names(meta_model)
+            # timm drops the classifier itself when num_classes differs from the file's cfg
+            verify_weights(meta_model, shapes, repr(str(file)), tolerate_prefixes=tuple(f'{c}.' for c in classifiers))
+        elif not file.is_file():
+            raise CheckpointError(f'pretrained_cfg_overlay file {str(file)!r} does not exist')
+        elif not allow_pickle:
+            raise pickle_refusal(file)
+
+    hub_repo: Optional[str] = None
+    hub_files: List[str] = []
+    if source == 'hf-hub':
+        hub_repo, hub_files = model_id, [CONFIG_NAME] + ([WEIGHTS_NAME] if pretrained else [])
+    elif pretrained and source is None and not overlay.get('file'):
+        # the registry's cfg (or the one passed) says where timm will download from
+        architecture, tag = split_model_name_tag(model_id)
+        cfg = resolve_pretrained_cfg(architecture, pretrained_cfg=kwargs.get('pretrained_cfg') or tag or None,
+                                     pretrained_cfg_overlay=overlay)
+        if cfg.hf_hub_id and not cfg.url and not cfg.file:
+            hub_repo, hub_files = cfg.hf_hub_id, [overlay.get('hf_hub_filename') or cfg.hf_hub_filename or WEIGHTS_NAME]
+    if pretrained and hub_repo is not None and not allow_pickle:
+        filename = overlay.setdefault('hf_hub_filename', WEIGHTS_NAME)
+        if not filename.endswith('.safetensors'):
+            raise CheckpointError(
+                f'hf_hub_filename {filename!r} is not a safetensors file; gczoo does not load pickled weights '
+                f'by default (pass allow_pickle=True to read it with torch.load(weights_only=True))')
+
+    from safetensors import SafetensorError
+    try:
+        return timm.create_model(model_name, pretrained=pretrained, pretrained_cfg_overlay=overlay or None, **kwargs)
+    except PretrainedWeightsError as e:
+        # the zoo's entrypoint explains download errors in general terms; name the repo and cache here
+        if hub_repo is not None and e.__cause__ is not None and _is_download_error(e.__cause__):
+            raise _hub_download_error(hub_repo, hub_files, cache_dir, e.__cause__, model_name) from e.__cause__
+        raise
+    except SafetensorError as e:
+        where = ''
+        if hub_repo is not None:
+            from huggingface_hub import try_to_load_from_cache
+            from timm.models._hub import hf_split
+            repo, revision = hf_split(hub_repo)
+            cached = try_to_load_from_cache(repo, hub_files[-1], cache_dir=_hub_cache_dir(cache_dir), revision=revision)
+            where = f' (the cached file {cached!r}; delete it, or run `hf cache delete`, and download again)' \
+                if isinstance(cached, str) else ''
+        raise CheckpointError(f'the weights of {model_name!r} are not a readable safetensors file{where}: {e}') from e
+    except RuntimeError as e:
+        message = str(e)
+        if message.startswith('Unknown model'):
+            architecture = message[len('Unknown model'):].strip(' ()')
+            where = f'the {CONFIG_NAME} of {model_name!r}' if source else repr(model_name)
+            raise CheckpointError(
+                f'{where} names architecture {architecture!r}, which is not a registered timm model '
+                f'(gczoo registers: {", ".join(ZOO_MODELS)}). Install the package that defines it, '
+                f'or fix "architecture" in the config.') from e
+        if 'Error(s) in loading state_dict' in message:
+            raise CheckpointError(f'the weights of {model_name!r} do not fit the model: {message}') from e
+        raise
+    except Exception as e:
+        if hub_repo is not None and _is_download_error(e):
+            raise _hub_download_error(hub_repo, hub_files, cache_dir, e, model_name) from e
+        raise
