@@ -33,6 +33,12 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'analyze-attention': ('gczoo.visualize:analyze_main', "GCNet's query-independence analysis (CSV + PNG)"),
 }
 
+# the optional extra (pyproject.toml) that brings each package a job may need
+_EXTRAS = {
+    'torchmetrics': 'train', 'sklearn': 'train', 'yaml': 'train', 'matplotlib': 'train',
+    'skimage': 'viz', 'onnx': 'onnx', 'onnxruntime': 'onnx', 'onnxscript': 'onnx', 'tqdm': 'train',
+}
+
 # what to do about an OSError, by errno: the OS says what failed, not how to go on
 _OS_ADVICE = {
     errno.ENOSPC: 'free some disk space or write to another folder',
@@ -72,6 +78,13 @@ def run(main_fn: Callable[[List[str]], Optional[int]], argv: Sequence[str], prog
         if os.environ.get(DEBUG_ENV, '') not in ('', '0'):
             raise
         print(f'{prog}: error: {one_line(e)}', file=sys.stderr, flush=True)
+        return EXIT_USER_ERROR
+    except ModuleNotFoundError as e:  # an optional extra that is not installed
+        root = (e.name or '').split('.')[0]
+        if root not in _EXTRAS or os.environ.get(DEBUG_ENV, '') not in ('', '0'):
+            raise
+        print(f"{prog}: error: this command needs the package {root!r}, which is not installed: "
+              f"pip install 'gczoo[{_EXTRAS[root]}]'", file=sys.stderr, flush=True)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print(f'{prog}: interrupted', file=sys.stderr, flush=True)
