@@ -6,13 +6,12 @@ person sees: a ``GczooError``, ``ValueError`` or ``OSError`` (a bad flag, file, 
 full disk, a read-only folder) becomes one line on stderr naming what failed and what to do, and exit
 status 2. ``GCZOO_DEBUG=1`` re-raises it with its traceback instead.
 """
-import errno
 import importlib
 import os
 import sys
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from gczoo.errors import GczooError
+from gczoo.errors import GczooError, one_line
 
 __all__ = ['COMMANDS', 'DEBUG_ENV', 'EXIT_USER_ERROR', 'main', 'one_line', 'run', 'run_command']
 
@@ -38,37 +37,6 @@ _EXTRAS = {
     'torchmetrics': 'train', 'sklearn': 'train', 'yaml': 'train', 'matplotlib': 'train',
     'skimage': 'viz', 'onnx': 'onnx', 'onnxruntime': 'onnx', 'onnxscript': 'onnx', 'tqdm': 'train',
 }
-
-# what to do about an OSError, by errno: the OS says what failed, not how to go on
-_OS_ADVICE = {
-    errno.ENOSPC: 'free some disk space or write to another folder',
-    errno.EDQUOT: 'free some disk space or write to another folder',
-    errno.EACCES: 'check the permissions, or write to another folder',
-    errno.EPERM: 'check the permissions, or write to another folder',
-    errno.EROFS: 'the file system is read-only: write to another folder',
-    errno.ENOENT: 'check the path',
-    errno.ENOTDIR: 'check the path: a part of it is a file, not a folder',
-    errno.EISDIR: 'a folder was given where a file is expected',
-    errno.EEXIST: 'remove it or choose another name',
-}
-
-
-def one_line(error: BaseException) -> str:
-    """The error's message on one line; for an error re-raised from a DataLoader worker, the worker's last
-    line (its traceback is in the message); for an ``OSError``, what to do about its errno."""
-    text = str(error)
-    if 'Original Traceback' in text:  # torch's ExceptionWrapper
-        lines = [line for line in text.strip().splitlines() if line.strip()]
-        text = lines[-1].split(': ', 1)[-1] if lines else text
-    if isinstance(error, OSError) and not isinstance(error, GczooError):
-        advice = _OS_ADVICE.get(error.errno or -1)
-        where = f': {error.filename!r}' if error.filename else ''
-        if error.strerror:
-            text = f'{error.strerror}{where}'
-        text = f'{text} ({advice})' if advice else text
-    text = ' '.join(text.split()) or type(error).__name__
-    return text
-
 
 def run(main_fn: Callable[[List[str]], Optional[int]], argv: Sequence[str], prog: str) -> int:
     """``main_fn(argv)`` with gczoo's error handling: see the module docstring."""

@@ -4,7 +4,9 @@ They sit below every other module (layers, models and jobs all raise them), and 
 (``gczoo.cli.run``) prints any of them, or a ``ValueError``/``OSError``, as one line with exit 2.
 """
 
-__all__ = ['GczooError', 'CheckpointError', 'PretrainedWeightsError', 'UsageError']
+import errno
+
+__all__ = ['GczooError', 'CheckpointError', 'PretrainedWeightsError', 'UsageError', 'one_line']
 
 
 class GczooError(Exception):
@@ -22,3 +24,34 @@ class PretrainedWeightsError(GczooError, RuntimeError):
 
 class UsageError(GczooError, ValueError):
     """A command-line flag or argument is wrong (argparse's own errors become this, see ``gczoo.args``)."""
+
+
+# what to do about an OSError, by errno: the OS says what failed, not how to go on
+_OS_ADVICE = {
+    errno.ENOSPC: 'free some disk space or write to another folder',
+    errno.EDQUOT: 'free some disk space or write to another folder',
+    errno.EACCES: 'check the permissions, or write to another folder',
+    errno.EPERM: 'check the permissions, or write to another folder',
+    errno.EROFS: 'the file system is read-only: write to another folder',
+    errno.ENOENT: 'check the path',
+    errno.ENOTDIR: 'check the path: a part of it is a file, not a folder',
+    errno.EISDIR: 'a folder was given where a file is expected',
+    errno.EEXIST: 'remove it or choose another name',
+}
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line; for an error re-raised from a DataLoader worker, the worker's last
+    line (its traceback is in the message); for an ``OSError``, what to do about its errno."""
+    text = str(error)
+    if 'Original Traceback' in text:  # torch's ExceptionWrapper
+        lines = [line for line in text.strip().splitlines() if line.strip()]
+        text = lines[-1].split(': ', 1)[-1] if lines else text
+    if isinstance(error, OSError) and not isinstance(error, GczooError):
+        advice = _OS_ADVICE.get(error.errno or -1)
+        where = f': {error.filename!r}' if error.filename else ''
+        if error.strerror:
+            text = f'{error.strerror}{where}'
+        text = f'{text} ({advice})' if advice else text
+    text = ' '.join(text.split()) or type(error).__name__
+    return text

@@ -14,9 +14,12 @@ from safetensors.torch import save_file
 
 import timm
 import gczoo  # noqa: F401
-from gczoo.evaluate import (
-    CSV_COLUMNS, EvalImageFolder, find_eval_folder, main, resolve_class_mapping, scan_image_folder,
-)
+from gczoo.cli import run_command
+from gczoo.evaluate import CSV_COLUMNS, EvalImageFolder, find_eval_folder, resolve_class_mapping, scan_image_folder
+
+
+def main(argv):
+    return run_command('eval', argv)  # through the CLI runner, as `gczoo eval` runs
 
 REPO = Path(__file__).resolve().parent.parent
 # tench, goldfish, great white shark: ImageNet indices 0, 1, 2
@@ -256,3 +259,122 @@ def test_checkpoint_that_does_not_fit(data, head_ckpt, tmp_path, capsys):
 def test_eval_dataset_rejects_unknown_bad_image_policy():
     with pytest.raises(ValueError, match="on_bad_image must be 'skip' or 'error'"):
         EvalImageFolder([], transform=lambda x: x, on_bad_image='ignore')
+
+
+# --------------------------------------------------------------------------------------------------
+# timm validate.py's flags and results file
+
+
+def test_results_file_csv_and_json_like_validate_py(data, head_ckpt, tmp_path, capsys):
+    common = ['--model', 'resnet18_gc', '--checkpoint', str(head_ckpt), '--data-dir', str(data / 'imagenet'),
+              '--img-size', '32', '-b', '4', '-j', '0', '--no-progress']
+    assert main(common + ['--results-file', str(tmp_path / 'r.csv')]) == 0, capsys.readouterr().err
+    header, row = (tmp_path / 'r.csv').read_text().splitlines()
+    assert tuple(header.split(',')) == CSV_COLUMNS and row.startswith('resnet18_gc,28.5714,')
+    assert main(common + ['--results-file', str(tmp_path / 'r.json'), '--results-format', 'json']) == 0
+    assert json.loads((tmp_path / 'r.json').read_text())['top1'] == round(100 * 2 / 7, 4)
+    assert not (tmp_path / 'out').exists()  # --output-dir is gczoo's extra, not a default
+
+
+def test_checkpoint_folder_evaluates_every_checkpoint_sorted_by_top1(data, tmp_path, capsys):
+    folder = tmp_path / 'ckpts'
+    folder.mkdir()
+    _head_checkpoint(folder / 'goldfish.safetensors', ranking=(1, 0, 2))  # 2/7
+    _head_checkpoint(folder / 'tench.safetensors', ranking=(0, 1, 2))  # 3/7
+    (folder / 'notes.txt').write_text('not a checkpoint')
+    rc = main(['--model', 'resnet18_gc', '--checkpoint', str(folder), '--data-dir', str(data / 'imagenet'),
+               '--img-size', '32', '-b', '4', '-j', '0', '--no-progress', '--results-file', str(tmp_path / 'all.csv')])
+    assert rc == 0, capsys.readouterr().err
+    lines = (tmp_path / 'all.csv').read_text().splitlines()
+    assert lines[0].endswith(',checkpoint') and len(lines) == 3
+    assert lines[1].endswith('tench.safetensors') and lines[2].endswith('goldfish.safetensors')
+
+
+def test_use_ema_picks_the_ema_weights(data, tmp_path, capsys):
+    goldfish = timm.create_model('resnet18_gc', num_classes=1000).state_dict()
+    tench = {k: v.clone() for k, v in goldfish.items()}
+    for state, cls in ((goldfish, 1), (tench, 0)):
+        state['fc.weight'].zero_()
+        state['fc.bias'].zero_()
+        state['fc.bias'][cls] = 1.0
+    ckpt = tmp_path / 'train.pth.tar'
+    torch.save({'state_dict': goldfish, 'state_dict_ema': tench}, ckpt)
+    base = ['--model', 'resnet18_gc', '--checkpoint', str(ckpt), '--data-dir', str(data / 'imagenet'),
+            '--img-size', '32', '-b', '4', '-j', '0', '--no-progress', '--results-format', 'json']
+    assert main(base + ['--results-file', str(tmp_path / 'plain.json')]) == 0
+    assert main(base + ['--use-ema', '--results-file', str(tmp_path / 'ema.json')]) == 0
+    assert json.loads((tmp_path / 'plain.json').read_text())['top1'] == round(100 * 2 / 7, 4)
+    assert json.loads((tmp_path / 'ema.json').read_text())['top1'] == round(100 * 3 / 7, 4)
+
+
+def test_preprocessing_flags_reach_the_transform(data, head_ckpt, tmp_path, capsys):
+    rc, captured, out = _run(['--model', 'resnet18_gc', '--checkpoint', str(head_ckpt), '--data-dir',
+                              str(data / 'imagenet'), '--crop-mode', 'squash', '--mean', '0.5', '--std', '0.25'],
+                             tmp_path, capsys)
+    assert rc == 0, captured.err
+    config = _results(out)['data_config']
+    assert config['crop_mode'] == 'squash' and config['mean'] == [0.5] * 3 and config['std'] == [0.25] * 3
+
+
+def test_one_channel_model(data, tmp_path, capsys):
+    model = timm.create_model('resnet18_gc', num_classes=3, in_chans=1)
+    ckpt = tmp_path / 'gray.safetensors'
+    save_file(model.state_dict(), str(ckpt))
+    rc, captured, out = _run(['--model', 'resnet18_gc', '--checkpoint', str(ckpt), '--in-chans', '1',
+                              '--data-dir', str(data / 'plain')], tmp_path, capsys)
+    assert rc == 0, captured.err
+    assert _results(out)['data_config']['input_size'] == [1, 32, 32]
+
+
+@pytest.mark.parametrize('flag', [['--crop-pct', '0'], ['--crop-pct', '1.5'], ['-b', '0'], ['--workers', '-1'],
+                                  ['--device', 'cuda:7'], ['--img-size', 'nan']])
+def test_bad_flags_are_one_line(flag, data, head_ckpt, tmp_path, capsys):
+    if flag[0] == '--device' and torch.cuda.device_count() > 7:
+        pytest.skip('this machine has 8 GPUs')
+    rc, captured, _ = _run(['--model', 'resnet18_gc', '--checkpoint', str(head_ckpt), '--data-dir',
+                            str(data / 'imagenet')] + flag, tmp_path, capsys)
+    assert rc == 2 and captured.err.count('\n') == 1 and flag[0] in captured.err
+
+
+def test_nan_and_integer_weights_are_refused(data, tmp_path, capsys):
+    state = timm.create_model('resnet18_gc', num_classes=1000).state_dict()
+    nan_state = dict(state, **{'layer1.0.conv1.weight': torch.full_like(state['layer1.0.conv1.weight'], float('nan'))})
+    save_file(nan_state, str(tmp_path / 'nan.safetensors'))
+    save_file({k: v.to(torch.int64) if v.is_floating_point() else v for k, v in state.items()},
+              str(tmp_path / 'int.safetensors'))
+    for name, expected in (('nan', 'NaN or infinite values in layer1.0.conv1.weight'), ('int', 'non-floating')):
+        rc, captured, out = _run(['--model', 'resnet18_gc', '--checkpoint', str(tmp_path / f'{name}.safetensors'),
+                                  '--data-dir', str(data / 'imagenet')], tmp_path, capsys)
+        assert rc == 2 and expected in captured.err and captured.err.count('\n') == 1
+        assert not out.exists()  # no result written for weights that measure nothing
+
+
+def test_unwritable_output_and_full_disk_are_one_line(data, head_ckpt, tmp_path, capsys, monkeypatch):
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('')
+    base = ['--model', 'resnet18_gc', '--checkpoint', str(head_ckpt), '--data-dir', str(data / 'imagenet'),
+            '--img-size', '32', '-b', '4', '-j', '0', '--no-progress']
+    assert main(base + ['--results-file', str(blocker / 'r.csv')]) == 2  # a file where a folder should be
+    err = capsys.readouterr().err
+    assert err.startswith('gczoo eval: error:') and err.count('\n') == 1 and 'a_file' in err
+
+    import errno
+    import gczoo.files
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(gczoo.files.os, 'fsync', full_disk)
+    assert main(base + ['--results-file', str(tmp_path / 'r.csv')]) == 2
+    err = capsys.readouterr().err
+    assert 'No space left on device' in err and 'free some disk space' in err and err.count('\n') == 1
+    assert not (tmp_path / 'r.csv').exists() and not list(tmp_path.glob('.r.csv*'))  # nothing half-written
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    from gczoo.evaluate import decode_image
+    ramp = (np.arange(64, dtype=np.uint16).reshape(8, 8) * 1024)
+    Image.fromarray(ramp).save(tmp_path / 'deep.png')
+    assert Image.open(tmp_path / 'deep.png').mode.startswith('I')
+    pixels = np.asarray(decode_image(str(tmp_path / 'deep.png')))
+    expected = np.rint(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert (pixels[..., 0] == expected).all() and pixels.max() < 255  # white only where the image is

@@ -323,7 +323,7 @@ def load_weights(
     every check passes (see :func:`check_state_dict`).
     """
     if isinstance(source, Mapping):
-        state, where = unwrap_state_dict(source, source=f'{what} (state dict)'), f'{what} (state dict)'
+        state, where = unwrap_state_dict(source, source=what), what
     else:
         state, where = read_state_dict(source, use_ema=use_ema, allow_pickle=allow_pickle), f'{what} {str(source)!r}'
     skipped: List[str] = []

@@ -1,0 +1,71 @@
+"""The model ``gczoo eval`` evaluates: built by name, weights through gczoo's one loading path."""
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import torch.nn as nn
+
+from gczoo.models.hub_folder import create_model
+from gczoo.models.weights import classifier_names, load_weights, read_state_dict
+
+__all__ = ['create_eval_model']
+
+
+def _check_model_name(model_name: str) -> bool:
+    """True for ``local-dir:``/``hf-hub:`` names; raises ``ValueError`` for a name timm does not know."""
+    if not isinstance(model_name, str) or not model_name:
+        raise ValueError(f'--model must be a model name, got {model_name!r}')
+    if model_name.startswith(('local-dir:', 'hf-hub:')):
+        if model_name.startswith('local-dir:') and not Path(model_name[len('local-dir:'):]).is_dir():
+            raise ValueError(f'--model {model_name!r}: folder {model_name[len("local-dir:"):]!r} does not exist')
+        return True
+    import timm
+    if not timm.is_model(model_name):
+        close = difflib.get_close_matches(model_name.split('.')[0], timm.list_models(), n=4)
+        hint = f' Did you mean: {", ".join(close)}?' if close else ''
+        raise ValueError(f'unknown model {model_name!r}: not a timm or gczoo model name, nor local-dir:DIR / '
+                         f'hf-hub:ORG/REPO.{hint}')
+    return False
+
+
+def create_eval_model(
+        model_name: str,
+        *,
+        pretrained: bool = False,
+        checkpoint: Optional[os.PathLike] = None,
+        num_classes: Optional[int] = None,
+        use_ema: bool = False,
+        **model_kwargs: Any,
+) -> nn.Module:
+    """The model to evaluate, in eval mode.
+
+    ``local-dir:``/``hf-hub:`` names load their weights; a registered name needs ``pretrained=True``
+    or a ``checkpoint`` (a ``.safetensors`` file or a torch file read with ``weights_only=True``; its
+    EMA weights with ``use_ema``, as timm's validate.py; ``num_classes`` defaults to the checkpoint's
+    classifier size). Random weights are refused: their accuracy means nothing. ``model_kwargs`` go to
+    ``timm.create_model`` (``in_chans``, ``global_pool``, ``--model-kwargs``).
+    """
+    is_hub = _check_model_name(model_name)
+    if pretrained and checkpoint is not None:
+        raise ValueError('pass either --pretrained or --checkpoint, not both')
+    if not (pretrained or checkpoint is not None or is_hub):
+        raise ValueError(f'no weights for --model {model_name!r}: pass --pretrained, --checkpoint FILE, or a '
+                         f'"local-dir:DIR" / "hf-hub:ORG/REPO" name (evaluating random weights measures nothing)')
+    kwargs: Dict[str, Any] = dict(model_kwargs)
+    state = None
+    if checkpoint is not None:
+        state = read_state_dict(checkpoint, use_ema=use_ema)
+    if num_classes is not None:
+        kwargs['num_classes'] = num_classes
+    elif state is not None:
+        probe = create_model(model_name, pretrained=False, device='meta', **kwargs)
+        head = classifier_names(probe)[0] + '.weight'
+        if head in state:
+            kwargs['num_classes'] = int(state[head].shape[0])
+    model = create_model(model_name, pretrained=(pretrained or is_hub) and state is None, **kwargs)
+    if state is not None:
+        architecture = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', '?')
+        load_weights(model, state, what=f'--checkpoint {str(checkpoint)!r}',
+                     hint=f'Is it a checkpoint of {architecture} (and of this --num-classes)?')
+    return model.eval()
