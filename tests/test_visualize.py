@@ -20,6 +20,7 @@ from PIL import Image
 from scipy.spatial import distance as scipy_distance
 
 import gczoo  # noqa: F401  (registers the zoo with timm)
+from gczoo.cli import main as cli_main
 from gczoo.layers import CrissCrossAttention, NonLocal2d, SelfAttention2d
 from gczoo.models import CheckpointError, attention_modules
 from gczoo.visualize import (
@@ -390,8 +391,8 @@ def test_visualize_writes_one_png_per_image_with_the_grid_size(tmp_path):
 
 
 def test_visualize_without_images_uses_the_sample_photos(tmp_path, monkeypatch):
-    import gczoo.visualize as visualize
-    monkeypatch.setattr(visualize, 'SAMPLE_IMAGES', {k: SAMPLE_IMAGES[k] for k in ('astronaut', 'coffee')})
+    import gczoo.visualize.images as images
+    monkeypatch.setattr(images, 'SAMPLE_IMAGES', {k: SAMPLE_IMAGES[k] for k in ('astronaut', 'coffee')})
     out = tmp_path / 'out'
     rc = main(['resnet50_cbam', '--blocks', 'layer4.*', '--img-size', str(SIZE), '--out', str(out), '--no-progress',
                '--query-points', '8,8', '40,20'])
@@ -405,11 +406,13 @@ def test_visualize_without_images_uses_the_sample_photos(tmp_path, monkeypatch):
 
 
 def test_visualize_errors(tmp_path, capsys):
-    assert main(['resnet50_se', '--img-size', str(SIZE), '--out', str(tmp_path)]) == 2
+    def visualize_cli(argv):
+        return cli_main(['visualize', *argv])
+    assert visualize_cli(['resnet50_se', '--img-size', str(SIZE), '--out', str(tmp_path)]) == 2
     assert 'spatial map' in capsys.readouterr().err
-    assert main(['resnet50_nl', str(tmp_path / 'missing.jpg'), '--out', str(tmp_path)]) == 2
+    assert visualize_cli(['resnet50_nl', str(tmp_path / 'missing.jpg'), '--out', str(tmp_path)]) == 2
     assert 'IMAGE' in capsys.readouterr().err
-    assert main(['resnet50_nl', '--blocks', 'nothing*', '--img-size', str(SIZE), '--out', str(tmp_path)]) == 2
+    assert visualize_cli(['resnet50_nl', '--blocks', 'nothing*', '--img-size', str(SIZE), '--out', str(tmp_path)]) == 2
     assert '--blocks' in capsys.readouterr().err
 
 
@@ -472,9 +475,11 @@ def test_analysis_separates_trained_like_from_random_attention():
 
 
 def test_analyze_errors(tmp_path, capsys):
-    assert analyze_main(['resnet50_cbam', '--img-size', str(SIZE), '--out', str(tmp_path)]) == 2
+    def analyze_cli(argv):
+        return cli_main(['analyze-attention', *argv])
+    assert analyze_cli(['resnet50_cbam', '--img-size', str(SIZE), '--out', str(tmp_path)]) == 2
     assert 'query-based or context' in capsys.readouterr().err
-    assert analyze_main(['resnet50_nl', '--data-dir', str(tmp_path / 'nope'), '--out', str(tmp_path)]) == 2
+    assert analyze_cli(['resnet50_nl', '--data-dir', str(tmp_path / 'nope'), '--out', str(tmp_path)]) == 2
     assert '--data-dir' in capsys.readouterr().err
-    assert analyze_main(['resnet50_nl', 'resnet50_sa', '--checkpoint', 'x.safetensors', '--out', str(tmp_path)]) == 2
+    assert analyze_cli(['resnet50_nl', 'resnet50_sa', '--checkpoint', 'x.safetensors', '--out', str(tmp_path)]) == 2
     assert '--checkpoint' in capsys.readouterr().err
