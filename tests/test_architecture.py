@@ -1,0 +1,172 @@
+"""The package's shape: dependencies run one way, with no cycle and no reach into another module's
+private names, and ``import gczoo`` needs no job's extras.
+
+Layers, lowest first: foundations (errors, argument types, atomic files, the papers table) ->
+blocks (``gczoo.layers``) -> models (``gczoo.models``) -> jobs (data, distributed, train, evaluate,
+complexity, visualize, bench, export) -> cards -> hub (publishing) -> cli. A module may import its
+own layer or lower ones. Every ``import`` statement counts, inside functions too; only entry points
+(``__main__.py`` files and ``if __name__ == '__main__':`` blocks) may import the CLI.
+"""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Iterator, List, Set, Tuple
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / 'gczoo'
+
+LAYERS: List[Tuple[str, ...]] = [
+    ('gczoo.errors', 'gczoo.args', 'gczoo.files', 'gczoo.papers'),
+    ('gczoo.layers',),
+    ('gczoo.models', 'gczoo'),  # the package root imports layers and models, nothing else
+    ('gczoo.data', 'gczoo.distributed', 'gczoo.train', 'gczoo.evaluate', 'gczoo.complexity', 'gczoo.visualize',
+     'gczoo.bench', 'gczoo.export'),
+    ('gczoo.cards',),
+    ('gczoo.hub',),
+    ('gczoo.cli',),
+]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix('').parts)
+    if parts[-1] == '__init__':
+        parts = parts[:-1]
+    return '.'.join(parts)
+
+
+def _layer(module: str) -> int:
+    best, best_len = None, -1
+    for index, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            if (module == prefix or module.startswith(prefix + '.')) and len(prefix) > best_len:
+                best, best_len = index, len(prefix)
+    if best is None:
+        raise AssertionError(f'{module} is in no layer of tests/test_architecture.py: add it where it belongs')
+    return best
+
+
+def _is_main_block(node: ast.AST) -> bool:
+    test = getattr(node, 'test', None)
+    return (isinstance(node, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
+            and test.left.id == '__name__')
+
+
+def _imports(path: Path) -> Iterator[Tuple[int, str, List[str]]]:
+    """``(line, imported module, imported names)`` for every import outside entry-point blocks."""
+    module = _module_name(path)
+    package = module if path.name == '__init__.py' else module.rpartition('.')[0]
+    tree = ast.parse(path.read_text(), filename=str(path))
+    skipped: Set[int] = set()
+    for node in ast.walk(tree):
+        if _is_main_block(node):
+            skipped |= {id(n) for n in ast.walk(node)}
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                yield node.lineno, alias.name, []
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split('.')
+                base = base[:len(base) - node.level + 1]
+                target = '.'.join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ''
+            names = [a.name for a in node.names]
+            if node.level and not node.module:  # `from . import x`: x are submodules
+                for name in names:
+                    yield node.lineno, f'{target}.{name}', []
+            else:
+                yield node.lineno, target, names
+
+
+def _sources() -> Dict[str, Path]:
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob('*.py')) if p.name != '__main__.py'}
+
+
+def _resolve(target: str, modules: Dict[str, Path]) -> str:
+    """The gczoo module an import names (``gczoo.models.weights``, or the package ``gczoo.models``)."""
+    while target and target not in modules:
+        target = target.rpartition('.')[0]
+    return target
+
+
+def _graph() -> Dict[str, Dict[str, List[str]]]:
+    modules = _sources()
+    graph: Dict[str, Dict[str, List[str]]] = {}
+    for name, path in modules.items():
+        edges = graph.setdefault(name, {})
+        for line, target, names in _imports(path):
+            if target != 'gczoo' and not target.startswith('gczoo.'):
+                continue
+            resolved = _resolve(target, modules)
+            if resolved and resolved != name:
+                edges.setdefault(resolved, []).append(f'{path.relative_to(PACKAGE.parent)}:{line}')
+    return graph
+
+
+def test_every_module_is_in_a_layer():
+    for module in _sources():
+        _layer(module)
+
+
+def test_no_upward_imports():
+    upward = []
+    for module, edges in _graph().items():
+        for target, where in edges.items():
+            if _layer(target) > _layer(module):
+                upward.append(f'{module} -> {target} ({", ".join(where)})')
+    assert not upward, 'imports that run upward:\n' + '\n'.join(upward)
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    cycles, state = [], {}
+
+    def visit(node: str, stack: List[str]) -> None:
+        state[node] = 'open'
+        for target in graph.get(node, {}):
+            if state.get(target) == 'open':
+                cycles.append(' -> '.join(stack[stack.index(target):] + [target]))
+            elif target not in state:
+                visit(target, stack + [target])
+        state[node] = 'done'
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
+    assert not cycles, 'import cycles:\n' + '\n'.join(cycles)
+
+
+def test_no_private_names_across_modules():
+    modules = _sources()
+    found = []
+    for module, path in modules.items():
+        for line, target, names in _imports(path):
+            if not target.startswith('gczoo'):
+                continue
+            resolved = _resolve(target, modules)
+            same_package = resolved.rpartition('.')[0] == module.rpartition('.')[0] and resolved != 'gczoo'
+            private = [n for n in names if n.startswith('_') and not n.startswith('__')]
+            if private and not same_package:
+                found.append(f'{path.relative_to(PACKAGE.parent)}:{line} imports {", ".join(private)} from {target}')
+    assert not found, 'private names imported from another module:\n' + '\n'.join(found)
+
+
+def test_no_module_over_500_lines():
+    long = {str(p.relative_to(PACKAGE.parent)): n for p in PACKAGE.rglob('*.py')
+            if (n := len(p.read_text().splitlines())) > 500}
+    assert not long, f'modules over ~500 lines (split by concern): {long}'
+
+
+def test_import_gczoo_needs_no_job_extras():
+    """`pip install gczoo` (no extras) is enough for `import gczoo; timm.create_model(...)`."""
+    code = ('import sys, gczoo, timm; timm.create_model("resnet50_gc"); '
+            'extras = ("torchmetrics", "matplotlib", "sklearn", "skimage", "onnx", "onnxruntime", "yaml_include"); '
+            'print(sorted(m for m in extras if m in sys.modules))')
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == '[]', f'import gczoo pulled in optional packages: {out.stdout}'
