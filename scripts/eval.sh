@@ -3,13 +3,14 @@
 # under torchrun on this machine: NPROC processes (one per GPU; gloo on CPU), each taking every
 # NPROC-th image, the metric states summed across them (the same numbers as one process).
 #
-#   scripts/eval.sh --model resnet50_gc --checkpoint best.safetensors --data-dir /data/imagenet
-#   NPROC=8 scripts/eval.sh --model hf-hub:gczoo/resnet50_gc.ft_in1k --data-dir /data/imagenet --amp
-#   scripts/eval.sh --model local-dir:OUT/export --data-dir /data/flowers --on-bad-image error
+#   scripts/eval.sh --model resnet50_gc --checkpoint model_best.pth.tar --use-ema --data-dir /data/imagenet
+#   NPROC=8 scripts/eval.sh --model resnet50_gc --pretrained --data-dir /data/imagenet --amp --results-file r.csv
+#   scripts/eval.sh --model local-dir:OUT/export --data-dir /data/flowers --on-bad-image error --output-dir out/
 #
 # Runs: torchrun --standalone --nproc-per-node ${NPROC:-1} -m gczoo.evaluate "$@" (torchrun is
-# `$PYTHON -m torch.distributed.run`; PYTHON picks the interpreter). Writes output/eval/<model>.csv
-# (timm validate.py's columns) and .json. Every flag: scripts/eval.sh --help (this is `gczoo eval`).
+# `$PYTHON -m torch.distributed.run`; PYTHON picks the interpreter). The flags are timm validate.py's
+# (--results-file writes its CSV, or JSON with --results-format json); --output-dir also writes
+# <model>.csv and .json with everything. Every flag: scripts/eval.sh --help (this is `gczoo eval`).
 set -euo pipefail
 PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 for arg in "$@"; do
