@@ -14,7 +14,9 @@ different queries. This package makes both the pictures and the measurement for 
 * ``outputs``  -- files written whole or not at all; ``cli`` -- ``gczoo visualize`` and ``gczoo analyze-attention``.
 """
 from .analysis import CSV_COLUMNS, analyze_attention, write_analysis
-from .capture import BlockMaps, capture_attention, capture_block_inputs, grid_query_points, points_to_cells, select_blocks
+from .capture import (
+    BlockMaps, capture_attention, capture_block_inputs, grid_query_points, points_to_cells, select_blocks,
+)
 from .cli import analyze_main, main
 from .images import SAMPLE_IMAGES, data_transform, find_image_files, load_images, read_image, sample_images
 from .loading import LoadedModel, load_model, parse_model_spec

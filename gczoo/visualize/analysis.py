@@ -90,7 +90,8 @@ def _measure_block(slot, name: str, block: nn.Module, inp: torch.Tensor, num_que
     if isinstance(block, CrissCrossAttention):
         eff = criss_cross_effective_maps(block, inp, queries)
         note = (f'composition of the {block.recurrence} recurrent steps (a full-image map per query)'
-                if block.recurrence > 1 else 'single step: maps lie on different crosses; compare with effective_uniform')
+                if block.recurrence > 1 else
+                'single step: maps lie on different crosses; compare with effective_uniform')
         slot(name, 'effective', block, n_queries=queries.numel(), feature_size=feature, key_size=feature,
              note=note).add(*mean_pairwise_distances(eff))
         base = uniform_cross_effective_maps(queries, h, w, block.recurrence).expand(inp.shape[0], -1, -1, -1)

@@ -24,7 +24,7 @@ __all__ = ['LoadedModel', 'parse_model_spec', 'load_model']
 
 PathLike = Union[str, os.PathLike]
 _WEIGHTS_FOLDERS = ('local-dir:', 'hf-hub:')
-_EXAMPLES = 3  # keys named per kind in a mismatch message
+_EXAMPLES = 2  # keys named per kind in a mismatch message
 
 
 @dataclasses.dataclass
@@ -57,8 +57,7 @@ def _checkpoint_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], na
         ('missing keys', mismatch.missing), ('unexpected keys', mismatch.unexpected),
         ('tensors of another shape', mismatch.mis_shaped)) if keys]
     raise CheckpointError(
-        f'--checkpoint {path!r} does not fit MODEL {name!r}: {"; ".join(parts)}. It was saved from another model: '
-        f'pass the model it was trained as (MODEL --checkpoint FILE or NAME=FILE)')
+        f'--checkpoint {path!r} does not fit MODEL {name!r}: {"; ".join(parts)}. Give the MODEL it was saved from')
 
 
 def _model_from_checkpoint(name: str, path: str) -> nn.Module:

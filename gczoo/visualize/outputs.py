@@ -39,8 +39,7 @@ def check_output_dir(path: PathLike, flag: str = '--out') -> Path:
     while not existing.exists() and existing != existing.parent:  # the deepest part that exists
         existing = existing.parent
     if not existing.is_dir():
-        where = 'is a file' if existing == path else f'is inside {str(existing)!r}, which is a file'
-        raise OSError(errno.ENOTDIR, f'{flag} {str(path)!r} {where}, not a folder')
+        raise OSError(errno.ENOTDIR, f'{flag} {str(path)!r} cannot be a folder: {str(existing)!r} is a file')
     if not os.access(existing, os.W_OK | os.X_OK):
         code, why = ((errno.EROFS, 'is on a read-only file system') if _read_only(existing)
                      else (errno.EACCES, 'is not writable by this user'))
