@@ -1,20 +1,22 @@
 """Writing the pictures and tables so that a failure leaves nothing half-written.
 
 A full disk or a read-only folder must not leave a truncated PNG or CSV that looks like a result.
-Each file is written to a temporary name in its own folder, flushed to disk, and only then renamed
-over its final name (``os.replace`` is atomic within a folder); files written together (the
-analysis' CSV, JSON and PNG) are renamed only once all of them are on disk. On any failure the
-temporary files are removed and the error names the file that was being written.
+Each file is written whole or not at all by ``gczoo.files.atomic_write`` (temporary file, fsync,
+rename). Files that belong together (the analysis' CSV, JSON and PNG) are first written into a
+hidden staging folder next to them and moved into place only once all of them are on disk, so a
+failure leaves none of them. An error names the file that was being written, not a temporary name.
 
 The output folder is also checked before the work starts (:func:`check_output_dir`), so a
 mistyped ``--out`` fails in a second rather than after every image has been processed.
 """
-import contextlib
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, List, Mapping, Union
+
+from gczoo.files import atomic_write, fsync_dir
 
 __all__ = ['Writer', 'check_output_dir', 'write_files']
 
@@ -47,32 +49,44 @@ def check_output_dir(path: PathLike, flag: str = '--out') -> Path:
     return path
 
 
+def _naming(path: Path, error: OSError) -> OSError:
+    """``error`` about ``path`` (the file the user asked for) instead of a temporary name."""
+    if error.errno is None:
+        return error
+    renamed = OSError(error.errno, error.strerror or os.strerror(error.errno), str(path))
+    renamed.__cause__ = error
+    return renamed
+
+
 def write_files(writers: Mapping[PathLike, Writer]) -> List[Path]:
     """Write every ``path -> writer`` file, all or none (see the module docstring); returns the paths.
 
-    Folders are created as needed. An ``OSError`` names the final path, not the temporary one.
+    All paths must be in one folder, which is created if needed.
     """
-    staged = []
+    paths = [Path(p) for p in writers]
+    if len(paths) == 1:
+        try:
+            return [atomic_write(paths[0], next(iter(writers.values())))]
+        except OSError as e:
+            raise _naming(paths[0], e) from e
+    folders = {p.parent for p in paths}
+    if len(folders) != 1:
+        raise ValueError(f'write_files: the files must share one folder, got {sorted(map(str, folders))}')
+    folder = folders.pop()
+    current = folder
     try:
-        for path, write in writers.items():
-            path = Path(path)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                fd, tmp = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=str(path.parent))
-                staged.append((tmp, path))
-                with os.fdopen(fd, 'wb') as f:
-                    write(f)
-                    f.flush()
-                    os.fsync(f.fileno())
-            except OSError as e:
-                if e.errno is None:
-                    raise
-                raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
-        for tmp, path in staged:
-            os.replace(tmp, path)
-    except BaseException:
-        for tmp, _ in staged:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        raise
-    return [path for _, path in staged]
+        folder.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix='.staging-', dir=str(folder)))
+    except OSError as e:
+        raise _naming(folder, e) from e
+    try:
+        for current, write in zip(paths, writers.values()):
+            atomic_write(staging / current.name, write)
+        for current in paths:
+            os.replace(staging / current.name, current)
+        fsync_dir(folder)
+    except OSError as e:
+        raise _naming(current, e) from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return paths

@@ -5,6 +5,7 @@ checkpoint of another model, and out-of-range flags.
 """
 import errno
 import os
+import stat
 import tempfile
 
 import numpy as np
@@ -138,9 +139,10 @@ def test_analysis_full_disk_writes_none_of_its_files(tmp_path, capsys, monkeypat
     calls = []
 
     def fsync_until_full(fd):
-        calls.append(fd)
-        if len(calls) == 2:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # files, not the folder entries
+            calls.append(fd)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_fsync(fd)
 
     monkeypatch.setattr(os, 'fsync', fsync_until_full)
