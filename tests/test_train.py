@@ -4,6 +4,7 @@ Every training run here is tiny (24 images of 32x32, batch 4, 2 epochs) and uses
 this process or in subprocesses: the runs compared bit for bit must do identical arithmetic.
 """
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ import timm
 import torch
 
 import gczoo  # noqa: F401  (registers the zoo)
+from gczoo.cli import run_command
 from gczoo.train import (
     BEST_CHECKPOINT, CHECKPOINT_FORMAT, EXPORT_DIR, FAULT_EXIT_CODE, LAST_CHECKPOINT, SUMMARY_COLUMNS,
     atomic_save, attention_param_groups, build_parser, load_training_checkpoint, main,
@@ -35,10 +37,11 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 def run_in_process(argv) -> int:
+    """``gczoo train ARGV`` in this process, through the CLI runner (errors: one line, exit 2)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # same arithmetic as the 1-thread subprocesses
     try:
-        return main([str(a) for a in argv])
+        return run_command('train', [str(a) for a in argv])
     finally:
         torch.set_num_threads(threads)
 
@@ -61,7 +64,9 @@ def _option_strings():
 
 
 def test_help_documents_every_flag(capsys):
-    assert main(['--help']) == 0
+    with pytest.raises(SystemExit) as exit_info:
+        main(['--help'])
+    assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for action in _option_strings():
         assert action.help and len(action.help) > 10, f'{action.option_strings} has no help'
@@ -87,9 +92,9 @@ def test_train_sh_help_shows_wrapper_and_every_training_flag():
 
 
 def test_bad_flags_exit_2_with_one_line(capsys):
-    assert main(['--batch-size', '0']) == 2
-    assert '--batch-size must be >= 1, got 0' in capsys.readouterr().err
-    assert main(['--mixup', '0.2', '--batch-size', '5']) == 2
+    assert run_command('train', ['--batch-size', '0']) == 2
+    assert "--batch-size: expected an integer >= 1, got '0'" in capsys.readouterr().err
+    assert run_command('train', ['--mixup', '0.2', '--batch-size', '5']) == 2
     assert '--batch-size must be even' in capsys.readouterr().err
 
 
@@ -373,3 +378,91 @@ def test_sync_bn_with_several_cpu_processes_is_refused(capsys, data_dir, tmp_pat
 def test_too_few_images_for_one_batch(capsys, data_dir, tmp_path):
     err = _error(capsys, tiny_args(data_dir, tmp_path, batch_size=64))
     assert 'fewer than one global batch' in err
+
+
+# ---------------------------------------------------------------------------------------------
+# the failures issue 10 listed: one line through `gczoo train`, exit 2, no traceback
+# ---------------------------------------------------------------------------------------------
+
+def _cli_error(capsys, argv) -> str:
+    """``gczoo.cli.main(['train', ...])``: exit 2 and exactly one line on stderr."""
+    from gczoo.cli import main as cli_main
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli_main(['train', *map(str, argv)]) == 2
+    finally:
+        torch.set_num_threads(threads)
+    err = capsys.readouterr().err
+    assert err.startswith('gczoo train: error: ') and err.count('\n') == 1 and 'Traceback' not in err, err
+    return err
+
+
+@pytest.mark.parametrize('flag, value, expected', [
+    ('--smoothing', '2', "argument --smoothing: expected a number in [0, 1), got '2'"),
+    ('--lr', 'nan', "argument --lr: expected a finite number > 0, got 'nan'"),
+    ('--lr', 'inf', "argument --lr: expected a finite number > 0, got 'inf'"),
+    ('--workers', '-1', "argument -j/--workers: expected an integer >= 0, got '-1'"),
+    ('--crop-pct', '0', "argument --crop-pct: expected a fraction in (0, 1], got '0'"),
+    ('--threads', '0', "argument --threads: expected an integer >= 1, got '0'"),
+])
+def test_bad_numbers_are_refused_before_anything_runs(capsys, tmp_path, flag, value, expected):
+    err = _cli_error(capsys, ['--output', tmp_path, flag, value])
+    assert expected in err
+    assert not list(tmp_path.iterdir()), 'a refused command line must not create the output folder'
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='needs a machine without CUDA')
+def test_device_cuda_without_a_gpu(capsys, tmp_path):
+    err = _cli_error(capsys, ['--output', tmp_path, '--device', 'cuda'])
+    assert "argument --device: 'cuda': this machine has no CUDA GPU" in err and '--device cpu' in err
+
+
+def test_full_disk_while_writing_a_checkpoint(capsys, data_dir, tmp_path, monkeypatch):
+    """ENOSPC simulated in-process: torch.save (what writes checkpoints) raises it after writing a few bytes.
+    The run stops with one line naming the file; the failed write leaves no temporary file behind."""
+    import errno
+
+    def full_disk(obj, f, *args, **kwargs):
+        f.write(b'partial')
+        raise OSError(errno.ENOSPC, 'No space left on device')
+    monkeypatch.setattr(torch, 'save', full_disk)
+    err = _cli_error(capsys, tiny_args(data_dir, tmp_path, 'full', epochs=1))
+    assert 'No space left on device' in err and 'free some disk space' in err
+    assert str(tmp_path / 'full') in err and '.pth.tar' in err  # names the file it could not write
+    run_dir = tmp_path / 'full'
+    assert not list(run_dir.glob('.*.tmp')) and not list(run_dir.glob('*.pth.tar'))
+    assert not (run_dir / EXPORT_DIR).exists() and not (run_dir / 'results.json').exists()
+
+
+def test_output_folder_that_cannot_be_written(capsys, data_dir, tmp_path, monkeypatch):
+    """Tests run as root, which chmod does not stop, so two honest stand-ins for a read-only folder:
+    --output under a regular file (the OS refuses to make the folder), and the permission error a
+    non-root user gets from a 0o500 folder, raised by os.open where files are created."""
+    import errno
+    (tmp_path / 'a-file').write_text('not a folder')
+    err = _cli_error(capsys, tiny_args(data_dir, tmp_path / 'a-file' / 'out', 'ro', epochs=1))
+    assert 'a-file' in err and ('Not a directory' in err or 'File exists' in err)
+
+    real_open = os.open
+
+    def read_only(path, flags, *args, **kwargs):
+        if flags & os.O_CREAT and str(tmp_path / 'ro') in str(path):
+            raise PermissionError(errno.EACCES, 'Permission denied', str(path))
+        return real_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(os, 'open', read_only)
+    err = _cli_error(capsys, tiny_args(data_dir, tmp_path, 'ro', epochs=1))
+    assert 'Permission denied' in err and str(tmp_path / 'ro') in err and 'check the permissions' in err
+
+
+def test_decompression_bomb_in_the_training_data(capsys, data_dir, tmp_path, monkeypatch):
+    """PIL's DecompressionBombError is neither an OSError nor a ValueError: the training dataset turns it
+    into one line naming the file. (The limit is lowered so a 64x64 image is a 'bomb'; the 32x32 ones stay below.)"""
+    import shutil
+    from PIL import Image
+    bombed = tmp_path / 'data'
+    shutil.copytree(data_dir, bombed)
+    Image.new('RGB', (64, 64), (200, 10, 10)).save(bombed / 'train' / 'circle' / 'bomb.png')
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 1500)  # a 64x64 image (4096 px) exceeds 2x the limit
+    err = _cli_error(capsys, tiny_args(bombed, tmp_path, 'bomb', epochs=1))
+    assert 'bomb.png' in err and 'DecompressionBombError' in err and 'fix or remove the file' in err
