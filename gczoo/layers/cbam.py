@@ -12,18 +12,30 @@ after renaming the keys with ``OFFICIAL_KEY_MAP``:
   code; timm's ``CbamModule`` uses ``[mean, max]``, so spatial weights are not interchangeable)
   ``-> Conv2d(2, 1, 7, padding=3, bias=False) -> BatchNorm2d(1, eps=1e-5, momentum=0.01) -> sigmoid``.
   ``out = x1 * M_s(x1)``.
+
+Speed (``gczoo bench layers --backward``): autograd's generic backward of this chain allocates a
+full-size tensor per step (``amax``'s tie masks, the pooling scatters, the broadcast gradients, the
+products in front of each reduction) and adds them up. In training, with the paper's ``avg``/``max``
+pooling, ``_CBAMFunction`` keeps one full-size buffer instead and writes every contribution into it
+in place; it saves only ``x`` (every sum over channels of ``x1`` is a matrix product with ``M_c``).
+The small gates (MLP, conv, BN) stay ordinary autograd graphs. In inference the spatial gate is
+applied in place. Other pool types, TorchScript, tracing and ``torch.compile`` use the plain ops.
 """
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import create_act_layer
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 from ._validate import as_tuple, check_input, check_positive_int, resolve_rd_channels
-from .norm import BatchNormAnyBatch2d
+from .norm import BatchNormAnyBatch2d, batch_norm_any_batch
 
 __all__ = ['CBAM', 'OFFICIAL_KEY_MAP', 'POOL_TYPES']
+
+torch.fx.wrap('batch_norm_any_batch')  # an FX leaf here too (its branch reads the input's shape), as in norm.py
 
 POOL_TYPES = ('avg', 'max', 'lp', 'lse')
 
@@ -67,20 +79,29 @@ class _ChannelGate(nn.Module):
         self.act = create_act_layer(act_layer)
         self.fc2 = nn.Linear(rd_channels, channels, bias=True, **dd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pool(self, x: torch.Tensor, index_max: bool = False) -> List[torch.Tensor]:
         pooled: List[torch.Tensor] = []
         for pid in self.pool_ids:
             if pid == 0:  # avg
                 pooled.append(x.mean((2, 3)))
-            elif pid == 1:  # max
-                pooled.append(x.amax((2, 3)))
+            elif pid == 1:  # max; index_max: the index-returning max, whose backward is one scatter where
+                # amax's builds full-size tie masks (and spreads ties, where the official max_pool2d picks one)
+                pooled.append(torch.max(x.flatten(2), -1)[0] if index_max else x.amax((2, 3)))
             elif pid == 2:  # lp: L2 power pooling over the whole map, == F.lp_pool2d(x, 2, (H, W))
                 pooled.append(torch.linalg.vector_norm(x, 2.0, dim=(2, 3)))
             else:  # lse: log-sum-exp over positions (max-shifted inside torch.logsumexp: stable)
                 pooled.append(torch.logsumexp(x, dim=(2, 3)))
+        return pooled
+
+    def gate(self, pooled: List[torch.Tensor], fc1_weight: torch.Tensor, fc1_bias: torch.Tensor,
+             fc2_weight: torch.Tensor, fc2_bias: torch.Tensor) -> torch.Tensor:
+        """sigmoid(sum of the MLP over the descriptors); the weights are arguments for ``_CBAMFunction``."""
         # one MLP call on the stacked descriptors (P, B, C), then the sum over P
-        logits = self.fc2(self.act(self.fc1(torch.stack(pooled, 0)))).sum(0)
-        return torch.sigmoid(logits)
+        hidden = self.act(F.linear(torch.stack(pooled, 0), fc1_weight, fc1_bias))
+        return torch.sigmoid(F.linear(hidden, fc2_weight, fc2_bias).sum(0))
+
+    def forward(self, x: torch.Tensor, index_max: bool = False) -> torch.Tensor:
+        return self.gate(self.pool(x, index_max), self.fc1.weight, self.fc1.bias, self.fc2.weight, self.fc2.bias)
 
 
 class _SpatialGate(nn.Module):
@@ -92,10 +113,108 @@ class _SpatialGate(nn.Module):
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False, **dd)
         self.bn = BatchNormAnyBatch2d(1, eps=1e-5, momentum=0.01, affine=True, **dd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channel pool: max first, then mean (official order)
-        y = self.conv(torch.cat([x.amax(1, keepdim=True), x.mean(1, keepdim=True)], 1))
-        return torch.sigmoid(self.bn(y))
+    def gate(self, pooled: torch.Tensor, conv_weight: torch.Tensor, bn_weight: Optional[torch.Tensor],
+             bn_bias: Optional[torch.Tensor]) -> torch.Tensor:
+        """sigmoid(BN(conv(pooled))) of the ``(B, 2, H, W)`` channel pool; weights as arguments."""
+        y = F.conv2d(pooled, conv_weight, None, 1, self.conv.padding)
+        bn = self.bn
+        y = batch_norm_any_batch(y, bn.running_mean, bn.running_var, bn_weight, bn_bias, bn.num_batches_tracked,
+                                 bn.training and bn.track_running_stats, bn.momentum, bn.eps)
+        return torch.sigmoid(y)
+
+    def forward(self, x: torch.Tensor, index_max: bool = False) -> torch.Tensor:
+        # channel pool: max first, then mean (official order); index_max as in _ChannelGate.pool
+        x_max = torch.max(x, 1, keepdim=True)[0] if index_max else x.amax(1, keepdim=True)
+        return self.gate(torch.cat([x_max, x.mean(1, keepdim=True)], 1),
+                         self.conv.weight, self.bn.weight, self.bn.bias)
+
+
+class _CBAMFunction(torch.autograd.Function):
+    """CBAM with avg/max channel pooling and a backward that writes into one full-size buffer.
+
+    ``forward(x, block, *params)``: ``params`` are ``block``'s parameters (so autograd hands their
+    gradients back through this node). The gates run on detached copies of them, as small autograd
+    graphs that ``backward`` differentiates with ``torch.autograd.grad``.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, block: 'CBAM', *params: torch.Tensor) -> torch.Tensor:
+        cg, sg = block.channel_gate, block.spatial_gate
+        leaf = {id(p): p.detach().requires_grad_(p.requires_grad) for p in params}
+        flat = x.flatten(2)  # a view: x is contiguous or channels_last (checked by the caller)
+        pooled, max_index = [], None
+        for pid in cg.pool_ids:  # computed without a graph, then leaves of the gate's small graph
+            if pid == 0:
+                pooled.append(flat.mean(-1).requires_grad_())
+            else:
+                values, max_index = flat.max(-1)
+                pooled.append(values.requires_grad_())
+        with torch.enable_grad():
+            g = cg.gate(pooled, leaf[id(cg.fc1.weight)], leaf[id(cg.fc1.bias)],
+                        leaf[id(cg.fc2.weight)], leaf[id(cg.fc2.bias)])
+        g_full = g.detach().to(torch.promote_types(x.dtype, g.dtype))[:, :, None, None]
+        out = x * g_full  # x1; becomes the output in place below
+        s = c_pooled = c_index = None
+        if sg is not None:
+            c_max, c_index = out.max(1, keepdim=True)
+            c_pooled = [c_max.requires_grad_(), out.mean(1, keepdim=True).requires_grad_()]
+            with torch.enable_grad():
+                s = sg.gate(torch.cat(c_pooled, 1), leaf[id(sg.conv.weight)], leaf[id(sg.bn.weight)],
+                            leaf[id(sg.bn.bias)])
+            out.mul_(s.detach().to(out.dtype))
+        ctx.save_for_backward(x, g_full, max_index, c_index)
+        ctx.graphs = (pooled, g, c_pooled, s)
+        ctx.pool_ids = list(cg.pool_ids)
+        ctx.leaves = [leaf[id(p)] for p in params]
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        x, g_full, max_index, c_index = ctx.saved_tensors
+        pooled, g, c_pooled, s = ctx.graphs
+        leaves = ctx.leaves
+        wanted = [p for p in leaves if p.requires_grad]
+        param_grads = {}
+
+        def small_backward(output, inputs, grad):
+            # retain_graph: the outer backward may be run again (retain_graph=True); these graphs are small
+            grads = torch.autograd.grad(output, inputs + wanted, grad.to(output.dtype), allow_unused=True,
+                                        retain_graph=True)
+            for p, pg in zip(wanted, grads[len(inputs):]):
+                if pg is not None:
+                    param_grads[id(p)] = pg if id(p) not in param_grads else param_grads[id(p)] + pg
+            return grads[:len(inputs)]
+
+        c = x.shape[1]
+        grad = torch.empty_like(x, dtype=g_full.dtype)  # x's layout, so flatten(2) is a view
+        if s is not None:
+            # d out / d s: sum over C of grad_out * x1 = sum over C of (grad_out * x) * M_c, a matrix product
+            torch.mul(grad_out, x, out=grad)
+            grad_s = torch.einsum('bc,bchw->bhw', g_full[:, :, 0, 0], grad).unsqueeze(1)
+            d_max, d_mean = small_backward(s, c_pooled, grad_s)
+            # d x1 = grad_out * M_s + the channel pool's: mean (broadcast) and max (one scatter)
+            torch.addcmul(d_mean / c, grad_out, s.detach().to(grad.dtype), out=grad)
+            grad.scatter_add_(1, c_index, d_max.to(grad.dtype))
+        else:
+            grad.copy_(grad_out)
+        # d M_c: sum over H, W of d x1 * x, a batched dot product
+        grad_g = torch.einsum('bchw,bchw->bc', grad, x)
+        d_pooled = small_backward(g, pooled, grad_g)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # d x = d x1 * M_c + the spatial pool's: mean (broadcast, fused into the product), max (a scatter)
+            d_avg = [d for pid, d in zip(ctx.pool_ids, d_pooled) if pid == 0]
+            if d_avg:
+                torch.addcmul((d_avg[0] / (x.shape[2] * x.shape[3])).to(grad.dtype)[:, :, None, None], grad, g_full,
+                              out=grad)
+            else:
+                grad.mul_(g_full)
+            for pid, d in zip(ctx.pool_ids, d_pooled):
+                if pid == 1:
+                    grad.flatten(2).scatter_add_(2, max_index.unsqueeze(-1), d.to(grad.dtype).unsqueeze(-1))
+            grad_x = grad.to(x.dtype)
+        return (grad_x, None, *[param_grads.get(id(p)) if p.requires_grad else None for p in leaves])
 
 
 class CBAM(nn.Module):
@@ -164,10 +283,42 @@ class CBAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.channels, 4, 'CBAM')
-        x = x * self.channel_gate(x)[:, :, None, None]
+        if not torch.jit.is_scripting():
+            if is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling():
+                # graph capture: the plain ops, the same whether or not grad is enabled
+                return self._forward_ops(x, inplace=False, index_max=False)
+            if self._fused_backward_applies(x):
+                return self._forward_fused(x)
+        grad = torch.is_grad_enabled()
+        return self._forward_ops(x, inplace=not grad, index_max=grad)
+
+    def _forward_ops(self, x: torch.Tensor, inplace: bool, index_max: bool) -> torch.Tensor:
+        x = x * self.channel_gate(x, index_max)[:, :, None, None]
         if self.spatial_gate is not None:
-            x = x * self.spatial_gate(x)
+            s = self.spatial_gate(x, index_max)
+            # x is this call's own product; without a graph to record, the gate is applied in place
+            # (one full-size allocation less) unless that would narrow the dtype the product has
+            if inplace and torch.promote_types(x.dtype, s.dtype) == x.dtype:
+                x = x.mul_(s)
+            else:
+                x = x * s
         return x
+
+    @torch.jit.unused
+    def _fused_backward_applies(self, x: torch.Tensor) -> bool:
+        """Whether ``_CBAMFunction`` can run this call: a graph is recorded, avg/max pooling, no
+        activation parameters, a dense NCHW or channels_last input, no torch.func transform."""
+        if not torch.is_grad_enabled() or getattr(torch._C, '_are_functorch_transforms_active', lambda: True)():
+            return False
+        if not (x.requires_grad or any(p.requires_grad for p in self.parameters())):
+            return False
+        if any(pid > 1 for pid in self.channel_gate.pool_ids) or any(True for _ in self.channel_gate.act.parameters()):
+            return False
+        return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+
+    @torch.jit.unused
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        return _CBAMFunction.apply(x, self, *self.parameters())
 
     def attention_maps(self, x: torch.Tensor, queries: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """``'channel'``: channel gate after sigmoid ``(B, C)``; ``'spatial'`` (unless ``no_spatial``):

@@ -341,3 +341,142 @@ def test_bad_inputs():
         block(torch.randn(2, C, 5))
     with pytest.raises(ValueError, match='4-D'):
         block.attention_maps(torch.randn(2, C, 5, 7, 1))
+
+
+# ----------------------------------------------------------------------------- gradients and the fast paths
+GRAD_CASES = [
+    dict(pool_types=('avg', 'max')), dict(pool_types=('max', 'avg')), dict(pool_types=('max',)),
+    dict(pool_types=('avg',)), dict(pool_types=('avg', 'max'), no_spatial=True),
+    dict(pool_types=('avg', 'max'), spatial_kernel_size=3), dict(pool_types=('lp', 'lse')),  # the last: plain ops
+]
+
+
+def grads_of(fn, x, params, weight):
+    """(output, d x, d params) of sum(fn(x) * weight); a non-uniform weight so every term matters."""
+    x = x.detach().requires_grad_()
+    out = fn(x)
+    grads = torch.autograd.grad((out * weight).sum(), [x, *params])
+    return out.detach(), grads[0], grads[1:]
+
+
+@pytest.mark.parametrize('kw', GRAD_CASES, ids=lambda kw: '-'.join(f'{k}={v}' for k, v in kw.items()))
+@pytest.mark.parametrize('train', [False, True])
+def test_gradients_match_reference(kw, train):
+    """x's and every parameter's gradient equal autograd's through the explicit reference (float64)."""
+    block = make(**kw).train(train)
+    ref_block = copy.deepcopy(block)  # the reference's own BN buffers (train mode updates them)
+    x, weight = x_in(), torch.randn(2, C, 5, 7, dtype=D)
+    params = list(block.parameters())
+    out, dx, dp = grads_of(block, x, params, weight)
+    if set(kw['pool_types']) <= {'avg', 'max'}:  # the hand-written backward ran, not autograd's
+        probe = block(x.detach().requires_grad_())
+        assert type(probe.grad_fn).__name__ == '_CBAMFunctionBackward'
+        block.load_state_dict(ref_block.state_dict())
+    args, bkw = block_params(ref_block)
+
+    def reference(xr):
+        return cbam_ref(xr, *args, kw['pool_types'], train=train, **bkw)[0]
+    ref_params = list(ref_block.parameters())
+    ref_out, ref_dx, ref_dp = grads_of(reference, x, ref_params, weight)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(dx, ref_dx)
+    names = [n for n, _ in block.named_parameters()]
+    for name, a, b in zip(names, dp, ref_dp):
+        torch.testing.assert_close(a, b, msg=lambda m: f'{name}: {m}')
+
+
+def test_gradients_channels_last_and_expanded_grad():
+    block = make().train()
+    ref = copy.deepcopy(block)
+    x = x_in()
+    xs = x.contiguous(memory_format=torch.channels_last).requires_grad_()
+    block(xs).sum().backward()  # grad_out is an expanded (stride 0) tensor
+    xr = x.clone().requires_grad_()
+    ref._forward_ops(xr, inplace=False, index_max=True).sum().backward()
+    torch.testing.assert_close(xs.grad, xr.grad)
+    for (name, a), b in zip(block.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=lambda m: f'{name}: {m}')
+
+
+def test_gradients_frozen_parts():
+    """Only the parameters (first layer: x needs no grad), only x (frozen block), or some parameters."""
+    block = make().train()
+    ref = copy.deepcopy(block)
+    x = x_in()
+    block(x).sum().backward()
+    ref._forward_ops(x, inplace=False, index_max=True).sum().backward()
+    for a, b in zip(block.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad)
+    block.zero_grad(set_to_none=True)
+    ref.zero_grad(set_to_none=True)
+    for m in (block, ref):
+        m.channel_gate.requires_grad_(False)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    block(xa).sum().backward()
+    ref._forward_ops(xb, inplace=False, index_max=True).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+    assert block.channel_gate.fc1.weight.grad is None
+    torch.testing.assert_close(block.spatial_gate.conv.weight.grad, ref.spatial_gate.conv.weight.grad)
+    block.requires_grad_(False)
+    xa.grad = None
+    out = block(xa)
+    assert out.grad_fn is not None
+    out.sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+
+
+def test_backward_twice_with_retain_graph():
+    block = make().train()
+    x = x_in().requires_grad_()
+    out = block(x)
+    out.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    out.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * first)
+
+
+def test_inference_in_place_path_matches_reference():
+    for train in (False, True):
+        block = make().train(train)
+        args, kw = block_params(copy.deepcopy(block))
+        x = x_in()
+        with torch.no_grad():
+            out = block(x)
+        torch.testing.assert_close(out, cbam_ref(x, *args, ('avg', 'max'), train=train, **kw)[0])
+    with torch.inference_mode():
+        torch.testing.assert_close(block.eval()(x), cbam_ref(x, *block_params(block)[0], ('avg', 'max'),
+                                                             **block_params(block)[1])[0])
+
+
+def test_autocast_bf16_paths_agree():
+    """Under CPU bf16 autocast the fused training path gives the plain ops' output dtype, values and grads."""
+    block = CBAM(C, rd_ratio=RD / C).train()
+    ref = copy.deepcopy(block)
+    x = torch.randn(2, C, 6, 6)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        out = block(xa)
+        ref_out = ref._forward_ops(xb, inplace=False, index_max=True)
+        with torch.no_grad():
+            inference = copy.deepcopy(ref)(x)
+    assert out.dtype == ref_out.dtype == inference.dtype
+    torch.testing.assert_close(out, ref_out)
+    out.float().sum().backward()
+    ref_out.float().sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+    for a, b in zip(block.parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=2e-2, atol=1e-3)
+
+
+@pytest.mark.filterwarnings('ignore::torch.jit.TracerWarning', 'ignore:.*trace_method.*:FutureWarning')
+def test_graph_capture_sees_the_plain_ops():
+    """FX / jit.trace record the same plain ops with and without grad (no custom autograd node)."""
+    block = make().train()
+    x = x_in()
+    args, kw = block_params(copy.deepcopy(block))
+    ref = cbam_ref(x, *args, ('avg', 'max'), train=True, **kw)[0]
+    traced = torch.fx.symbolic_trace(copy.deepcopy(block))
+    torch.testing.assert_close(traced(x), ref)
+    assert '_CBAMFunction' not in traced.code
+    block.eval()
+    torch.testing.assert_close(torch.jit.trace(block, (x,))(x), block(x))  # check_trace re-traces: same graph
