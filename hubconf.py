@@ -1,7 +1,7 @@
 """torch.hub entrypoints: ``torch.hub.load('<org>/gczoo', 'resnet50_gc', pretrained=False, num_classes=10)``.
 
 One entrypoint per zoo model, generated from ``gczoo.models.ZOO_MODELS`` (the zoo's single source
-of truth); each calls ``timm.create_model`` so every timm keyword works (``num_classes``,
+of truth; the docstring's citation from ``gczoo.papers``); each calls ``timm.create_model`` so every timm keyword works (``num_classes``,
 ``features_only``, ``pretrained_backbone=...``, ...).
 """
 dependencies = ['torch', 'timm']
@@ -15,10 +15,12 @@ _sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
 import timm as _timm  # noqa: E402
 
 from gczoo.models import ZOO_MODELS as _ZOO_MODELS  # noqa: E402  (importing gczoo registers the models)
+from gczoo.papers import get_paper as _get_paper  # noqa: E402
 
 
 def _entrypoint(name: str):
     zoo = _ZOO_MODELS[name]
+    paper = _get_paper(zoo.paper)
 
     def entrypoint(pretrained: bool = False, **kwargs):
         return _timm.create_model(name, pretrained=pretrained, **kwargs)
@@ -26,7 +28,7 @@ def _entrypoint(name: str):
     entrypoint.__name__ = name
     entrypoint.__doc__ = (
         f'{zoo.summary}.\n\n'
-        f'Paper: {zoo.paper} (arXiv:{zoo.arxiv}).\n\n'
+        f'Paper: {paper.title} (arXiv:{paper.arxiv}).\n\n'
         f'Args:\n'
         f'    pretrained: load the zoo\'s published weights (timm\'s Hub cache; HF_HUB_OFFLINE=1 works).\n'
         f'    **kwargs: any timm.create_model keyword, e.g. num_classes=10, features_only=True,\n'

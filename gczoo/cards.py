@@ -2,30 +2,47 @@
 
 Everything a card states comes from a source that can be checked:
 
-* architecture and where the blocks sit: ``ZOO_MODELS`` (its ``Placement`` rows) and the attention
-  modules of the model itself, built on the ``meta`` device (no weights are allocated);
+* architecture and where the blocks sit: ``ZOO_MODELS`` (its ``Placement`` rows), the depth's row
+  (``gczoo.models.depths``: blocks per stage, the ImageNet ResNet the backbone starts from) and the
+  model itself, built on the ``meta`` device (no weights are allocated; its ``feature_info`` gives the
+  strides);
+* the paper: ``gczoo.papers`` (title, arXiv id, BibTeX, the parameters its table reports);
 * parameters and GMACs at 224: ``gczoo.complexity.count_complexity``, measured when ``gczoo cards``
   runs and written to ``model_cards/complexity.json`` (cards rendered later read that file; a model
   missing from it is measured on the spot);
 * accuracy: only numbers measured with ``gczoo eval`` (or passed by the publishing helper), with
-  their dataset and command; a model without them says that no weights are published yet.
+  their dataset and command; a model without them says that no weights are published yet, and a
+  non-finite number is refused;
+* the Hub front matter: ``huggingface_hub.ModelCardData`` (``base_model`` and ``datasets`` from where
+  the weights come from, ``model-index`` only for measured metrics), written by ``ModelCard``.
 
 ``gczoo cards`` writes ``model_cards/<model>.md`` for every model in ``ZOO_MODELS`` and, with
 ``--readme README.md``, replaces the README's table between ``<!-- models-table:start -->`` and
 ``<!-- models-table:end -->``.
 """
-import argparse
 import json
-import sys
+import math
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
+import timm
 import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from gczoo.args import ArgumentParser
+from gczoo.complexity import BASELINE_MODEL, complexity_table, count_complexity, write_json
+from gczoo.files import atomic_write_text
+from gczoo.layers import ATTN_SPECS
+from gczoo.models import ZOO_MODELS, attention_modules
+from gczoo.models.depths import get_depth
+from gczoo.papers import get_paper, reported_figures
 
 __all__ = [
-    'TABLE_START', 'TABLE_END', 'DEFAULT_CARDS_DIR', 'BIBTEX', 'BACKBONES', 'block_tags', 'block_positions',
-    'load_complexity', 'load_results', 'render_model_card', 'models_table_markdown', 'blocks_table_markdown', 'update_readme',
-    'write_model_cards', 'main',
+    'TABLE_START', 'TABLE_END', 'BLOCKS_TABLE_START', 'BLOCKS_TABLE_END', 'DEFAULT_CARDS_DIR', 'block_tags',
+    'block_positions', 'card_data', 'source_metadata', 'check_metrics', 'load_complexity', 'load_results',
+    'render_model_card', 'models_table_markdown', 'blocks_table_markdown', 'update_readme', 'write_model_cards',
+    'main',
 ]
 
 TABLE_START = '<!-- models-table:start -->'
@@ -37,12 +54,7 @@ COMPLEXITY_FILE = 'complexity.json'
 RESULTS_FILE = 'results.json'
 GITHUB_REPO = 'gczoo/gczoo'  # torch.hub.load(GITHUB_REPO, name); the pretrained cfgs' origin_url
 IMG_SIZE = 224
-
-# ImageNet ResNet of the same depth to start the backbone from (timm names with tag)
-BACKBONES: Dict[int, str] = {18: 'resnet18.a1_in1k', 26: 'resnet26.bt_in1k', 50: 'resnet50.a1_in1k',
-                             101: 'resnet101.a1_in1k'}
-_BLOCKS_PER_STAGE = {18: (2, 2, 2, 2), 26: (2, 2, 2, 2), 50: (3, 4, 6, 3), 101: (3, 4, 23, 3)}
-_STAGE_STRIDE = {1: 4, 2: 8, 3: 16, 4: 32}
+METRICS = ('top1', 'top5')  # the measured numbers a card may state
 
 # Hub tag per block class (the zoo's block names are short registry names: gc, nl_sub, ...)
 _CLASS_TAGS = {
@@ -50,76 +62,23 @@ _CLASS_TAGS = {
     'SqueezeExcite': 'squeeze-excitation', 'CBAM': 'cbam', 'BAM': 'bam',
     'CrissCrossAttention': 'criss-cross-attention', 'SelfAttention2d': 'self-attention',
 }
-
-BIBTEX: Dict[str, str] = {
-    '1904.11492': """@inproceedings{cao2019gcnet,
-  title     = {GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond},
-  author    = {Cao, Yue and Xu, Jiarui and Lin, Stephen and Wei, Fangyun and Hu, Han},
-  booktitle = {IEEE/CVF International Conference on Computer Vision Workshops (ICCVW)},
-  year      = {2019}
-}""",
-    '1711.07971': """@inproceedings{wang2018nonlocal,
-  title     = {Non-local Neural Networks},
-  author    = {Wang, Xiaolong and Girshick, Ross and Gupta, Abhinav and He, Kaiming},
-  booktitle = {IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year      = {2018}
-}""",
-    '1709.01507': """@inproceedings{hu2018senet,
-  title     = {Squeeze-and-Excitation Networks},
-  author    = {Hu, Jie and Shen, Li and Sun, Gang},
-  booktitle = {IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year      = {2018}
-}""",
-    '1807.06521': """@inproceedings{woo2018cbam,
-  title     = {CBAM: Convolutional Block Attention Module},
-  author    = {Woo, Sanghyun and Park, Jongchan and Lee, Joon-Young and Kweon, In So},
-  booktitle = {European Conference on Computer Vision (ECCV)},
-  year      = {2018}
-}""",
-    '1807.06514': """@inproceedings{park2018bam,
-  title     = {BAM: Bottleneck Attention Module},
-  author    = {Park, Jongchan and Woo, Sanghyun and Lee, Joon-Young and Kweon, In So},
-  booktitle = {British Machine Vision Conference (BMVC)},
-  year      = {2018}
-}""",
-    '1811.11721': """@inproceedings{huang2019ccnet,
-  title     = {CCNet: Criss-Cross Attention for Semantic Segmentation},
-  author    = {Huang, Zilong and Wang, Xinggang and Huang, Lichao and Huang, Chang and Wei, Yunchao and Liu, Wenyu},
-  booktitle = {IEEE/CVF International Conference on Computer Vision (ICCV)},
-  year      = {2019}
-}""",
-    '1805.08318': """@inproceedings{zhang2019sagan,
-  title     = {Self-Attention Generative Adversarial Networks},
-  author    = {Zhang, Han and Goodfellow, Ian and Metaxas, Dimitris and Odena, Augustus},
-  booktitle = {International Conference on Machine Learning (ICML)},
-  year      = {2019}
-}""",
-}
-_RESNET_BIBTEX = """@inproceedings{he2016resnet,
-  title     = {Deep Residual Learning for Image Recognition},
-  author    = {He, Kaiming and Zhang, Xiangyu and Ren, Shaoqing and Sun, Jian},
-  booktitle = {IEEE Conference on Computer Vision and Pattern Recognition (CVPR)},
-  year      = {2016}
-}"""
+# Hub dataset ids of the datasets timm's pretrained tags name (``resnet50.a1_in1k``: ImageNet-1k)
+_TAG_DATASETS = {'in1k': 'imagenet-1k', 'in12k': 'imagenet-12k', 'in21k': 'imagenet-21k', 'in22k': 'imagenet-22k'}
 
 
 def _zoo(model_name: str) -> Any:
-    from gczoo.models import ZOO_MODELS
     if model_name not in ZOO_MODELS:
         raise ValueError(f'unknown gczoo model {model_name!r}; valid names: {", ".join(ZOO_MODELS)}')
     return ZOO_MODELS[model_name]
 
 
 def _meta_model(model_name: str) -> torch.nn.Module:
-    import timm
-    import gczoo  # noqa: F401  (registers the zoo with timm)
     with torch.device('meta'):
         return timm.create_model(model_name, pretrained=False)
 
 
 def block_tags(model_name: str) -> List[str]:
     """The Hub tags naming the model's attention blocks (e.g. ``['global-context']``)."""
-    from gczoo.layers import ATTN_SPECS
     tags: List[str] = []
     for placement in _zoo(model_name).placements:
         cls_name = ATTN_SPECS[placement.attn].cls.__name__
@@ -131,8 +90,10 @@ def block_tags(model_name: str) -> List[str]:
 
 def block_positions(model_name: str) -> List[Tuple[str, str, int, List[str]]]:
     """``(stage, how, channels, module names)`` per stage holding blocks, read off the built model."""
-    from gczoo.models import attention_modules
-    model = _meta_model(model_name)
+    return _block_positions(_meta_model(model_name))
+
+
+def _block_positions(model: torch.nn.Module) -> List[Tuple[str, str, int, List[str]]]:
     by_stage: Dict[str, List[Tuple[str, torch.nn.Module]]] = {}
     for name, module in attention_modules(model):
         by_stage.setdefault(name.split('.')[0], []).append((name, module))
@@ -146,10 +107,10 @@ def block_positions(model_name: str) -> List[Tuple[str, str, int, List[str]]]:
     return out
 
 
-def _stage_label(stage: str, depth: int) -> str:
+def _stage_label(stage: str, depth: int, reductions: Mapping[str, int]) -> str:
     idx = int(stage[len('layer'):])
-    blocks = _BLOCKS_PER_STAGE[depth][idx - 1]
-    size = IMG_SIZE // _STAGE_STRIDE[idx]
+    blocks = get_depth(depth).layers[idx - 1]
+    size = IMG_SIZE // reductions[stage]  # the stage's stride, as timm's feature_info reports it
     return f'`{stage}` (res{idx + 1} / c{idx + 1}: {blocks} residual blocks, {size}x{size} at {IMG_SIZE})'
 
 
@@ -173,7 +134,6 @@ def load_complexity(path: Optional[Union[str, Path]] = None) -> Dict[str, Dict[s
 
 
 def _complexity_of(model_name: str, complexity: Optional[Mapping[str, Mapping[str, Any]]]) -> Dict[str, Any]:
-    from gczoo.complexity import BASELINE_MODEL, count_complexity
     table = dict(complexity) if complexity is not None else load_complexity()
     row = dict(table[model_name]) if model_name in table else count_complexity(model_name, IMG_SIZE)
     if 'gmacs_vs_resnet50' not in row:
@@ -184,7 +144,6 @@ def _complexity_of(model_name: str, complexity: Optional[Mapping[str, Mapping[st
 
 def _result_model(entry: Mapping[str, Any]) -> Optional[str]:
     """Which zoo model an eval result is for: its ``architecture``, else its ``model`` name."""
-    from gczoo.models import ZOO_MODELS
     for key in ('architecture', 'model'):
         name = entry.get(key)
         if isinstance(name, str):
@@ -192,6 +151,17 @@ def _result_model(entry: Mapping[str, Any]) -> Optional[str]:
             if name in ZOO_MODELS:
                 return name
     return None
+
+
+def check_metrics(results: Optional[Mapping[str, Any]], where: str) -> None:
+    """Refuse measured metrics that are not finite numbers (a card never states NaN accuracy)."""
+    for key in METRICS:
+        value = (results or {}).get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ValueError(f'{where}: {key} is {value!r}, not a finite number; a card states only measured '
+                             f'accuracy: re-run `gczoo eval` and pass its JSON')
 
 
 def load_results(paths: Iterable[Union[str, Path]]) -> Dict[str, Dict[str, Any]]:
@@ -219,30 +189,80 @@ def load_results(paths: Iterable[Union[str, Path]]) -> Dict[str, Dict[str, Any]]
             name = _result_model(entry)
             if name is None:
                 raise ValueError(f'results file {str(path)!r}: cannot tell which gczoo model {entry.get("model")!r} is')
+            check_metrics(entry, f'results file {str(path)!r}, {name}')
             out[name] = dict(entry)
     return out
 
 
-def _has_accuracy(results: Optional[Mapping[str, Any]]) -> bool:
-    return bool(results) and isinstance(results.get('top1'), (int, float))
+def _has_accuracy(model_name: str, results: Optional[Mapping[str, Any]]) -> bool:
+    check_metrics(results, f'results for {model_name}')
+    return bool(results) and results.get('top1') is not None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hub metadata
+
+
+def source_metadata(timm_name: str) -> Tuple[Optional[str], List[str]]:
+    """``(Hub repo id, training datasets)`` of timm pretrained weights named with their tag, e.g.
+    ``'resnet50.a1_in1k'`` -> ``('timm/resnet50.a1_in1k', ['imagenet-1k'])``: the repo from timm's own
+    pretrained cfg, the datasets from the tag's ``in1k``/``in12k``/``in21k``/``in22k`` parts (timm's
+    naming convention; a tag without them gives no dataset)."""
+    from timm.models import get_pretrained_cfg, split_model_name_tag
+    cfg = get_pretrained_cfg(timm_name, allow_unregistered=False) if timm.is_model(timm_name) else None
+    _, tag = split_model_name_tag(timm_name)
+    datasets = [_TAG_DATASETS[part] for part in tag.split('_') if part in _TAG_DATASETS]
+    return (cfg.hf_hub_id if cfg is not None else None), list(dict.fromkeys(datasets))
+
+
+def _slug(text: str) -> str:
+    return re.sub(r'[^a-z0-9]+', '-', text.lower()).strip('-') or 'unknown'
+
+
+def card_data(
+        model_name: str,
+        results: Optional[Mapping[str, Any]] = None,
+        *,
+        base_model: Optional[str] = None,
+        datasets: Optional[Sequence[str]] = None,
+        license: Optional[str] = None,
+) -> ModelCardData:
+    """The card's Hub metadata (``huggingface_hub.ModelCardData``).
+
+    ``base_model`` / ``datasets``: the weights' origin and the Hub ids of the data they were trained on.
+    By default (a card for the architecture, no weights of its own) the ImageNet ResNet of the
+    model's depth that its backbone starts from (``gczoo.models.depths``) and that ResNet's training
+    data. ``model-index`` is written only for measured ``results`` (their ``dataset``; ``dataset_id``
+    if given, else a slug of it).
+    """
+    zoo = _zoo(model_name)
+    if base_model is None and datasets is None:
+        base_model, datasets = source_metadata(get_depth(zoo.depth).imagenet_resnet)
+    eval_results = None
+    if _has_accuracy(model_name, results):
+        dataset = str(results.get('dataset') or 'not stated')
+        dataset_id = str(results.get('dataset_id') or _slug(dataset))
+        eval_results = [
+            EvalResult(task_type='image-classification', dataset_type=dataset_id, dataset_name=dataset,
+                       metric_type='accuracy', metric_name=f'{key[:3]}-{key[3:]} accuracy',
+                       metric_value=round(float(results[key]), 4))
+            for key in METRICS if results.get(key) is not None]
+    if license is None:
+        license = _meta_model(model_name).pretrained_cfg.get('license') or 'apache-2.0'
+    return ModelCardData(
+        library_name='timm', license=license, pipeline_tag='image-classification',
+        tags=['image-classification', 'timm', 'gczoo'] + block_tags(model_name),
+        base_model=base_model, datasets=list(datasets) if datasets else None,
+        model_name=model_name if eval_results else None, eval_results=eval_results)
 
 
 # ---------------------------------------------------------------------------------------------------
 # rendering
 
 
-def _front_matter(model_name: str) -> str:
-    cfg = _meta_model(model_name).pretrained_cfg
-    tags = ['image-classification', 'timm', 'gczoo'] + block_tags(model_name)
-    lines = ['---', 'library_name: timm', f'license: {cfg.get("license", "apache-2.0")}', 'tags:']
-    lines += [f'- {tag}' for tag in tags]
-    lines += ['datasets:', '- imagenet-1k', 'pipeline_tag: image-classification', '---']
-    return '\n'.join(lines)
-
-
 def _accuracy_section(model_name: str, results: Optional[Mapping[str, Any]]) -> str:
     zoo = _zoo(model_name)
-    if not _has_accuracy(results):
+    if not _has_accuracy(model_name, results):
         published = ', '.join(f'`hf-hub:gczoo/{model_name}.{t}`' for t in zoo.published_tags)
         if published:
             return (f'Weights: {published}. No accuracy has been measured for this card yet; measure it with '
@@ -254,7 +274,7 @@ def _accuracy_section(model_name: str, results: Optional[Mapping[str, Any]]) -> 
         '| dataset | top-1 (%) | top-5 (%) | image size | crop_pct | images |',
         '|---|---:|---:|---:|---:|---:|',
         f"| {results.get('dataset', 'not stated')} | {results['top1']:.2f} | "
-        f"{'%.2f' % top5 if isinstance(top5, (int, float)) else '-'} | {results.get('img_size', '-')} | "
+        f"{'%.2f' % top5 if top5 is not None else '-'} | {results.get('img_size', '-')} | "
         f"{results.get('crop_pct', '-')} | {results.get('count', '-')} |",
     ]
     command = results.get('command')
@@ -269,46 +289,54 @@ def render_model_card(
         results: Optional[Mapping[str, Any]] = None,
         *,
         complexity: Optional[Mapping[str, Mapping[str, Any]]] = None,
+        base_model: Optional[str] = None,
+        datasets: Optional[Sequence[str]] = None,
 ) -> str:
     """The Markdown model card (with Hub YAML front matter) of a zoo model.
 
     ``results``: measured accuracy, e.g. ``{'top1': ..., 'top5': ..., 'dataset': ..., 'command': ...}``
-    (a ``gczoo eval`` JSON works as is); without ``top1`` the card says that no accuracy was measured.
-    ``complexity``: ``{model: count_complexity row}``; default ``model_cards/complexity.json``, with
-    models missing from it measured now.
+    (a ``gczoo eval`` JSON works as is); without ``top1`` the card says that no accuracy was measured,
+    and a non-finite metric is a ``ValueError``. ``complexity``: ``{model: count_complexity row}``;
+    default ``model_cards/complexity.json``, with models missing from it measured now.
+    ``base_model`` / ``datasets``: where the weights come from (see :func:`card_data`).
     """
     zoo = _zoo(model_name)
+    depth = get_depth(zoo.depth)
+    paper, resnet_paper = get_paper(zoo.paper), get_paper('resnet')
     cost = _complexity_of(model_name, complexity)
-    backbone = BACKBONES[zoo.depth]
-    block_kind = 'Bottleneck' if zoo.depth >= 26 else 'BasicBlock'
-    layout = _BLOCKS_PER_STAGE[zoo.depth]
+    meta_model = _meta_model(model_name)
+    reductions = {info['module']: info['reduction'] for info in meta_model.feature_info}
+    metadata = card_data(model_name, results, base_model=base_model, datasets=datasets,
+                         license=meta_model.pretrained_cfg.get('license') or 'apache-2.0')
+    backbone = depth.imagenet_resnet
 
     placement_lines = []
-    for stage, how, channels, names in block_positions(model_name):
+    for stage, how, channels, names in _block_positions(meta_model):
         shown = ', '.join(f'`{n}`' for n in names[:6]) + (f' ... ({len(names)} in all)' if len(names) > 6 else '')
-        placement_lines.append(f'| {_stage_label(stage, zoo.depth)} | {len(names)} | {channels} | {how} | {shown} |')
-    from gczoo.layers import ATTN_SPECS
+        placement_lines.append(
+            f'| {_stage_label(stage, zoo.depth, reductions)} | {len(names)} | {channels} | {how} | {shown} |')
     block_lines = [f'- `{p.attn}`: {ATTN_SPECS[p.attn].cls.__name__} - {ATTN_SPECS[p.attn].summary}'
                    + (f' (settings: {dict(p.kwargs)})' if p.kwargs else '') for p in zoo.placements]
-    paper_params = (f' (the paper\'s table: {zoo.paper_params_m:.2f} M)' if zoo.paper_params_m else '')
-    bib = BIBTEX.get(zoo.arxiv, '')
+    reported = reported_figures(model_name, zoo.paper)
+    paper_params = (f' (the paper\'s table: {reported.params_m:.2f} M)'
+                    if reported is not None and reported.params_m else '')
 
     sections = [
-        _front_matter(model_name),
         f'# Model card for {model_name}',
         f'{zoo.summary}: a ResNet-{zoo.depth} (timm\'s `resnet{zoo.depth}` layout) with the attention blocks of '
-        f'*{zoo.paper}* ([arXiv:{zoo.arxiv}](https://arxiv.org/abs/{zoo.arxiv})) where the paper puts them. '
+        f'*{paper.title}* ([arXiv:{paper.arxiv}]({paper.url})) where the paper puts them. '
         f'Part of [gczoo](https://github.com/{GITHUB_REPO}), a timm-compatible zoo of classic attention blocks.',
         '## Model details',
         '\n'.join([
             '- **Model type:** image classification / feature backbone',
-            f'- **Backbone:** ResNet-{zoo.depth}, {block_kind} blocks {list(layout)}, stride in the 3x3 conv '
-            f'(ResNet v1.5, as timm and torchvision); every backbone tensor keeps timm\'s `resnet{zoo.depth}` key',
+            f'- **Backbone:** ResNet-{zoo.depth}, {depth.block.__name__} blocks {list(depth.layers)}, stride in the '
+            f'3x3 conv (ResNet v1.5, as timm and torchvision); every backbone tensor keeps timm\'s '
+            f'`resnet{zoo.depth}` key',
             f'- **Parameters (M):** {cost["params_m"]:.2f}{paper_params}',
             f'- **GMACs at {IMG_SIZE}x{IMG_SIZE}:** {cost["gmacs"]:.3f} ({cost["gmacs_vs_resnet50"]:.3f}x timm\'s '
             f'`resnet50`; GFLOPs = 2 x GMACs = {cost["gflops"]:.3f}), counted by `gczoo complexity` in timm\'s '
             f'convention (attention matmuls included)',
-            f'- **Paper:** {zoo.paper}, [arXiv:{zoo.arxiv}](https://arxiv.org/abs/{zoo.arxiv})',
+            f'- **Paper:** {paper.title}, [arXiv:{paper.arxiv}]({paper.url})',
         ]),
         '### Attention blocks\n\n' + '\n'.join(block_lines),
         '### Where the blocks sit\n\n'
@@ -328,9 +356,10 @@ def render_model_card(
         '### Evaluate\n\n'
         f'```bash\ngczoo eval --model {model_name} --checkpoint model.safetensors --data-dir /path/to/imagenet\n'
         f'NPROC=8 scripts/eval.sh --model local-dir:path/to/weights --data-dir /path/to/imagenet\n```',
-        '## Citation\n\n```bibtex\n' + (bib + '\n\n' if bib else '') + _RESNET_BIBTEX + '\n```',
+        '## Citation\n\n```bibtex\n' + paper.bibtex + '\n\n' + resnet_paper.bibtex + '\n```',
     ]
-    return '\n\n'.join(sections) + '\n'
+    # huggingface_hub writes (and re-parses) the YAML front matter
+    return str(ModelCard(f'---\n{metadata.to_yaml()}\n---\n\n' + '\n\n'.join(sections) + '\n'))
 
 
 def models_table_markdown(
@@ -339,7 +368,6 @@ def models_table_markdown(
         cards_dir: str = 'model_cards',
 ) -> str:
     """The README's model table: one row per zoo model with its blocks, measured cost and accuracy."""
-    from gczoo.models import ZOO_MODELS
     table = dict(complexity) if complexity is not None else load_complexity()
     lines = [
         f'| model | attention blocks | params (M) | GMACs @{IMG_SIZE} | vs resnet50 | paper | ImageNet top-1 | card |',
@@ -348,18 +376,18 @@ def models_table_markdown(
     for name, zoo in ZOO_MODELS.items():
         cost = _complexity_of(name, table)
         result = (results or {}).get(name)
-        top1 = f"{result['top1']:.2f}" if _has_accuracy(result) else 'no weights yet'
+        top1 = f"{result['top1']:.2f}" if _has_accuracy(name, result) else 'no weights yet'
+        paper = get_paper(zoo.paper)
         lines.append(
             f'| `{name}` | {zoo.summary} | {cost["params_m"]:.2f} | {cost["gmacs"]:.3f} | '
-            f'{cost["gmacs_vs_resnet50"]:.3f}x | [arXiv:{zoo.arxiv}](https://arxiv.org/abs/{zoo.arxiv}) | {top1} | '
+            f'{cost["gmacs_vs_resnet50"]:.3f}x | [arXiv:{paper.arxiv}]({paper.url}) | {top1} | '
             f'[card]({cards_dir}/{name}.md) |')
     return '\n'.join(lines)
 
 
 def blocks_table_markdown() -> str:
     """The README's block table rows (its header stays in the README): one row per registry name."""
-    from gczoo.layers import ATTN_SPECS
-    return '\n'.join(f'| `{name}` | `{spec.cls.__name__}` | {spec.summary} | {spec.paper} |'
+    return '\n'.join(f'| `{name}` | `{spec.cls.__name__}` | {spec.summary} | {spec.citation} |'
                      for name, spec in ATTN_SPECS.items())
 
 
@@ -376,7 +404,7 @@ def update_readme(
                          f'around the generated table')
     new = text[:start + len(start_marker)] + '\n' + table.strip() + '\n' + text[end:]
     if new != text:
-        path.write_text(new)
+        atomic_write_text(path, new)
     return new != text
 
 
@@ -387,20 +415,24 @@ def write_model_cards(
         results: Optional[Mapping[str, Mapping[str, Any]]] = None,
         models: Optional[Sequence[str]] = None,
 ) -> List[Path]:
-    """Write ``out_dir/<model>.md`` for every zoo model (or ``models``); returns the paths."""
-    from gczoo.models import ZOO_MODELS
+    """Write ``out_dir/<model>.md`` for every zoo model (or ``models``); returns the paths.
+
+    Every card is rendered before any is written, so a bad result or model leaves the folder as it was.
+    """
     out = Path(out_dir)
+    cards = {name: render_model_card(name, (results or {}).get(name), complexity=complexity)
+             for name in (models or list(ZOO_MODELS))}
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in (models or list(ZOO_MODELS)):
+    for name, text in cards.items():
         path = out / f'{name}.md'
-        path.write_text(render_model_card(name, (results or {}).get(name), complexity=complexity))
+        atomic_write_text(path, text)
         paths.append(path)
     return paths
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog='gczoo cards',
         description='Write model_cards/<model>.md for every gczoo model (complexity measured now and saved to '
                     'model_cards/complexity.json; accuracy only from measured results) and optionally the '
@@ -416,35 +448,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """``gczoo cards`` (errors are printed by ``gczoo.cli.run``)."""
     args = _parser().parse_args(argv)
-    from gczoo.complexity import BASELINE_MODEL, complexity_table, write_json
-    from gczoo.models import ZOO_MODELS
     out = Path(args.out_dir)
-    try:
-        complexity_path = out / COMPLEXITY_FILE
-        if args.no_measure:
-            complexity = load_complexity(complexity_path)
-            if not complexity:
-                raise ValueError(f'--no-measure: {str(complexity_path)!r} does not exist; run without --no-measure')
-        else:
-            rows = complexity_table(list(ZOO_MODELS), IMG_SIZE, baseline=BASELINE_MODEL, progress=True)
-            write_json(rows, complexity_path)
-            complexity = load_complexity(complexity_path)
-        result_files = args.results if args.results is not None else (
-            [out / RESULTS_FILE] if (out / RESULTS_FILE).is_file() else [])
-        results = load_results(result_files)
-        paths = write_model_cards(out, complexity=complexity, results=results)
-        print(f'gczoo cards: wrote {len(paths)} cards to {out} (complexity: {complexity_path}; '
-              f'measured accuracy for {len(results)} model(s))')
-        if args.readme:
-            changed = update_readme(args.readme, models_table_markdown(complexity, results))
-            changed |= update_readme(args.readme, blocks_table_markdown(), BLOCKS_TABLE_START, BLOCKS_TABLE_END)
-            print(f'gczoo cards: {"updated" if changed else "unchanged"} the model table in {args.readme}')
-    except ValueError as e:
-        print(f'gczoo cards: error: {e}', file=sys.stderr)
-        return 2
+    complexity_path = out / COMPLEXITY_FILE
+    result_files = args.results if args.results is not None else (
+        [out / RESULTS_FILE] if (out / RESULTS_FILE).is_file() else [])
+    results = load_results(result_files)  # read and checked before anything is written
+    if args.no_measure:
+        complexity = load_complexity(complexity_path)
+        if not complexity:
+            raise ValueError(f'--no-measure: {str(complexity_path)!r} does not exist; run without --no-measure')
+    else:
+        rows = complexity_table(list(ZOO_MODELS), IMG_SIZE, baseline=BASELINE_MODEL, progress=True)
+        write_json(rows, complexity_path)
+        complexity = load_complexity(complexity_path)
+    paths = write_model_cards(out, complexity=complexity, results=results)
+    print(f'gczoo cards: wrote {len(paths)} cards to {out} (complexity: {complexity_path}; '
+          f'measured accuracy for {len(results)} model(s))')
+    if args.readme:
+        changed = update_readme(args.readme, models_table_markdown(complexity, results))
+        changed |= update_readme(args.readme, blocks_table_markdown(), BLOCKS_TABLE_START, BLOCKS_TABLE_END)
+        print(f'gczoo cards: {"updated" if changed else "unchanged"} the model table in {args.readme}')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    import sys
+
+    from gczoo.cli import run_command
+    sys.exit(run_command('cards'))

@@ -27,25 +27,32 @@ Not counted, as in fvcore/timm: element-wise ops (activations, residual adds, at
 sigmoid), softmax, pooling and other reductions (fvcore counts ``adaptive_avg_pool2d`` as one per
 input element: 0.0001 G for ResNet-50, below the second decimal).
 
-Papers use other counters; ``PAPER_COMPLEXITY`` records what each paper's ResNet-50 figure means, and
-the tests compare each paper's ratio (model / its own ResNet-50) with ours.
+Papers use other counters; ``gczoo.papers`` records what each paper's ResNet-50 figure means
+(``PAPERS[key].reported``), and the tests compare each paper's ratio (model / its own ResNet-50) with
+ours.
 """
-import argparse
 import csv
-import dataclasses
+import difflib
+import io
 import json
 import math
-import sys
+import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
+import timm
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from gczoo.args import ArgumentParser, positive_int
+from gczoo.errors import UsageError
+from gczoo.files import atomic_write_text
+from gczoo.models import ZOO_MODELS  # importing gczoo.models registers the zoo with timm
+
 __all__ = [
-    'COUNTED_OPS', 'PaperComplexity', 'PAPER_COMPLEXITY', 'BASELINE_MODEL', 'count_complexity',
-    'complexity_table', 'markdown_table', 'write_csv', 'write_json', 'main',
+    'COUNTED_OPS', 'BASELINE_MODEL', 'count_complexity', 'complexity_table', 'markdown_table', 'write_csv',
+    'write_json', 'main',
 ]
 
 BASELINE_MODEL = 'resnet50'  # timm's resnet50: the reference every ratio is taken against
@@ -139,12 +146,9 @@ def _as_hw(img_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
 
 
 def _create_on_meta(model_name: str, **kwargs: Any) -> nn.Module:
-    import timm
-    import gczoo  # noqa: F401  (registers the zoo with timm)
     if not isinstance(model_name, str) or not model_name:
         raise TypeError(f'model must be a timm model name or an nn.Module, got {model_name!r}')
     if not timm.is_model(model_name):
-        import difflib
         close = difflib.get_close_matches(model_name, timm.list_models(), n=5)
         hint = f'; did you mean {", ".join(close)}?' if close else ''
         raise ValueError(f'unknown model {model_name!r} (not a timm or gczoo model name){hint}')
@@ -225,58 +229,6 @@ def count_complexity(
 
 
 # ---------------------------------------------------------------------------------------------------
-# The papers' complexity figures.
-
-
-@dataclasses.dataclass(frozen=True)
-class PaperComplexity:
-    """A paper's complexity figure for a zoo model and for its own ResNet-50 baseline.
-
-    ``baseline_gflops`` / ``model_gflops`` are the numbers as printed (the papers say "GFLOPs" but all
-    four count multiply-adds); ``counts`` says what the paper's counter includes, as far as its
-    baseline figure tells.
-    """
-    model: str
-    paper: str
-    source: str
-    baseline_gflops: float
-    model_gflops: float
-    counts: str
-
-    @property
-    def ratio(self) -> float:
-        return self.model_gflops / self.baseline_gflops
-
-
-PAPER_COMPLEXITY: Dict[str, PaperComplexity] = {
-    'resnet50_gc': PaperComplexity(
-        'resnet50_gc', 'GCNet (arXiv:1904.11492)', 'ImageNet table: ResNet-50 baseline vs +GC (r16, c3-c5)',
-        4.12, 4.13,
-        'multiply-adds of the PyTorch-style ResNet-50 (stride on the 3x3, as timm) with a module-hook '
-        'counter (mmcv/ptflops style): conv+fc 4.089, + batch norm 0.022, + ReLU/pooling 0.010 = 4.12. '
-        'Such counters hook modules, so the GC block\'s attention-pooling torch.matmul (0.003 G) is not '
-        'in the paper\'s +0.01; we count it.'),
-    'resnet50_se': PaperComplexity(
-        'resnet50_se', 'SENet (arXiv:1709.01507)', 'Table 2 and Sec. 4: ResNet-50 ~3.86 vs SE-ResNet-50 ~3.87 '
-        '("0.26% relative increase")',
-        3.86, 3.87,
-        'conv+fc multiply-adds of the original (Caffe) ResNet-50, whose downsampling bottlenecks put the '
-        'stride on the first 1x1 conv: 3.858 G (test_complexity rebuilds that network and counts it). '
-        'The 2-decimal rounding of 3.87 holds the SE overhead (0.0025 G) only to +-0.01 G.'),
-    'resnet50_cbam': PaperComplexity(
-        'resnet50_cbam', 'CBAM (arXiv:1807.06521)', 'Table 4 (ImageNet-1K): ResNet50 3.858, +SE 3.860, '
-        '+CBAM 3.864 GFLOPs',
-        3.858, 3.864,
-        'conv+fc multiply-adds of the original ResNet-50 (stride on the first 1x1): exactly 3.858 G.'),
-    'resnet50_bam': PaperComplexity(
-        'resnet50_bam', 'BAM (arXiv:1807.06514)', 'ImageNet-1K table: ResNet50 3.86 vs ResNet50+BAM 3.94 GFLOPs',
-        3.86, 3.94,
-        'conv+fc multiply-adds of the original ResNet-50 (stride on the first 1x1), as in CBAM (same '
-        'authors); BAM\'s dilated 3x3 convs of the spatial branch (0.082 G) are almost all of the +0.08.'),
-}
-
-
-# ---------------------------------------------------------------------------------------------------
 # Tables and the command.
 
 _COLUMNS = ('model', 'img_size', 'params_m', 'gmacs', 'gflops', 'gmacs_vs_resnet50', 'gmacs_conv', 'gmacs_matmul',
@@ -296,8 +248,8 @@ def complexity_table(
         names = [baseline] + names
     iterator = names
     if progress:
-        from tqdm import tqdm
-        iterator = tqdm(names, desc='complexity', leave=False)
+        from tqdm import tqdm  # an optional extra (gczoo[train]): imported only when progress is shown
+        iterator = tqdm(names, desc='complexity', leave=False, disable=None)  # None: only on a terminal
     rows = [count_complexity(m, img_size) for m in iterator]
     base = next((r for r in rows if r['model'] == baseline), None)
     for row in rows:
@@ -318,20 +270,16 @@ def markdown_table(rows: Sequence[Dict[str, Any]]) -> str:
     return '\n'.join(lines)
 
 
-def write_csv(rows: Sequence[Dict[str, Any]], path: Union[str, Path]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, 'w', newline='') as f:
-        writer = csv.DictWriter(f, fieldnames=_COLUMNS, extrasaction='ignore')
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
-    return path
+def _csv_text(rows: Sequence[Dict[str, Any]]) -> str:
+    buffer = io.StringIO(newline='')
+    writer = csv.DictWriter(buffer, fieldnames=_COLUMNS, extrasaction='ignore')
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    return buffer.getvalue()
 
 
-def write_json(rows: Sequence[Dict[str, Any]], path: Union[str, Path]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _json_text(rows: Sequence[Dict[str, Any]]) -> str:
     payload = {
         'convention': ('timm/fvcore: 1 MAC = 1 multiply-add; conv, linear/matmul/bmm, SDPA products, '
                        'norm layers (fvcore rules); GFLOPs = 2 x GMACs; per image, eval mode'),
@@ -339,19 +287,38 @@ def write_json(rows: Sequence[Dict[str, Any]], path: Union[str, Path]) -> Path:
         'models': {r['model']: {k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items() if k != 'model'}
                    for r in rows},
     }
-    path.write_text(json.dumps(payload, indent=2) + '\n')
-    return path
+    return json.dumps(payload, indent=2) + '\n'
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _write(path: Path, text: str) -> Path:
+    """The whole file or none (``gczoo.files.atomic_write_text``); an error names ``path``, not the temporary file."""
+    try:
+        return atomic_write_text(path, text)
+    except OSError as e:
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
+
+
+def write_csv(rows: Sequence[Dict[str, Any]], path: Union[str, Path]) -> Path:
+    """``complexity_table`` rows as CSV (written whole or not at all)."""
+    return _write(Path(path), _csv_text(rows))
+
+
+def write_json(rows: Sequence[Dict[str, Any]], path: Union[str, Path]) -> Path:
+    """``complexity_table`` rows as JSON ``{convention, counter, models: {name: row}}`` (written whole or not at all)."""
+    return _write(Path(path), _json_text(rows))
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog='gczoo complexity',
         description='Parameters, GMACs (multiply-adds, timm convention) and GFLOPs (= 2 x GMACs) of models, '
                     'counted with torch FlopCounterMode on the meta device. Prints a Markdown table and '
                     'writes CSV + JSON.')
     p.add_argument('models', nargs='*', help='timm/gczoo model names')
     p.add_argument('--all', action='store_true', help="every gczoo model (and timm's resnet50 as the baseline)")
-    p.add_argument('--img-size', type=int, nargs='+', default=[224], metavar='N',
+    p.add_argument('--img-size', type=positive_int, nargs='+', default=[224], metavar='N',
                    help='input size: N, or H W (default 224)')
     p.add_argument('--output', default='output/complexity', metavar='PREFIX',
                    help='write PREFIX.csv and PREFIX.json (default output/complexity)')
@@ -360,30 +327,28 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """``gczoo complexity`` (errors are printed by ``gczoo.cli.run``)."""
     args = _parser().parse_args(argv)
-    from gczoo.models import ZOO_MODELS
     models = list(args.models)
     if args.all:
         models += [m for m in ZOO_MODELS if m not in models]
     if not models:
-        print('gczoo complexity: error: name at least one model or pass --all', file=sys.stderr)
-        return 2
+        raise UsageError('name at least one model or pass --all (see gczoo complexity --help)')
     if len(args.img_size) not in (1, 2):
-        print(f'gczoo complexity: error: --img-size takes N or H W, got {args.img_size}', file=sys.stderr)
-        return 2
+        raise UsageError(f'--img-size takes N or H W, got {len(args.img_size)} numbers')
     img_size = args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size)
-    try:
-        rows = complexity_table(models, img_size, baseline=None if args.no_baseline else BASELINE_MODEL,
-                                progress=True)
-    except (ValueError, TypeError) as e:
-        print(f'gczoo complexity: error: {e}', file=sys.stderr)
-        return 2
+    csv_path, json_path = Path(f'{args.output}.csv'), Path(f'{args.output}.json')
+    csv_path.parent.mkdir(parents=True, exist_ok=True)  # an unusable --output fails before the counting
+    rows = complexity_table(models, img_size, baseline=None if args.no_baseline else BASELINE_MODEL, progress=True)
+    for path, text in ((csv_path, _csv_text(rows)), (json_path, _json_text(rows))):  # both rendered first
+        _write(path, text)
     print(markdown_table(rows))
-    csv_path = write_csv(rows, f'{args.output}.csv')
-    json_path = write_json(rows, f'{args.output}.json')
     print(f'\nwrote {csv_path} and {json_path}')
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    import sys
+
+    from gczoo.cli import run_command
+    sys.exit(run_command('complexity'))

@@ -9,12 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gczoo.cli import main as cli_main
 from gczoo.cards import (
     BLOCKS_TABLE_END, BLOCKS_TABLE_START, DEFAULT_CARDS_DIR, TABLE_END, TABLE_START, block_positions, block_tags, load_complexity, load_results, main,
     models_table_markdown, render_model_card, update_readme,
 )
 from gczoo.complexity import count_complexity
 from gczoo.models import ZOO_MODELS
+from gczoo.papers import get_paper
 
 CARDS = DEFAULT_CARDS_DIR
 
@@ -37,7 +39,8 @@ def test_every_model_has_a_card_whose_yaml_parses(model_name):
     assert {'image-classification', 'timm', 'gczoo'} <= set(meta['tags'])
     assert set(block_tags(model_name)) <= set(meta['tags'])
     zoo = ZOO_MODELS[model_name]
-    assert f'arXiv:{zoo.arxiv}' in text and '```bibtex' in text
+    assert f'arXiv:{get_paper(zoo.paper).arxiv}' in text and '```bibtex' in text
+    assert get_paper(zoo.paper).bibtex in text and get_paper('resnet').bibtex in text
     assert 'No published weights yet' in text  # nothing is published: no accuracy may be claimed
     assert f"timm.create_model('{model_name}'" in text and f"torch.hub.load('gczoo/gczoo', '{model_name}')" in text
     assert f'scripts/train.sh --model {model_name} --pretrained-backbone' in text
@@ -122,7 +125,7 @@ def test_cards_command(tmp_path, capsys):
     assert sorted(p.stem for p in out.glob('*.md')) == sorted(ZOO_MODELS)
     assert '`resnet101_gc`' in readme.read_text()
     assert '| `cc` | `CrissCrossAttention` |' in readme.read_text()
-    assert main(['--out-dir', str(tmp_path / 'empty'), '--no-measure']) == 2
+    assert cli_main(['cards', '--out-dir', str(tmp_path / 'empty'), '--no-measure']) == 2
     assert 'does not exist' in capsys.readouterr().err
 
 
@@ -132,3 +135,59 @@ def test_readme_tables_are_current():
     text = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
     assert blocks_table_markdown() in text
     assert models_table_markdown() in text
+
+
+# ------------------------------------------------------------------------------------------------
+# Hub metadata (huggingface_hub.ModelCardData) and measured metrics only
+
+
+def test_front_matter_names_the_weights_origin_not_a_hard_coded_dataset():
+    from gczoo.models.depths import DEPTHS
+    for name in ('resnet18_gc', 'resnet50_gc', 'resnet101_gc'):
+        meta = _front_matter(render_model_card(name))
+        source = DEPTHS[ZOO_MODELS[name].depth].imagenet_resnet  # e.g. resnet50.a1_in1k
+        assert meta['base_model'] == f'timm/{source}'
+        assert meta['datasets'] == ['imagenet-1k']  # from the source tag's "in1k"
+        assert 'model-index' not in meta  # nothing measured, nothing claimed
+    # weights trained elsewhere: the card says where they come from
+    meta = _front_matter(render_model_card('resnet18_gc', base_model='me/resnet18_gc.cifar', datasets=['cifar10']))
+    assert meta['base_model'] == 'me/resnet18_gc.cifar' and meta['datasets'] == ['cifar10']
+    meta = _front_matter(render_model_card('resnet18_gc', base_model=None, datasets=[]))
+    assert 'base_model' not in meta and 'datasets' not in meta
+
+
+def test_model_index_only_with_measured_metrics():
+    results = {'top1': 77.701, 'top5': 93.66, 'dataset': 'ImageNet-1k val', 'dataset_id': 'imagenet-1k'}
+    meta = _front_matter(render_model_card('resnet50_gc', results))
+    (entry,) = meta['model-index']
+    assert entry['name'] == 'resnet50_gc'
+    (result,) = entry['results']
+    assert result['dataset'] == {'name': 'ImageNet-1k val', 'type': 'imagenet-1k'}
+    assert [(m['name'], m['value']) for m in result['metrics']] == [('top-1 accuracy', 77.701),
+                                                                   ('top-5 accuracy', 93.66)]
+
+
+@pytest.mark.parametrize('bad', [float('nan'), float('inf'), '77.7', True])
+def test_non_finite_or_non_numeric_metrics_are_refused(bad):
+    with pytest.raises(ValueError, match=r'top1 is .*not a finite number'):
+        render_model_card('resnet50_gc', {'top1': bad})
+    with pytest.raises(ValueError, match='resnet50_gc: top1'):
+        models_table_markdown(load_complexity(CARDS / 'complexity.json'), {'resnet50_gc': {'top1': bad}})
+
+
+def test_cards_command_refuses_a_nan_result_in_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / 'cards'
+    out.mkdir()
+    shutil.copy(CARDS / 'complexity.json', out / 'complexity.json')
+    results = tmp_path / 'eval.json'
+    results.write_text('{"architecture": "resnet18_gc", "top1": NaN, "top5": 99.0}')  # what json.dumps(nan) writes
+    assert cli_main(['cards', '--out-dir', str(out), '--no-measure', '--results', str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('gczoo cards: error: ') and 'top1 is nan' in err
+    assert sorted(p.name for p in out.iterdir()) == ['complexity.json']
+
+
+def test_cards_flags_are_checked(capsys):
+    assert cli_main(['cards', '--no-such-flag']) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'unrecognized arguments: --no-such-flag' in err

@@ -2,7 +2,7 @@
 
 Counting at 224 happens on the ``meta`` device (no arithmetic, well under a second per model).
 
-What each paper counts (details in ``gczoo.complexity.PAPER_COMPLEXITY``):
+What each paper counts (details in ``gczoo.papers.PAPERS[key].reported``):
 
 * SENet, CBAM and BAM quote ResNet-50 at 3.86 / 3.858 GFLOPs: the multiply-adds of the convolutions
   and the classifier of the original (Caffe) ResNet-50, whose downsampling bottlenecks stride in the
@@ -16,13 +16,24 @@ What each paper counts (details in ``gczoo.complexity.PAPER_COMPLEXITY``):
   seems to count the squeeze pooling and the scaling, 0.011 G, that timm's convention leaves out),
   so ours (+0.06%) is 0.2% off it; the 3-decimal CBAM figures and BAM's +0.08 G agree much closer.
 """
+import errno
+import os
+import stat
+import tempfile
+
 import pytest
 import torch
 
 import timm
 import gczoo  # noqa: F401
+from gczoo.cli import main as cli_main
 from gczoo.layers import create_attn
-from gczoo.complexity import PAPER_COMPLEXITY, complexity_table, count_complexity, main, markdown_table
+from gczoo.complexity import complexity_table, count_complexity, main, markdown_table
+from gczoo.papers import PAPERS
+
+# the papers' own complexity figures for the zoo models that reproduce their configurations
+PAPER_COMPLEXITY = {model: (paper, figures) for paper in PAPERS.values()
+                    for model, figures in paper.reported.items() if figures.ratio is not None}
 
 
 @pytest.fixture(scope='module')
@@ -67,10 +78,10 @@ def test_cpu_count_equals_meta_count(block):
 
 @pytest.mark.parametrize('model_name', sorted(PAPER_COMPLEXITY))
 def test_papers_ratio_to_their_own_resnet50(model_name, resnet50_224):
-    paper = PAPER_COMPLEXITY[model_name]
+    source, paper = PAPER_COMPLEXITY[model_name]
     ours = count_complexity(model_name, 224)['gmacs'] / resnet50_224['gmacs']
     assert ours == pytest.approx(paper.ratio, rel=0.01), (
-        f'{model_name}: ours {ours:.4f} vs {paper.paper} {paper.model_gflops}/{paper.baseline_gflops} = {paper.ratio:.4f}')
+        f'{model_name}: ours {ours:.4f} vs {source.citation} {paper.model_gflops}/{paper.baseline_gflops} = {paper.ratio:.4f}')
 
 
 def _caffe_resnet_conv_fc_gmacs(model_name: str) -> float:
@@ -119,5 +130,65 @@ def test_table_and_command(tmp_path, capsys):
     assert '| resnet26_gc | 64 |' in out and '| resnet50 | 64 |' in out
     assert (tmp_path / 'cx.csv').read_text().splitlines()[0].startswith('model,img_size,params_m,gmacs,gflops')
     assert '"resnet26_gc"' in (tmp_path / 'cx.json').read_text()
-    assert main(['resnet50_gx', '--output', str(tmp_path / 'bad')]) == 2
+    assert cli_main(['complexity', 'resnet50_gx', '--output', str(tmp_path / 'bad')]) == 2
     assert 'unknown model' in capsys.readouterr().err
+
+
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('gczoo complexity: error: '), err
+    return err
+
+
+@pytest.mark.parametrize('argv, expected', [
+    ([], 'name at least one model or pass --all'),
+    (['resnet18_gc', '--img-size', '0'], "argument --img-size: expected an integer >= 1, got '0'"),
+    (['resnet18_gc', '--img-size', '64', '64', '64'], '--img-size takes N or H W, got 3 numbers'),
+])
+def test_command_usage_errors_are_one_line(argv, expected, tmp_path, capsys):
+    assert cli_main(['complexity', *argv, '--output', str(tmp_path / 'cx')]) == 2
+    assert expected in _one_error_line(capsys)
+    assert not list(tmp_path.iterdir())
+
+
+def test_command_unwritable_output_is_one_line(tmp_path, capsys):
+    # tests run as root, so a read-only folder would still be writable: use a path through a regular file
+    blocker = tmp_path / 'a_file'
+    blocker.write_text('not a folder')
+    assert cli_main(['complexity', 'resnet18_gc', '--img-size', '32', '--output', str(blocker / 'cx')]) == 2
+    err = _one_error_line(capsys)
+    assert 'a_file' in err and ('Not a directory' in err or 'File exists' in err)
+    assert blocker.read_text() == 'not a folder'
+
+
+def test_command_read_only_file_system_is_one_line(tmp_path, capsys, monkeypatch):
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, 'Read-only file system')
+
+    monkeypatch.setattr(tempfile, 'mkstemp', read_only)  # where gczoo.files.atomic_write creates its file
+    assert cli_main(['complexity', 'resnet18_gc', '--img-size', '32', '--output', str(tmp_path / 'cx')]) == 2
+    err = _one_error_line(capsys)
+    assert 'Read-only file system' in err and "cx.csv'" in err and 'write to another folder' in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_command_full_disk_leaves_nothing_half_written(tmp_path, capsys, monkeypatch):
+    """ENOSPC when the JSON reaches the disk (the CSV fit): no truncated file, no temporary file."""
+    (tmp_path / 'cx.json').write_text('{"models": {}}\n')  # a previous run's
+    real_fsync = os.fsync
+    calls = []
+
+    def fsync_until_full(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):  # files, not the folder entries
+            calls.append(fd)
+            if len(calls) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', fsync_until_full)
+    assert cli_main(['complexity', 'resnet18_gc', '--img-size', '32', '--output', str(tmp_path / 'cx')]) == 2
+    err = _one_error_line(capsys)
+    assert 'No space left on device' in err and "cx.json'" in err and 'free some disk space' in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['cx.csv', 'cx.json']  # no temporary file left
+    assert (tmp_path / 'cx.json').read_text() == '{"models": {}}\n'  # the old JSON, whole
+    assert (tmp_path / 'cx.csv').read_text().splitlines()[-1].startswith('resnet18_gc,32,')  # the new CSV, whole

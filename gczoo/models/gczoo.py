@@ -14,15 +14,17 @@ Each model's configuration is one row of ``ZOO_MODELS``; the entrypoints below o
 """
 import dataclasses
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple, Type, Union
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+from timm.models.resnet import ResNet
 
 from gczoo.layers import attention_modules, get_attn
+from gczoo.papers import get_paper, reported_figures
 
+from .depths import get_depth
 from .errors import PretrainedWeightsError, explain_download_errors  # noqa: F401  (PretrainedWeightsError re-exported)
 from .pretrained import init_from_resnet
 from .tags import HUB_ORG, check_weights_available, pretrained_cfgs
@@ -33,13 +35,6 @@ __all__ = [
 ]
 
 ALL_BLOCKS = None  # a Placement.stages value: every residual block of that stage
-
-_DEPTHS: Dict[int, Tuple[Type[nn.Module], Tuple[int, int, int, int]]] = {
-    18: (BasicBlock, (2, 2, 2, 2)),
-    26: (Bottleneck, (2, 2, 2, 2)),
-    50: (Bottleneck, (3, 4, 6, 3)),
-    101: (Bottleneck, (3, 4, 23, 3)),
-}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,23 +60,37 @@ class Placement:
 
 @dataclasses.dataclass(frozen=True)
 class ZooModel:
-    """One zoo model: its backbone depth, its attention placements and what the paper reports."""
+    """One zoo model: its backbone depth (a ``gczoo.models.depths.DEPTHS`` row), its attention
+    placements, and the paper whose configuration it reproduces (a ``gczoo.papers.PAPERS`` key: title,
+    arXiv id, BibTeX and the figures the paper reports all live there)."""
     depth: int
     placements: Tuple[Placement, ...]
     summary: str
     paper: str
-    arxiv: str
-    paper_params_m: Optional[float] = None  # parameters (millions) in the paper's table, 1000 classes
     published_tags: Tuple[str, ...] = ()  # tags whose weights are on the Hub under HUB_ORG
     default_tag: str = 'ft_in1k'
+
+    def __post_init__(self) -> None:
+        get_paper(self.paper)  # an unknown key fails where the row is written
+
+    @property
+    def arxiv(self) -> str:
+        """The paper's arXiv id (from ``gczoo.papers``)."""
+        return get_paper(self.paper).arxiv
+
+    @property
+    def paper_params_m(self) -> Optional[float]:
+        """Parameters (millions, 1000 classes) the paper reports for this row's configuration, if any
+        (``gczoo.papers.reported_figures``; looked up by the row's name in ``ZOO_MODELS``)."""
+        name = next((n for n, row in ZOO_MODELS.items() if row is self), None)
+        figures = reported_figures(name, self.paper) if name is not None else None
+        return figures.params_m if figures is not None else None
 
 
 def _every(*stages: int) -> Dict[int, None]:
     return {s: ALL_BLOCKS for s in stages}
 
 
-_GC_PAPER = 'GCNet: Non-local Networks Meet Squeeze-Excitation Networks and Beyond'
-_GC_ARXIV = '1904.11492'
 _GC_STAGES = _every(2, 3, 4)  # c3-c5: every bottleneck of layer2-layer4
 
 # The source of truth for the zoo: hubconf, model cards, the README table and `gczoo list` derive from it.
@@ -89,51 +98,51 @@ ZOO_MODELS: Dict[str, ZooModel] = {
     'resnet50_gc': ZooModel(
         50, (Placement('gc', _GC_STAGES),),
         'GC block (ratio 1/16, att pooling, channel_add) in every bottleneck of c3-c5',
-        _GC_PAPER, _GC_ARXIV, paper_params_m=28.08),
+        'gcnet'),
     'resnet50_gc_r4': ZooModel(
         50, (Placement('gc_r4', _GC_STAGES),),
         'GC block (ratio 1/4, att pooling, channel_add) in every bottleneck of c3-c5',
-        _GC_PAPER, _GC_ARXIV),
+        'gcnet'),
     'resnet50_nl': ZooModel(
         50, (Placement('nl_sub', {2: (1, 3), 3: (1, 3, 5)}, after_block=True),),
         '5 Non-local blocks (embedded Gaussian, inner C/2, 2x2 sub-sampling) after every 2nd block of res3, res4',
-        'Non-local Neural Networks', '1711.07971'),
+        'nonlocal'),
     'resnet50_snl': ZooModel(
         50, (Placement('snl', {3: (-2,)}, after_block=True),),
         'One Simplified Non-local block before the last residual block of res4',
-        _GC_PAPER, _GC_ARXIV),
+        'gcnet'),
     'resnet50_se': ZooModel(
         50, (Placement('se', _every(1, 2, 3, 4)),),
         'SE (reduction 16) in every bottleneck',
-        'Squeeze-and-Excitation Networks', '1709.01507', paper_params_m=28.09),
+        'senet'),
     'resnet50_cbam': ZooModel(
         50, (Placement('cbam', _every(1, 2, 3, 4)),),
         'CBAM (official semantics) in every bottleneck after bn3',
-        'CBAM: Convolutional Block Attention Module', '1807.06521', paper_params_m=28.09),
+        'cbam'),
     'resnet50_bam': ZooModel(
         50, (Placement('bam', {1: (-1,), 2: (-1,), 3: (-1,)}, after_block=True),),
         'BAM after layer1, layer2 and layer3',
-        'BAM: Bottleneck Attention Module', '1807.06514', paper_params_m=25.92),
+        'bam'),
     'resnet50_cc': ZooModel(
         50, (Placement('cc', {3: (-1,)}, after_block=True),),
         'Criss-cross attention (recurrence 2, shared weights) after layer3',
-        'CCNet: Criss-Cross Attention for Semantic Segmentation', '1811.11721'),
+        'ccnet'),
     'resnet50_sa': ZooModel(
         50, (Placement('sa', {3: (-1,)}, after_block=True),),
         'SAGAN self-attention after layer3',
-        'Self-Attention Generative Adversarial Networks', '1805.08318'),
+        'sagan'),
     'resnet18_gc': ZooModel(
         18, (Placement('gc', _GC_STAGES),),
         'ResNet-18 with a GC block (ratio 1/16) in every basic block of c3-c5',
-        _GC_PAPER, _GC_ARXIV),
+        'gcnet'),
     'resnet26_gc': ZooModel(
         26, (Placement('gc', _GC_STAGES),),
         'ResNet-26 with a GC block (ratio 1/16) in every bottleneck of c3-c5',
-        _GC_PAPER, _GC_ARXIV),
+        'gcnet'),
     'resnet101_gc': ZooModel(
         101, (Placement('gc', _GC_STAGES),),
         'ResNet-101 with a GC block (ratio 1/16) in every bottleneck of c3-c5',
-        _GC_PAPER, _GC_ARXIV),
+        'gcnet'),
 }
 
 
@@ -218,13 +227,13 @@ def create_zoo_model(variant: str, pretrained: bool = False, **kwargs: Any) -> n
     if pretrained and pretrained_backbone is not None:
         raise ValueError('pass either pretrained=True or pretrained_backbone=..., not both')
     zoo = ZOO_MODELS[variant]
-    block, layers = _DEPTHS[zoo.depth]
+    depth = get_depth(zoo.depth)
     if pretrained:
         check_weights_available(variant, zoo, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
     with explain_download_errors(variant, enabled=pretrained):
         model = build_model_with_cfg(
             ZooResNet, variant, pretrained,
-            block=block, layers=layers, placements=zoo.placements,
+            block=depth.block, layers=depth.layers, placements=zoo.placements,
             **kwargs,
         )
     if pretrained_backbone is not None:

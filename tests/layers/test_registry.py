@@ -5,7 +5,9 @@ import timm.layers
 import torch.nn as nn
 
 from gczoo.layers import ATTN_SPECS, ContextBlock, create_attn, get_attn, list_attn
-from gczoo.layers.registry import TIMM_ATTN_NAMES
+from gczoo.layers.registry import timm_attn_names
+
+TIMM_ATTN_NAMES = timm_attn_names()  # read from the installed timm, not copied
 
 
 def test_every_gczoo_name_builds_its_class_with_its_defaults():
@@ -35,6 +37,15 @@ def test_falls_back_to_timm_names(name):
 @pytest.mark.parametrize('name', TIMM_ATTN_NAMES)
 def test_timm_prefix_reaches_timm_even_where_gczoo_has_the_name(name):
     assert same_factory(get_attn(f'timm:{name}'), timm.layers.get_attn(name))
+
+
+def test_timm_names_come_from_timm_itself():
+    # a sample of timm 1.0's names: the list is derived from timm.layers.get_attn, each name accepted by it
+    assert {'se', 'ese', 'eca', 'gc', 'cbam', 'nl', 'bat', 'halo', 'lambda'} <= set(TIMM_ATTN_NAMES)
+    for name in TIMM_ATTN_NAMES:
+        assert timm.layers.get_attn(name) is not None
+    with pytest.raises(AssertionError):
+        timm.layers.get_attn('nope')  # what gczoo's get_attn turns into a ValueError listing the names
 
 
 def test_names_are_case_insensitive_and_classes_pass_through():
