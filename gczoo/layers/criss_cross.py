@@ -17,8 +17,9 @@ paper's RCCA) information from every position reaches every other one.
 Layout: energies over the column are (B, H, W, H) with the self position (row index == u's row)
 masked out, energies over the row are (B, H, W, W) and keep the self position. Memory is
 O(B * H * W * (H + W)); nothing N x N is built. The self mask is a boolean tensor made on the
-input's device and applied with ``masked_fill``, so the energies keep their dtype (half, bfloat16,
-float64) instead of being promoted by a float32 mask, and no device is hard-coded (CCNet #90, #98).
+input's device and applied with ``masked_fill`` (no float mask to promote the energies, no
+hard-coded device: CCNet #90, #98). For float16/bfloat16 inputs the energies and the softmax are
+computed in float32 (also under autocast), then the weights are cast back for the sum over values.
 
 Parameter names (``query_conv``, ``key_conv``, ``value_conv``, ``gamma``) follow the official
 CCNet / mmcv ``CrissCrossAttention`` key layout.
@@ -29,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import _attention
 from ._validate import check_input, check_positive_int, query_index, resolve_rd_channels
 
 __all__ = ['CrissCrossAttention']
@@ -80,6 +82,14 @@ class CrissCrossAttention(nn.Module):
     def extra_repr(self) -> str:
         return f'channels={self.channels}, rd_channels={self.rd_channels}, recurrence={self.recurrence}'
 
+    @staticmethod
+    def _self_mask(height: int, device: torch.device) -> torch.Tensor:
+        """(H, 1, H) bool, True where the column key is the query's own row: from an ``arange`` comparison,
+        not ``torch.eye(dtype=bool)``, which the TorchScript ONNX exporter turns into an ``EyeLike`` on
+        bool that ONNX Runtime cannot run."""
+        rows = torch.arange(height, device=device)
+        return (rows.unsqueeze(1) == rows.unsqueeze(0)).unsqueeze(1)
+
     def _step(self, x: torch.Tensor) -> torch.Tensor:
         """One criss-cross attention pass: gamma * CCA(x) + x."""
         height, width = x.shape[2], x.shape[3]
@@ -88,12 +98,12 @@ class CrissCrossAttention(nn.Module):
         v = self.value_conv(x)
         # e_h[b, i, j, r] = q[b, :, i, j] . k[b, :, r, j]  (column of (i, j)); the self entry r == i is
         # excluded here and kept in the row energies, so every position is counted exactly once.
-        e_h = torch.einsum('bcij,bcrj->bijr', q, k)
-        self_mask = torch.eye(height, dtype=torch.bool, device=x.device).unsqueeze(1)  # [i, 1, r]
-        e_h = e_h.masked_fill(self_mask, float('-inf'))
+        # Energies and softmax in float32 for half inputs (also under autocast): q . k sums C/8 products.
+        e_h = _attention.einsum_float32('bcij,bcrj->bijr', q, k)
+        e_h = e_h.masked_fill(self._self_mask(height, x.device), float('-inf'))
         # e_w[b, i, j, s] = q[b, :, i, j] . k[b, :, i, s]  (row of (i, j))
-        e_w = torch.einsum('bcij,bcis->bijs', q, k)
-        attn = torch.softmax(torch.cat([e_h, e_w], dim=-1), dim=-1)
+        e_w = _attention.einsum_float32('bcij,bcis->bijs', q, k)
+        attn = torch.softmax(torch.cat([e_h, e_w], dim=-1), dim=-1).to(v.dtype)
         a_h, a_w = torch.split(attn, [height, width], dim=-1)
         out = torch.einsum('bijr,bcrj->bcij', a_h, v) + torch.einsum('bijs,bcis->bcij', a_w, v)
         return self.gamma * out + x
@@ -111,15 +121,16 @@ class CrissCrossAttention(nn.Module):
         cols = idx - rows * width
         q = self.query_conv(x).flatten(2)[:, :, idx]  # (B, Cr, K)
         k = self.key_conv(x)  # (B, Cr, H, W)
-        e_h = torch.einsum('bck,bcrk->bkr', q, k[:, :, :, cols])  # column of each query: (B, K, H)
+        e_h = _attention.einsum_float32('bck,bcrk->bkr', q, k[:, :, :, cols])  # column of each query: (B, K, H)
         self_mask = torch.arange(height, device=x.device).unsqueeze(0) == rows.unsqueeze(1)  # (K, H)
         e_h = e_h.masked_fill(self_mask, float('-inf'))
-        e_w = torch.einsum('bck,bcks->bks', q, k[:, :, rows, :])  # row of each query: (B, K, W)
+        e_w = _attention.einsum_float32('bck,bcks->bks', q, k[:, :, rows, :])  # row of each query: (B, K, W)
         attn = torch.softmax(torch.cat([e_h, e_w], dim=-1), dim=-1)
         a_h, a_w = torch.split(attn, [height, width], dim=-1)
         col_onehot = F.one_hot(cols, width).to(attn.dtype)  # (K, W)
         row_onehot = F.one_hot(rows, height).to(attn.dtype)  # (K, H)
-        return a_h.unsqueeze(-1) * col_onehot[None, :, None, :] + a_w.unsqueeze(2) * row_onehot[None, :, :, None]
+        maps = a_h.unsqueeze(-1) * col_onehot[None, :, None, :] + a_w.unsqueeze(2) * row_onehot[None, :, :, None]
+        return maps.to(x.dtype)  # computed in float32 for half inputs
 
     def attention_maps(self, x: torch.Tensor, queries: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """Criss-cross weights of the query positions ``queries`` (row-major flat indices; ``None``: centre).

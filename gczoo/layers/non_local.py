@@ -23,7 +23,13 @@ Cost: nothing N x M is materialised by ``forward`` in the softmax modes (fused
 ``F.scaled_dot_product_attention``), nor in ``'dot_product'`` (associativity:
 theta (phi^T g) / M costs O(N * inner^2)). ``'concatenation'`` splits w_f^T [theta_i, phi_j] =
 a_i + b_j and processes the queries in chunks, so inference holds at most one chunk x M block of
-pairwise weights at a time (under autograd the ReLU outputs of every chunk are kept for backward).
+pairwise weights at a time (under autograd the ReLU outputs of every chunk are kept for backward);
+when traced or exported (ONNX, ``torch.export``) it uses an equivalent sort-based form whose graph
+does not depend on the input size (see ``_concat_sorted``).
+
+Half precision: the softmax modes rely on SDPA's float32 accumulation; the sums of the dot-product
+and concatenation modes and the logits of ``attention_maps`` are computed in float32 (also under
+autocast), so they do not overflow float16 where the block's output does not.
 """
 import math
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -55,21 +61,62 @@ def _resolve_chunk(chunk_size: Optional[int], batch: int, num_keys: int) -> int:
     return chunk_size
 
 
-@torch.fx.wrap  # a leaf for FX tracing: the chunk loop depends on the input's size
-def _concat_attention(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, chunk_size: Optional[int]) -> torch.Tensor:
-    """y_i = 1/M sum_j ReLU(a_i + b_j) g_j for a (B, N), b (B, M), g (B, e, M) -> (B, e, N).
-
-    The queries are processed ``chunk_size`` at a time (default: 2**24 pairwise weights per chunk),
-    so at most (B, M, chunk_size) pairwise weights exist at once.
-    """
+def _concat_chunked(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, chunk_size: Optional[int]) -> torch.Tensor:
+    """Eager path: the exact sums, ``chunk_size`` queries at a time (at most (B, M, chunk) weights)."""
     num_keys = b.shape[1]
     chunk_size = _resolve_chunk(chunk_size, a.shape[0], num_keys)
     b = b.unsqueeze(2)  # (B, M, 1)
+    g = _attention.at_least_float32(g)
     out: List[torch.Tensor] = []
     for start in range(0, a.shape[1], chunk_size):
         f = torch.relu(b + a[:, None, start:start + chunk_size])  # (B, M, chunk)
-        out.append(torch.bmm(g, f.to(g.dtype)))  # (B, e, chunk)
+        out.append(_attention.matmul_float32(g, f))  # (B, e, chunk)
     return torch.cat(out, dim=2) / num_keys
+
+
+def _concat_sorted(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Traced/exported path: the same y without a loop whose length depends on the input size.
+
+    ReLU(a_i + b_j) = (a_i + b_j) [b_j > -a_i], so y_i = (a_i G_i + T_i) / M with G_i, T_i the sums of
+    g_j and b_j g_j over the keys with b_j > -a_i. One descending sort of [-a, b] puts every query
+    after exactly those keys, so G and T are cumulative sums in that order, read at the queries. Holds
+    (B, e, N + M) values, nothing N x M, and has static control flow (dynamic batch and spatial axes
+    export). Equal up to rounding (a_i G_i + T_i may cancel where the chunked sums do not).
+    """
+    a = _attention.at_least_float32(a)
+    b = _attention.at_least_float32(b)
+    g = _attention.at_least_float32(g)
+    batch, num_queries = a.shape
+    width = g.shape[1]
+    order = torch.sort(torch.cat([-a, b], dim=1), dim=1, descending=True)[1]  # (B, N + M)
+    zeros = torch.zeros_like(a).unsqueeze(1).expand(batch, width, num_queries)
+    g_ext = torch.cat([zeros, g], dim=2)  # queries contribute nothing to the sums
+    bg_ext = torch.cat([zeros, g * b.unsqueeze(1)], dim=2)
+    order_e = order.unsqueeze(1).expand(batch, width, order.shape[1])
+    g_cum = torch.cumsum(torch.gather(g_ext, 2, order_e), dim=2)
+    bg_cum = torch.cumsum(torch.gather(bg_ext, 2, order_e), dim=2)
+    # position of every entry in the sorted order (the inverse permutation), read at the queries
+    ranks = torch.arange(order.shape[1], device=order.device).unsqueeze(0).expand_as(order)
+    where = torch.zeros_like(order).scatter(1, order, ranks)[:, :num_queries]
+    where = where.unsqueeze(1).expand(batch, width, num_queries)
+    y = a.unsqueeze(1) * torch.gather(g_cum, 2, where) + torch.gather(bg_cum, 2, where)
+    return y / b.shape[1]
+
+
+@torch.fx.wrap  # a leaf for FX tracing: the chunk loop depends on the input's size
+def _concat_attention(a: torch.Tensor, b: torch.Tensor, g: torch.Tensor, chunk_size: Optional[int]) -> torch.Tensor:
+    """y_i = 1/M sum_j ReLU(a_i + b_j) g_j for a (B, N), b (B, M), g (B, e, M) -> (B, e, N), at least float32.
+
+    Eager, scripted and compiled calls process the queries ``chunk_size`` at a time (default: 2**24
+    pairwise weights per chunk), so at most (B, M, chunk_size) pairwise weights exist at once. Under
+    ``torch.jit.trace`` (the TorchScript-based ONNX exporter) and ``torch.export`` (the dynamo ONNX
+    exporter), where a size-dependent loop would be unrolled or specialised to the example input, the
+    sort-based ``_concat_sorted`` computes the same sums. The sums are in float32 for half inputs.
+    """
+    if not torch.jit.is_scripting():
+        if torch.jit.is_tracing() or torch.compiler.is_exporting():
+            return _concat_sorted(a, b, g)
+    return _concat_chunked(a, b, g, chunk_size)
 
 
 class NonLocal(nn.Module):
@@ -236,11 +283,16 @@ class NonLocal(nn.Module):
         g = self.pool(self.g(x)).flatten(2)  # (B, inner, M)
 
         if self.mode == 'gaussian' or self.mode == 'embedded_gaussian':
-            y = _attention.softmax_attention(theta.transpose(1, 2), phi.transpose(1, 2), g.transpose(1, 2), self.scale)
-            y = y.transpose(1, 2)  # (B, inner, N)
+            # one head: (B, 1, N, d), the 4-D layout SDPA's fused kernels and the ONNX exporters take
+            y = _attention.softmax_attention(
+                theta.transpose(1, 2).unsqueeze(1), phi.transpose(1, 2).unsqueeze(1), g.transpose(1, 2).unsqueeze(1),
+                self.scale)
+            y = y.squeeze(1).transpose(1, 2)  # (B, inner, N)
         elif self.mode == 'dot_product':
-            # sum_j (theta_i . phi_j) g_j / M = (g phi^T) theta / M: O(N inner^2), no (N, M) matrix.
-            y = torch.bmm(torch.bmm(g, phi.transpose(1, 2)), theta) / phi.shape[2]
+            # sum_j (theta_i . phi_j) g_j / M = (g phi^T / M) theta: O(N inner^2), no (N, M) matrix; the
+            # sums over M and over inner are taken in float32 (they overflow float16 long before y does).
+            gp = _attention.matmul_float32(g, phi.transpose(1, 2)) / phi.shape[2]
+            y = _attention.matmul_float32(gp, theta)
         else:  # concatenation
             y = theta  # placeholder so TorchScript sees y defined on every path
             proj = self.concat_project
@@ -248,14 +300,28 @@ class NonLocal(nn.Module):
                 a, b = self._concat_terms(proj.weight, theta, phi)
                 y = _concat_attention(a, b, g, self.chunk_size)
         y = y.unflatten(2, spatial)
-        return x + self.norm(self.conv_out(y))
+        return x + self._project(y, g.dtype)
+
+    def _project(self, y: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """norm(W_z y), with y cast to the branch's working ``dtype``.
+
+        In the dot-product and concatenation modes y arrives in float32 for half inputs: it is a sum
+        that grows like |x|^3 or |x|^2 (no softmax bounds it by g), so under autocast W_z and the norm
+        run on it in float32 too. Otherwise a float16 W_z could overflow to inf, and a zero-initialised
+        norm (the identity at init) would turn inf * 0 into NaN.
+        """
+        if not torch.jit.is_scripting():
+            if not is_fx_symbolic_tracing() and y.dtype != dtype and _attention.autocast_on(y.device.type):
+                with torch.autocast(y.device.type, enabled=False):
+                    return self.norm(self.conv_out(y.to(self.conv_out.weight.dtype)))
+        return self.norm(self.conv_out(y.to(dtype)))
 
     def _concat_terms(
             self, w: torch.Tensor, theta: torch.Tensor, phi: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """w_f^T [theta_i, phi_j] = a_i + b_j with a = w_theta^T theta (B, N) and b = w_phi^T phi (B, M)."""
         w = w.reshape(1, 1, 2 * self.inner_channels)
-        a = torch.matmul(w[:, :, :self.inner_channels].to(theta.dtype), theta).squeeze(1)
-        b = torch.matmul(w[:, :, self.inner_channels:].to(phi.dtype), phi).squeeze(1)
+        a = _attention.matmul_float32(w[:, :, :self.inner_channels], theta).squeeze(1)
+        b = _attention.matmul_float32(w[:, :, self.inner_channels:], phi).squeeze(1)
         return a, b
 
     def attention_maps(self, x: torch.Tensor, queries: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
@@ -282,12 +348,13 @@ class NonLocal(nn.Module):
         phi = phi_map.flatten(2)  # (B, d, M)
         num_keys = phi.shape[2]
         if self.mode in ('gaussian', 'embedded_gaussian'):
-            rows = torch.softmax(torch.bmm(theta.transpose(1, 2), phi) * self.scale, dim=-1)
+            rows = torch.softmax(_attention.matmul_float32(theta.transpose(1, 2), phi) * self.scale, dim=-1)
         elif self.mode == 'dot_product':
-            rows = torch.bmm(theta.transpose(1, 2), phi) / num_keys
+            rows = _attention.matmul_float32(theta.transpose(1, 2), phi) / num_keys
         else:
             a, b = self._concat_terms(self.concat_project.weight, theta, phi)
             rows = torch.relu(a[:, :, None] + b[:, None, :]) / num_keys
+        rows = rows.to(x.dtype)  # computed in float32 for half inputs, returned in the input's dtype
         return {'query': rows.reshape([x.shape[0], queries.numel()] + key_spatial)}
 
     def extra_repr(self) -> str:

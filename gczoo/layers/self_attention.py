@@ -93,5 +93,6 @@ class SelfAttention2d(nn.Module):
         idx = query_index(queries, (height, width), x.device)
         q = self.f(x).flatten(2)[:, :, idx]  # (B, Cr, K)
         k = self.g(x).flatten(2)  # (B, Cr, N)
-        beta = torch.softmax(torch.einsum('bck,bcn->bkn', q, k), dim=-1)
+        # logits in float32 for half inputs (also under autocast), as the forward's SDPA kernel does
+        beta = torch.softmax(_attention.einsum_float32('bck,bcn->bkn', q, k), dim=-1).to(x.dtype)
         return {'query': beta.reshape(beta.shape[0], beta.shape[1], height, width)}
