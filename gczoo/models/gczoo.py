@@ -27,7 +27,7 @@ from gczoo.papers import get_paper, reported_figures
 from .depths import get_depth
 from .errors import PretrainedWeightsError, explain_download_errors  # noqa: F401  (PretrainedWeightsError re-exported)
 from .pretrained import init_from_resnet
-from .tags import HUB_ORG, check_weights_available, pretrained_cfgs
+from .tags import HUB_ORG, check_weights_available, filter_pretrained, pretrained_cfgs
 
 __all__ = [
     'Placement', 'ZooModel', 'ZOO_MODELS', 'ZooResNet', 'PretrainedWeightsError', 'HUB_ORG', 'list_zoo_models',
@@ -229,10 +229,12 @@ def create_zoo_model(variant: str, pretrained: bool = False, **kwargs: Any) -> n
     zoo = ZOO_MODELS[variant]
     depth = get_depth(zoo.depth)
     if pretrained:
-        check_weights_available(variant, zoo, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        check_weights_available(variant, zoo, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'),
+                                cache_dir=kwargs.get('cache_dir'))
     with explain_download_errors(variant, enabled=pretrained):
         model = build_model_with_cfg(
             ZooResNet, variant, pretrained,
+            pretrained_filter_fn=filter_pretrained,
             block=depth.block, layers=depth.layers, placements=zoo.placements,
             **kwargs,
         )

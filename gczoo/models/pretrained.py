@@ -1,10 +1,16 @@
 """Start a zoo model from an ImageNet ResNet: load its weights into the backbone, keep the attention
-blocks at identity init.
+blocks at their init.
 
-Because every block starts as the identity (the GC/NL/SNL/CC/SA zero-inits), the new model's
+Because the GC/NL/SNL/CC/SA blocks start as the identity (their papers' zero-inits), the new model's
 logits equal the source ResNet's at init; fine-tuning then only has to learn what attention adds.
 (Blocks that cannot be an identity -- SE, CBAM and BAM gates -- start at their papers' init and
 change the logits; the report says which keys were left at init.)
+
+Two callers share :func:`transplant_state_dict`: :func:`init_from_resnet` (``pretrained_backbone=``)
+loads the result itself, adapting the first conv to ``in_chans`` with timm's ``adapt_input_conv``
+and skipping a classifier of another size; the pretrained tags' ``filter_fn``
+(``gczoo.models.tags``) hands it to timm's ``load_pretrained``, which adapts the first conv and drops
+the classifier itself, as for any timm model.
 """
 import dataclasses
 import os
@@ -12,27 +18,39 @@ from typing import List, Mapping, Tuple, Union
 
 import torch
 import torch.nn as nn
+from timm.models import adapt_input_conv
 
 from gczoo.layers import attention_modules
 
 from .errors import CheckpointError, explain_download_errors
 from .weights import StateDict, StateDictMismatch, check_state_dict, classifier_names, read_state_dict, unwrap_state_dict
 
-__all__ = ['LoadReport', 'init_from_resnet']
+__all__ = ['LoadReport', 'first_conv_names', 'init_from_resnet', 'transplant_state_dict']
 
 
 @dataclasses.dataclass
 class LoadReport:
-    """What ``init_from_resnet`` did with each key."""
+    """What ``init_from_resnet`` (or a transplanting pretrained tag) did with each key."""
     loaded: List[str]
     kept_at_init: List[str]  # attention keys the source does not have
     skipped_classifier: List[str]  # classifier keys whose shape differs (another num_classes), or no head
     ignored: List[str]  # source keys with no place in this model that are safe to drop (e.g. the head)
+    adapted: List[str] = dataclasses.field(default_factory=list)  # first-conv keys adapted to in_chans
 
     def __str__(self) -> str:
         return (f'loaded {len(self.loaded)} tensors; attention tensors kept at init: {len(self.kept_at_init)}; '
                 f'classifier tensors skipped: {self.skipped_classifier or "none"}; '
-                f'source tensors ignored: {self.ignored or "none"}')
+                f'source tensors ignored: {self.ignored or "none"}'
+                + (f'; adapted to the input channels: {", ".join(self.adapted)}' if self.adapted else ''))
+
+
+def first_conv_names(model: nn.Module) -> Tuple[str, ...]:
+    """The input conv module name(s) of a timm model, from its pretrained cfg (``('conv1',)`` by default)."""
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    name = cfg.get('first_conv') if isinstance(cfg, Mapping) else None
+    if not name:
+        return ('conv1',)
+    return (name,) if isinstance(name, str) else tuple(name)
 
 
 def _resolve_source(source: Union[str, os.PathLike, Mapping[str, torch.Tensor], nn.Module]) -> Tuple[StateDict, str]:
@@ -52,6 +70,94 @@ def _resolve_source(source: Union[str, os.PathLike, Mapping[str, torch.Tensor], 
     raise TypeError(f'source must be a path, a timm model name, a state dict or a module, got {type(source).__name__}')
 
 
+def transplant_state_dict(
+        model: nn.Module,
+        source: Mapping[str, torch.Tensor],
+        where: str,
+        *,
+        adapt_first_conv: bool = True,
+        skip_mismatched_classifier: bool = True,
+) -> Tuple[StateDict, LoadReport]:
+    """Map a ResNet state dict (timm's or torchvision's keys: they are the same) onto ``model``'s keys.
+
+    Returns every key of ``model``: backbone tensors from ``source``, attention tensors from ``source``
+    where it has them with the same shape, else the model's own (its init, the identity where the
+    block's paper zero-inits), and a report. A backbone key missing from the source, a source key
+    with no place in the model, or a mis-shaped backbone tensor raises ``CheckpointError`` listing
+    them all.
+
+    ``adapt_first_conv``: adapt the first conv to the model's input channels with timm's
+    ``adapt_input_conv`` (else it is returned as the source has it, for timm's ``load_pretrained``
+    to adapt). ``skip_mismatched_classifier``: leave a classifier of another size out (else it is
+    returned as the source has it, for ``load_pretrained`` to drop when ``num_classes`` differs).
+    """
+    src = unwrap_state_dict(source, source=where)
+    target = model.state_dict()
+    attn_prefixes = tuple(f'{name}.' for name, _ in attention_modules(model))
+    head = tuple(f'{name}.' for name in classifier_names(model))
+    stem = {f'{name}.weight' for name in first_conv_names(model)}
+
+    report = LoadReport(loaded=[], kept_at_init=[], skipped_classifier=[], ignored=[])
+    missing, mis_shaped = [], []
+    out: StateDict = {}
+    for key, tensor in target.items():
+        if key.startswith(attn_prefixes):
+            if key in src and src[key].shape == tensor.shape:
+                out[key] = src[key]
+                report.loaded.append(key)
+            else:
+                out[key] = tensor  # the model's own init
+                report.kept_at_init.append(key)
+            continue
+        if key not in src:
+            if key.startswith(head):
+                report.skipped_classifier.append(key)
+                if skip_mismatched_classifier:
+                    out[key] = tensor  # a new head (for load_pretrained: absent, so a strict load names it)
+            elif key.endswith('num_batches_tracked'):
+                out[key] = tensor  # absent from files saved before PyTorch 0.4.1; never changes a result
+            else:
+                missing.append(key)
+            continue
+        value = src[key]
+        if value.shape != tensor.shape:
+            if key.startswith(head):
+                if skip_mismatched_classifier:
+                    report.skipped_classifier.append(key)
+                    out[key] = tensor
+                else:
+                    out[key] = value
+                continue
+            if key in stem and value.ndim == 4 and value.shape[0] == tensor.shape[0] \
+                    and value.shape[2:] == tensor.shape[2:]:
+                if adapt_first_conv:
+                    value = adapt_input_conv(tensor.shape[1], value, base_chans=value.shape[1])
+                    report.adapted.append(f'{key} ({src[key].shape[1]} -> {tensor.shape[1]} channels)')
+                out[key] = value
+                report.loaded.append(key)
+                continue
+            mis_shaped.append(f'{key}: source {tuple(value.shape)} vs model {tuple(tensor.shape)}')
+            continue
+        out[key] = value
+        report.loaded.append(key)
+    unexpected = []
+    for key in src:
+        if key in target:
+            continue
+        if key.startswith(head) or key.endswith('num_batches_tracked'):
+            report.ignored.append(key)
+            if key.startswith(head) and not skip_mismatched_classifier:
+                out[key] = src[key]  # the model has no head (num_classes=0): load_pretrained drops it
+        else:
+            unexpected.append(key)
+    mismatch = StateDictMismatch(missing, unexpected, mis_shaped)
+    if mismatch:
+        raise CheckpointError(
+            f'{where} does not fit {type(model).__name__}\'s backbone: {mismatch}. '
+            f'Is the source a ResNet of the same depth (timm or torchvision layout)?')
+    return out, report
+
+
 def init_from_resnet(
         model: nn.Module,
         source: Union[str, os.PathLike, Mapping[str, torch.Tensor], nn.Module],
@@ -64,47 +170,17 @@ def init_from_resnet(
     cache), ``hf-hub:``/``local-dir:``, a ``.safetensors``/``.pth`` file (read with
     ``weights_only=True``), a state dict, or a module. Every backbone tensor must be found with the
     same shape; otherwise a ``CheckpointError`` lists the missing, unexpected and mis-shaped keys.
-    A classifier of another size is skipped and reported (as timm does for ``num_classes``).
+    A classifier of another size is skipped and reported (as timm does for ``num_classes``); a model
+    built with another ``in_chans`` gets the first conv adapted the way timm adapts it
+    (``timm.models.adapt_input_conv``: summed for 1 channel, repeated and rescaled otherwise).
     """
     src, where = _resolve_source(source)
-    target = model.state_dict()
-    attn_prefixes = tuple(f'{name}.' for name, _ in attention_modules(model))
-    head = tuple(f'{name}.' for name in classifier_names(model))
-
-    loaded, kept, skipped, ignored = [], [], [], []
-    missing, mis_shaped = [], []
-    to_load: StateDict = {}
-    for key, tensor in target.items():
-        if key.startswith(attn_prefixes):
-            if key in src and src[key].shape == tensor.shape:
-                to_load[key] = src[key]
-                loaded.append(key)
-            else:
-                kept.append(key)
-            continue
-        if key not in src:
-            (skipped if key.startswith(head) else missing).append(key)
-        elif src[key].shape != tensor.shape:
-            if key.startswith(head):
-                skipped.append(key)
-            else:
-                mis_shaped.append(f'{key}: source {tuple(src[key].shape)} vs model {tuple(tensor.shape)}')
-        else:
-            to_load[key] = src[key]
-            loaded.append(key)
-    unexpected = [k for k in src if k not in target]
-    for key in list(unexpected):
-        if key.startswith(head) or key.endswith('num_batches_tracked'):
-            unexpected.remove(key)
-            ignored.append(key)
-    mismatch = StateDictMismatch(missing, unexpected, mis_shaped)
-    if mismatch:
-        raise CheckpointError(
-            f'{where} does not fit {type(model).__name__}\'s backbone: {mismatch}. '
-            f'Is the source a ResNet of the same depth (timm or torchvision layout)?')
+    state, report = transplant_state_dict(model, src, where)
+    # the model's own tensors need no loading (nor checking): load only what comes from the source
+    loaded = set(report.loaded)
+    to_load = {k: v for k, v in state.items() if k in loaded}
     check_state_dict(model, to_load, where, strict=False)  # dtypes and finite values
     model.load_state_dict(to_load, strict=False)
-    report = LoadReport(loaded=loaded, kept_at_init=kept, skipped_classifier=skipped, ignored=ignored)
     if verbose:
         print(f'init_from_resnet({where}): {report}')
     return report

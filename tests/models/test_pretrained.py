@@ -68,3 +68,30 @@ def test_mismatched_source_lists_the_keys(source):
         init_from_resnet(timm.create_model('resnet50_gc'), timm.create_model('resnet18').state_dict())
     with pytest.raises(ValueError, match='neither an existing file nor a timm model name'):
         init_from_resnet(timm.create_model('resnet50_gc'), 'no/such/file.pth')
+
+
+@pytest.mark.parametrize('in_chans', [1, 4])
+def test_pretrained_backbone_with_in_chans_adapts_conv1_as_timm_does(source, in_chans):
+    """timm adapts a pretrained first conv to in_chans (summed for 1, repeated and rescaled otherwise);
+    pretrained_backbone= does the same instead of failing on conv1's shape."""
+    ref, folder = source
+    model = timm.create_model('resnet50_gc', in_chans=in_chans, num_classes=5,
+                              pretrained_backbone=str(folder / 'resnet50.safetensors')).eval()
+    expected = timm.models.adapt_input_conv(in_chans, ref.conv1.weight.detach())
+    torch.testing.assert_close(model.conv1.weight, expected, rtol=0, atol=0)
+    torch.testing.assert_close(model.layer4[2].conv3.weight, ref.layer4[2].conv3.weight, rtol=0, atol=0)
+    assert model(torch.randn(1, in_chans, 64, 64)).shape == (1, 5)
+    # what timm itself loads for the source ResNet with the same in_chans
+    timm_ref = timm.create_model('resnet50', in_chans=in_chans, pretrained=True,
+                                 pretrained_cfg_overlay=dict(file=str(folder / 'resnet50.safetensors'))).eval()
+    torch.testing.assert_close(model.conv1.weight, timm_ref.conv1.weight, rtol=0, atol=0)
+    report = init_from_resnet(timm.create_model('resnet50_nl', in_chans=in_chans), ref.state_dict())
+    assert report.adapted == [f'conv1.weight (3 -> {in_chans} channels)'] and 'adapted' in str(report)
+
+
+def test_first_conv_of_another_kernel_is_still_a_mismatch(source):
+    ref, _ = source
+    state = dict(ref.state_dict())
+    state['conv1.weight'] = torch.zeros(64, 3, 3, 3)
+    with pytest.raises(CheckpointError, match=r'conv1\.weight: source \(64, 3, 3, 3\) vs model \(64, 3, 7, 7\)'):
+        init_from_resnet(timm.create_model('resnet50_gc'), state)
