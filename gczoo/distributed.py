@@ -1,4 +1,10 @@
-"""torchrun/DDP plumbing shared by training and evaluation: gloo on CPU, NCCL on CUDA."""
+"""torchrun/DDP plumbing shared by training and evaluation: gloo on CPU, NCCL on CUDA.
+
+* ``init_distributed``/``cleanup_distributed``: join and leave the process group torchrun describes;
+* ``ShardSampler``: every sample exactly once across ranks (evaluation);
+* ``distribute_bn``: timm's ``--dist-bn``, every rank's BatchNorm statistics made the same before they
+  are validated or saved.
+"""
 import dataclasses
 import os
 from typing import Iterator, List, Optional
@@ -7,7 +13,12 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
-__all__ = ['DistEnv', 'init_distributed', 'cleanup_distributed', 'ShardSampler', 'is_main_process']
+__all__ = [
+    'DIST_BN_MODES', 'DistEnv', 'init_distributed', 'cleanup_distributed', 'ShardSampler', 'is_main_process',
+    'distribute_bn',
+]
+
+DIST_BN_MODES = ('', 'broadcast', 'reduce')  # timm train.py's --dist-bn choices ('' = leave each rank's own)
 
 
 @dataclasses.dataclass
@@ -67,3 +78,33 @@ class ShardSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+def distribute_bn(module: torch.nn.Module, mode: str, device: torch.device) -> bool:
+    """timm's ``--dist-bn``: give every rank the same BatchNorm running statistics, averaged over ranks
+    (``'reduce'``) or rank 0's (``'broadcast'``); ``''`` leaves them. Returns whether anything was synced.
+
+    Under DDP each rank's running mean/var follow its own batches, so without this the ranks validate
+    different models and rank 0 saves one of them: the logged accuracy is not the saved weights'.
+    Every rank must call it (a collective). Uses ``timm.utils.distribute_bn``; statistics kept on
+    another device than ``device`` (an EMA on the CPU under NCCL) travel through ``device``.
+    """
+    if mode not in DIST_BN_MODES:
+        raise ValueError(f"--dist-bn must be one of {', '.join(repr(m) for m in DIST_BN_MODES)}, got {mode!r}")
+    if not mode or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return False
+    from timm.utils import distribute_bn as timm_distribute_bn
+    world_size = dist.get_world_size()
+    stats = [buf for name, buf in module.named_buffers() if 'running_mean' in name or 'running_var' in name]
+    if all(buf.device == device for buf in stats):
+        timm_distribute_bn(module, world_size, reduce=mode == 'reduce')
+        return bool(stats)
+    for buf in stats:
+        moved = buf.to(device)
+        if mode == 'reduce':
+            dist.all_reduce(moved, op=dist.ReduceOp.SUM)
+            moved /= float(world_size)
+        else:
+            dist.broadcast(moved, 0)
+        buf.copy_(moved)
+    return bool(stats)

@@ -103,3 +103,19 @@ def assert_same_weights(a: Dict[str, torch.Tensor], b: Dict[str, torch.Tensor], 
             assert torch.equal(a[key], b[key]), f'{key} differs {msg or ""}'
         else:
             torch.testing.assert_close(a[key], b[key], atol=atol, rtol=rtol, msg=f'{key} differs {msg or ""}')
+
+
+def evaluate_alone(run_dir: Path, weights: Dict[str, torch.Tensor], data_dir: Path, split: str = 'val',
+                   amp_dtype: Optional[torch.dtype] = None) -> Dict[str, float]:
+    """Metrics of ``weights`` on ``data_dir/split`` computed as a user would, apart from the training code: the
+    model and its preprocessing from the run's Hub-layout export, timm's folder dataset and transform,
+    ``gczoo.evaluate.validate`` in one process."""
+    import timm
+    from timm.data import create_dataset, create_transform, resolve_data_config
+    from gczoo.evaluate import validate
+    model = timm.create_model(f'local-dir:{run_dir / "export"}', pretrained=True)
+    model.load_state_dict(weights)
+    data_config = resolve_data_config(model=model)
+    dataset = create_dataset('', root=str(data_dir / split), transform=create_transform(**data_config))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=7, num_workers=0)  # another batching than training's
+    return validate(model, loader, num_classes=model.num_classes, amp_dtype=amp_dtype)

@@ -14,6 +14,7 @@ from gczoo.args import (
     ArgumentParser, device_name, finite_float, fraction, non_negative_float, non_negative_int, positive_float,
     positive_int,
 )
+from gczoo.distributed import DIST_BN_MODES
 
 __all__ = [
     'FAULT_EXIT_CODE', 'TIMM_DEFAULTS', 'DIGITS_DEFAULTS', 'build_parser', 'parse_args', 'uses_embedded_digits',
@@ -182,6 +183,11 @@ def build_parser() -> ArgumentParser:
     g.add_argument('--sync-bn', action='store_true',
                    help='convert BatchNorm to SyncBatchNorm (CUDA multi-process runs; torch has no CPU SyncBatchNorm: '
                         'an error on CPU with several processes, a no-op with one)')
+    g.add_argument('--dist-bn', default='reduce', choices=DIST_BN_MODES,
+                   help="multi-process runs: before every validation (and so in every epoch-end checkpoint) make the "
+                        "ranks' BatchNorm running statistics the same: 'reduce' averages them, 'broadcast' takes rank "
+                        "0's (timm's --dist-bn); '' leaves each rank its own, and the metrics are then not the saved "
+                        "weights'")
     g.add_argument('--device', type=device_name, default=None, metavar='DEV',
                    help="'cpu', 'cuda' (one GPU per local rank) or None: CUDA when available")
     g.add_argument('--threads', type=positive_int, default=None, metavar='N',

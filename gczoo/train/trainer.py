@@ -15,6 +15,7 @@ validation). What it adds is the bookkeeping that makes a run reproducible and c
 """
 import argparse
 import contextlib
+import copy
 import dataclasses
 import os
 import sys
@@ -28,7 +29,7 @@ import torch.nn as nn
 
 import gczoo.models  # noqa: F401  (registers the zoo with timm)
 from gczoo.data import ResumableDistributedSampler, SeededTransformDataset
-from gczoo.distributed import ShardSampler, init_distributed
+from gczoo.distributed import ShardSampler, distribute_bn, init_distributed
 from gczoo.errors import CheckpointError
 from gczoo.evaluate import validate
 from gczoo.models.weights import load_weights
@@ -70,6 +71,10 @@ def _experiment_name(args: argparse.Namespace) -> str:
         # every attempt of a torchrun job with restarts must find the same folder: use its run id
         return f'{slug}-{img}-elastic-{os.environ.get("TORCHELASTIC_RUN_ID", "none")}'
     return f'{time.strftime("%Y%m%d-%H%M%S")}-{slug}-{img}'
+
+
+def _bn_stats(module: nn.Module) -> Dict[str, torch.Tensor]:
+    return {name: buf for name, buf in module.named_buffers() if 'running_mean' in name or 'running_var' in name}
 
 
 def _broadcast(value: Any, env: Any) -> Any:
@@ -249,6 +254,10 @@ class Trainer:
             restore_rng(state['rng'])
             self.loader_generator.set_state(state['loader_generator'])
             progress.loss_sum, progress.loss_count = float(state['loss_sum']), int(state['loss_count'])
+            if self.model_ema is not None and state.get('ema_bn_stats'):
+                with torch.no_grad():
+                    for name, buf in _bn_stats(self.model_ema.module).items():
+                        buf.copy_(state['ema_bn_stats'][name])
         layout = (ckpt.get('world_size'), ckpt.get('batch_size'), ckpt.get('grad_accum_steps'))
         if layout != (env.world_size, args.batch_size, args.grad_accum_steps):
             # skip the same share of the epoch; which samples the rest of it holds differs
@@ -279,6 +288,10 @@ class Trainer:
         """Every rank's RNG states and running loss (a collective: all ranks call it)."""
         state = {'rng': capture_rng(), 'loader_generator': self.loader_generator.get_state(),
                  'loss_sum': self.progress.loss_sum, 'loss_count': self.progress.loss_count}
+        if self.env.distributed and self.model_ema is not None:
+            # ModelEmaV3 averages each rank's own BatchNorm statistics: until --dist-bn syncs them at the
+            # epoch end they differ by rank, and an exact mid-epoch resume needs every rank's
+            state['ema_bn_stats'] = {k: v.detach().cpu().clone() for k, v in _bn_stats(self.model_ema.module).items()}
         if not self.env.distributed:
             return [state]
         states: List[Any] = [None] * self.env.world_size
@@ -424,6 +437,8 @@ class Trainer:
         return images_seen
 
     def _validate(self, model: nn.Module, label: str) -> Dict[str, float]:
+        if next(model.parameters()).device != self.device:  # an EMA kept on the CPU (--model-ema-force-cpu)
+            model = copy.deepcopy(model).to(self.device)
         return validate(model, self.val_loader, num_classes=self.num_classes, device=self.device,
                         amp_dtype=self.amp_dtype, channels_last=self.args.channels_last, criterion=self.val_loss_fn,
                         progress=label if self.show_progress else None)
@@ -437,6 +452,9 @@ class Trainer:
         if self.env.distributed:
             dist.all_reduce(totals)
         lr = self.optimizer.param_groups[0]['lr']
+        # the ranks' BatchNorm statistics differ (each followed its own batches): make them one model's, so
+        # what every rank validates is what rank 0 saves (timm's --dist-bn)
+        distribute_bn(self.model, args.dist_bn, self.device)
         metrics = self._validate(self.model, 'validate')
         row: Dict[str, Any] = {
             'epoch': epoch + 1, 'train_loss': float(totals[0] / totals[1]) if totals[1] > 0 else float('nan'),
@@ -444,6 +462,7 @@ class Trainer:
             'images_per_s': float(totals[2]) / train_time if train_time > 0 else float('nan'), 'epoch_time': 0.0}
         chosen = metrics
         if self.model_ema is not None:
+            distribute_bn(self.model_ema.module, args.dist_bn, self.device)  # ModelEmaV3 averages each rank's buffers
             chosen = self._validate(self.model_ema.module, 'validate EMA')
             row.update(ema_val_loss=chosen['loss'], ema_top1=chosen['top1'], ema_top5=chosen['top5'])
         row['epoch_time'] = time.time() - epoch_start
