@@ -1,4 +1,4 @@
-"""Weights in the Hugging Face Hub's layout: write, check, publish, load and cache.
+"""Publishing weights to the Hugging Face Hub: a training output -> a checked Hub folder -> an upload.
 
 A Hub repository of gczoo weights holds exactly three files:
 
@@ -7,17 +7,13 @@ A Hub repository of gczoo weights holds exactly three files:
   ``global_pool``, ``label_names``, ``model_args``, ``pretrained_cfg`` with the data config the
   weights were trained and evaluated with, and ``hf_hub_filename: model.safetensors`` so timm's
   Hub loader never falls back to a pickled ``pytorch_model.bin``);
-* ``README.md`` -- the model card with the measured results (``gczoo.cards.render_model_card``).
+* ``README.md`` -- the model card with the measured results (``gczoo.cards.render_model_card``), its
+  Hub metadata saying where the weights come from (``base_model``, ``datasets``).
 
-Every place a user keeps weights loads through timm itself:
-``timm.create_model('hf-hub:ORG/REPO', pretrained=True)`` (the Hub or, with ``HF_HUB_OFFLINE=1``,
-the Hub cache under ``HF_HOME``), ``'local-dir:DIR'``, ``pretrained_cfg_overlay=dict(file=...)``,
-a zoo name with ``pretrained=True`` once its tag is published, and ``torch.hub.load``.
-:func:`create_model` is the same call with gczoo's checks around it: it refuses pickled weights,
-checks a folder's files, keys and shapes before loading, and turns a failed download into one
-:class:`~gczoo.models.PretrainedWeightsError` that says what was looked for, where, and what to do.
-(``timm.create_model('hf-hub:...')`` downloads ``config.json`` before any gczoo code runs, so only
-this wrapper can explain a failure at that step.)
+Loading such a folder back (``local-dir:``, ``hf-hub:``, the checks around ``timm.create_model``) is
+``gczoo.models.hub_folder``'s job; its names are re-exported here. The Hub cache is
+huggingface_hub's alone: it fills it when it downloads (``hf download REPO`` on a connected machine,
+then copy ``HF_HOME``), and an air-gapped copy of a folder loads with ``local-dir:DIR``.
 
 Why not timm's ``push_to_hf_hub`` as a whole: it writes ``pytorch_model.bin`` next to the
 safetensors file unless ``safe_serialization=True``, writes its own generic README only when the
@@ -26,131 +22,42 @@ a temporary folder, so there is nothing to inspect before uploading (``--dry-run
 therefore uses its two halves: timm's ``save_for_hf(..., safe_serialization=True)`` for the
 weights and config, and ``huggingface_hub.HfApi`` ``create_repo`` + ``upload_folder`` for the upload.
 """
-import argparse
 import dataclasses
-import hashlib
 import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
-import torch
+import timm
 import torch.nn as nn
 from huggingface_hub import HfApi
+from huggingface_hub.utils import validate_repo_id
+from timm.data import resolve_data_config
 
-from gczoo.models import HUB_ORG, ZOO_MODELS, CheckpointError, PretrainedWeightsError, read_state_dict
+from gczoo.args import ArgumentParser
+from gczoo.cards import render_model_card, source_metadata
+from gczoo.errors import GczooError
+from gczoo.models import HUB_ORG, ZOO_MODELS, CheckpointError, read_checkpoint, read_state_dict
 from gczoo.models.errors import download_error_types
 from gczoo.models.hub_folder import (  # noqa: F401  (re-exported: the loading half of the Hub layout)
-    _hub_cache_dir,
     CONFIG_NAME, WEIGHTS_NAME, check_hub_folder, create_model, load_pretrained_weights, read_weights_shapes,
     save_pretrained, verify_weights,
 )
-from gczoo.models.weights import PICKLE_SUFFIXES, classifier_names, compare_state_dicts
+from gczoo.models.weights import classifier_names
 
 __all__ = [
     'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'HUB_FILES', 'save_pretrained', 'read_weights_shapes',
-    'verify_weights', 'load_pretrained_weights', 'check_hub_folder', 'create_model', 'write_to_hub_cache',
-    'TrainedWeights', 'load_training_output', 'card_results', 'default_repo_id', 'write_hub_folder',
+    'verify_weights', 'load_pretrained_weights', 'check_hub_folder', 'create_model', 'TrainedWeights',
+    'load_training_output', 'card_results', 'card_origin', 'default_repo_id', 'write_hub_folder',
     'upload_hub_folder', 'PublishResult', 'publish', 'main',
 ]
 
 PathLike = Union[str, os.PathLike]
 CARD_NAME = 'README.md'
 HUB_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
-
-# ----------------------------------------------------------------------------------------------
-# the Hub cache
-
-
-def _is_lfs(path: Path) -> bool:
-    # the Hub stores *.safetensors (its default .gitattributes) and any file over 10 MB in LFS
-    return path.suffix in ('.safetensors',) + PICKLE_SUFFIXES or path.stat().st_size > 10 * 1024 * 1024
-
-
-def _etag(path: Path) -> str:
-    """The ETag the Hub serves for a file, which huggingface_hub uses as the blob's name in its cache:
-    the sha256 of an LFS file's content, the git blob sha1 of a regular file."""
-    from huggingface_hub.utils.sha import git_hash, sha_fileobj
-    if _is_lfs(path):
-        with open(path, 'rb') as f:
-            return sha_fileobj(f).hex()
-    return git_hash(path.read_bytes())
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f'{path.name}.{os.getpid()}.tmp')
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_to_hub_cache(
-        folder: PathLike,
-        repo_id: str,
-        *,
-        cache_dir: Optional[PathLike] = None,
-        revision: str = 'main',
-        commit_hash: Optional[str] = None,
-) -> Path:
-    """Put a Hub-layout folder into the Hugging Face cache as if ``hf_hub_download`` had fetched it.
-
-    For air-gapped machines: copy a published folder (e.g. from ``hf download REPO --local-dir DIR``
-    on a connected machine), call this once, then with ``HF_HUB_OFFLINE=1``
-    ``timm.create_model('hf-hub:REPO', pretrained=True)`` (and zoo names whose tag is published)
-    load it like any cached download. The layout is huggingface_hub's:
-    ``<cache>/models--ORG--NAME/blobs/<etag>`` (sha256 for LFS files such as safetensors, the git
-    blob sha1 otherwise), ``snapshots/<commit>/<file>`` -> ``../../blobs/<etag>`` (relative symlinks;
-    a copy where symlinks are unsupported), ``refs/<revision>`` holding the commit.
-
-    ``cache_dir`` defaults to huggingface_hub's (``HF_HUB_CACHE``, else ``HF_HOME/hub``).
-    ``commit_hash``: the Hub commit the files came from, if known; otherwise a stand-in derived from
-    the files' hashes (a connected huggingface_hub then sees a different commit and re-downloads).
-    Returns the snapshot folder.
-    """
-    from huggingface_hub.file_download import repo_folder_name
-    from huggingface_hub.utils import validate_repo_id
-    folder = Path(folder)
-    validate_repo_id(repo_id)  # HFValidationError (a ValueError) names the problem
-    if not folder.is_dir():
-        raise ValueError(f'folder must be an existing folder, got {str(folder)!r}')
-    files = sorted(p for p in folder.rglob('*') if p.is_file() and not any(
-        part.startswith('.') for part in p.relative_to(folder).parts))
-    if not files:
-        raise ValueError(f'folder {str(folder)!r} holds no files')
-    if commit_hash is not None and not (len(commit_hash) == 40 and all(c in '0123456789abcdef' for c in commit_hash)):
-        raise ValueError(f'commit_hash must be a 40-character lowercase hex git commit, got {commit_hash!r}')
-    etags = {p.relative_to(folder).as_posix(): _etag(p) for p in files}
-    commit = commit_hash or hashlib.sha1(
-        ''.join(f'{name}\0{etag}\n' for name, etag in sorted(etags.items())).encode()).hexdigest()
-
-    storage = Path(_hub_cache_dir(cache_dir)) / repo_folder_name(repo_id=repo_id, repo_type='model')
-    (storage / 'blobs').mkdir(parents=True, exist_ok=True)
-    snapshot = storage / 'snapshots' / commit
-    for path, (name, etag) in zip(files, etags.items()):
-        blob = storage / 'blobs' / etag
-        if not blob.exists():
-            tmp = blob.with_name(f'{etag}.{os.getpid()}.incomplete')  # huggingface_hub's suffix for partial blobs
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, blob)
-        pointer = snapshot / name
-        pointer.parent.mkdir(parents=True, exist_ok=True)
-        if pointer.is_symlink() or pointer.exists():
-            pointer.unlink()
-        try:
-            os.symlink(os.path.relpath(blob, pointer.parent), pointer)
-        except OSError:  # no symlinks (Windows without developer mode): huggingface_hub copies too
-            shutil.copyfile(blob, pointer)
-    if revision != commit:
-        (storage / 'refs').mkdir(exist_ok=True)
-        _atomic_write_text(storage / 'refs' / revision, commit)
-    return snapshot
-
-
-# ----------------------------------------------------------------------------------------------
-# publishing
 
 # checkpoint file names looked for in a training output folder, best first
 _CHECKPOINT_NAMES = ('best.pth.tar', 'model_best.pth.tar', 'best.pth', 'checkpoint_best.pth', 'model_best.pth',
@@ -197,12 +104,12 @@ def _read_label_names(path: PathLike) -> List[str]:
 
 
 def _checkpoint_args(path: Path) -> Dict[str, Any]:
-    """The ``args`` a training checkpoint carries, if it can be read with weights_only=True."""
+    """The ``args`` a training checkpoint carries, if it can be read without unpickling code."""
     try:
-        obj = torch.load(str(path), map_location='cpu', weights_only=True)
-    except Exception:  # args stored as an argparse.Namespace need unpickling: use args.json instead
+        obj = read_checkpoint(path)
+    except CheckpointError:  # args stored as an argparse.Namespace need unpickling: use args.json instead
         return {}
-    args = obj.get('args') if isinstance(obj, Mapping) else None
+    args = obj.get('args')
     return dict(args) if isinstance(args, Mapping) else {}
 
 
@@ -225,8 +132,6 @@ def load_training_output(
     ``model_name`` or the args' ``model`` gives the architecture, the classifier's shape the class
     count, and the args (``img_size``, ``crop_pct``, ``mean``, ...) the data config.
     """
-    import timm
-    from timm.data import resolve_data_config
     source = Path(source)
     if not source.exists():
         raise ValueError(f'source {str(source)!r} does not exist; pass a training output folder (OUT) '
@@ -274,12 +179,7 @@ def load_training_output(
                          f'(no args.json or checkpoint args with "model" were found)')
     if not timm.is_model(name):
         raise ValueError(f'--model {name!r} is not a registered timm model (gczoo models: {", ".join(ZOO_MODELS)})')
-    if ckpt.suffix == '.safetensors':
-        from safetensors.torch import load_file
-        read_weights_shapes(ckpt)  # clear error for a truncated file or a pickle
-        state = load_file(str(ckpt))
-    else:
-        state = read_state_dict(ckpt)  # weights_only=True, unwrapped (EMA first)
+    state = read_state_dict(ckpt)  # safetensors, or weights_only=True; unwrapped (EMA first)
     meta = timm.create_model(name, device='meta')
     head = classifier_names(meta)[0] + '.weight'
     num_classes = int(state[head].shape[0]) if head in state else args.get('num_classes')
@@ -364,10 +264,33 @@ def _repo_section(weights: TrainedWeights, repo_id: str, tag: str) -> str:
     return '\n'.join(lines)
 
 
+# timm dataset prefixes whose name is a Hub dataset id (hfds/hfids: the Hub; torch/tfds: the same names)
+_DATASET_PREFIXES = ('hfds/', 'hfids/', 'torch/', 'tfds/')
+
+
+def card_origin(weights: TrainedWeights) -> Tuple[Optional[str], List[str]]:
+    """``(base_model, datasets)`` for the card's Hub metadata, from what the training run says it used:
+    the pretrained weights it started from (``--pretrained-backbone`` as a timm name with tag, or the
+    model's own ``--pretrained`` tag) and the Hub ids of its own data (``--dataset hfds/NAME`` and the
+    like). A local folder or file has no Hub id, so it is not named; nothing known gives ``(None, [])``."""
+    args = weights.args
+    base_model: Optional[str] = None
+    datasets: List[str] = []
+    start = args.get('pretrained_backbone')
+    if not (isinstance(start, str) and timm.is_model(start)) and args.get('pretrained'):
+        start = weights.model_name
+    if isinstance(start, str) and timm.is_model(start):
+        base_model, datasets = source_metadata(start)
+    dataset = args.get('dataset')
+    if isinstance(dataset, str) and dataset.startswith(_DATASET_PREFIXES):
+        datasets.append(dataset.split('/', 1)[1])
+    return base_model, list(dict.fromkeys(datasets))
+
+
 def _render_card(weights: TrainedWeights, repo_id: str, tag: str) -> str:
     """The zoo's model card (``gczoo.cards``) with the measured results, plus this repo's section."""
-    from gczoo.cards import render_model_card  # imported here: cards may build on this module
-    card = render_model_card(weights.model_name, card_results(weights))
+    base_model, datasets = card_origin(weights)
+    card = render_model_card(weights.model_name, card_results(weights), base_model=base_model, datasets=datasets)
     section = _repo_section(weights, repo_id, tag)
     head, sep, tail = card.partition('\n## Usage')
     return f'{head}\n{section}{sep}{tail}' if sep else f'{card}\n{section}'
@@ -383,7 +306,9 @@ def write_hub_folder(
     """Write ``model.safetensors``, ``config.json`` and ``README.md`` to ``out_dir`` and check them.
 
     ``out_dir`` must be empty or hold only these files (they are replaced), so what is written is
-    exactly what will be uploaded. Returns the three paths.
+    exactly what will be uploaded. The three files are written and checked in a hidden folder next to
+    ``out_dir`` and moved into place together, so a failure (a full disk) leaves none of them.
+    Returns the three paths.
     """
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
@@ -393,9 +318,24 @@ def write_hub_folder(
         if extra:
             raise ValueError(f'local_dir {str(out)!r} already holds other files ({", ".join(extra)}); '
                              f'use an empty folder so that it holds exactly what is uploaded')
-    save_pretrained(weights.model, out, data_config=weights.data_config, label_names=weights.label_names, tag=tag)
-    (out / CARD_NAME).write_text(_render_card(weights, repo_id, tag), encoding='utf-8')
-    check_hub_folder(out)
+    card = _render_card(weights, repo_id, tag)  # before anything is written: a bad result fails here
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=str(out.parent)))
+    try:
+        save_pretrained(weights.model, staging, data_config=weights.data_config, label_names=weights.label_names,
+                        tag=tag)
+        (staging / CARD_NAME).write_text(card, encoding='utf-8')
+        check_hub_folder(staging)
+        out.mkdir(exist_ok=True)
+        for name in HUB_FILES:
+            os.replace(staging / name, out / name)
+    except OSError as e:  # name the file asked for, not its staging copy
+        if e.errno is None:
+            raise
+        where = out / Path(e.filename).name if isinstance(e.filename, str) else out
+        raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(where)) from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return [out / name for name in HUB_FILES]
 
 
@@ -421,11 +361,18 @@ def upload_hub_folder(
     if missing:
         raise CheckpointError(f'{str(folder)!r} lacks {", ".join(missing)}; write it with `gczoo publish --dry-run`')
     api = HfApi(token=token)
-    repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')
-    repo_id = getattr(repo_url, 'repo_id', None) or repo_id  # the Hub may complete an implicit owner
-    return api.upload_folder(
-        repo_id=repo_id, folder_path=str(folder), repo_type='model', revision=revision, create_pr=create_pr,
-        commit_message=commit_message, allow_patterns=list(HUB_FILES))
+    try:
+        repo_url = api.create_repo(repo_id, private=private, exist_ok=True, repo_type='model')
+        repo_id = getattr(repo_url, 'repo_id', None) or repo_id  # the Hub may complete an implicit owner
+        return api.upload_folder(
+            repo_id=repo_id, folder_path=str(folder), repo_type='model', revision=revision, create_pr=create_pr,
+            commit_message=commit_message, allow_patterns=list(HUB_FILES))
+    except download_error_types() as e:  # the Hub refused, or could not be reached
+        first_line = str(e).splitlines()[0] if str(e) else ''
+        raise GczooError(
+            f'upload failed: {type(e).__name__}: {first_line}. Check the repo id {repo_id!r}, your write access '
+            f'and token (HF_TOKEN or `hf auth login`), and that the Hub is reachable; the folder {str(folder)!r} '
+            f'is complete, so `hf upload {repo_id} {folder}` also works.') from e
 
 
 def _default_commit_message(model_name: str, tag: str, results: Mapping[str, Any]) -> str:
@@ -472,7 +419,6 @@ def publish(
     if tag is None:
         tag = repo_id.split('/')[-1].rpartition('.')[2] or 'main'
     repo_id = repo_id or default_repo_id(weights.model_name, tag)
-    from huggingface_hub.utils import validate_repo_id
     validate_repo_id(repo_id)
     message = commit_message or _default_commit_message(weights.model_name, tag, weights.results)
 
@@ -492,8 +438,8 @@ def publish(
         return PublishResult(repo_id, folder, files, commit)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(
         prog='gczoo publish',
         description='Write a Hugging Face Hub repository folder (model.safetensors, config.json in timm\'s '
                     'format, README.md model card with the measured results) from a training output or a '
@@ -515,29 +461,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``gczoo publish``: see ``gczoo publish --help``. Returns 0, or 2 after a one-line error for bad input
-    or a failed upload (``GCZOO_DEBUG=1`` shows the traceback)."""
+    """``gczoo publish``: see ``gczoo publish --help`` (errors are printed by ``gczoo.cli.run``)."""
     args = _parser().parse_args(argv)
-    try:
-        label_names = _read_label_names(args.label_names) if args.label_names else None
-        results = _read_json(Path(args.results), 'results') if args.results else None
-        result = publish(
-            args.source, model_name=args.model, tag=args.tag, repo_id=args.repo_id, checkpoint=args.checkpoint,
-            label_names=label_names, results=results, local_dir=args.local_dir, dry_run=args.dry_run,
-            private=args.private, revision=args.revision, create_pr=args.create_pr,
-            commit_message=args.commit_message)
-    except (ValueError, PretrainedWeightsError) as e:  # CheckpointError and HFValidationError are ValueErrors
-        if os.environ.get('GCZOO_DEBUG'):
-            raise
-        print(f'gczoo publish: error: {e}', file=sys.stderr)
-        return 2
-    except download_error_types() as e:  # the Hub refused or could not be reached
-        if os.environ.get('GCZOO_DEBUG'):
-            raise
-        print(f'gczoo publish: upload failed: {type(e).__name__}: {e}. Check the repo id, your write access and '
-              f'token (HF_TOKEN or `hf auth login`), and that the Hub is reachable; the folder is complete, '
-              f'so `--dry-run --local-dir DIR` then `hf upload REPO DIR` also works.', file=sys.stderr)
-        return 2
+    label_names = _read_label_names(args.label_names) if args.label_names else None
+    results = _read_json(Path(args.results), 'results') if args.results else None
+    result = publish(
+        args.source, model_name=args.model, tag=args.tag, repo_id=args.repo_id, checkpoint=args.checkpoint,
+        label_names=label_names, results=results, local_dir=args.local_dir, dry_run=args.dry_run,
+        private=args.private, revision=args.revision, create_pr=args.create_pr, commit_message=args.commit_message)
     for path in result.files:
         if path.exists():  # an upload's temporary folder is gone by now
             size = path.stat().st_size
@@ -553,4 +484,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    import sys
+
+    from gczoo.cli import run_command
+    sys.exit(run_command('publish'))

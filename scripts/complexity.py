@@ -6,11 +6,11 @@
     python scripts/complexity.py --all --img-size 256 192 --output output/complexity_256x192
 
 Prints a Markdown table and writes PREFIX.csv / PREFIX.json (default output/complexity). This is
-`gczoo complexity`; the counting convention is documented in gczoo/complexity.py.
+`gczoo complexity` (through the CLI runner); the counting convention is documented in gczoo/complexity.py.
 """
 import sys
 
-from gczoo.complexity import main
+from gczoo.cli import run_command
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_command('complexity'))  # errors: one line, exit 2 (GCZOO_DEBUG=1 for the traceback)

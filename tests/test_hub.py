@@ -1,7 +1,8 @@
 """gczoo.hub: publish a training output as a Hub folder, load it back from every place weights are
 kept (local-dir:, the Hub cache offline, pretrained_cfg_overlay file, zoo names), and fail clearly.
 
-No network: the Hub cache is written in huggingface_hub's own layout and read with HF_HUB_OFFLINE.
+No network: the Hub cache is filled by huggingface_hub itself (``hf_hub_download`` from a loopback-only
+server, tests/hub_cache.py) and read with HF_HUB_OFFLINE.
 """
 import dataclasses
 import json
@@ -16,10 +17,11 @@ import timm
 import torch
 from huggingface_hub import constants as hf_constants
 from huggingface_hub import scan_cache_dir, try_to_load_from_cache
-from huggingface_hub.utils.sha import git_hash
+from hub_cache import fill_hub_cache
 
 import gczoo  # noqa: F401  (registers the zoo with timm)
 from gczoo import hub
+from gczoo.cli import main as cli_main
 from gczoo.models import ZOO_MODELS, CheckpointError, PretrainedWeightsError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -116,6 +118,11 @@ def _copy(folder: Path, dest: Path) -> Path:
     return dest
 
 
+def _cache(folder: Path, repo_id: str, cache_dir: Path) -> Path:
+    """Put a Hub folder's files into the Hub cache the way a download does (huggingface_hub writes it)."""
+    return fill_hub_cache(cache_dir, repo_id, {p.name: p for p in folder.iterdir() if p.is_file()})
+
+
 # ------------------------------------------------------------------------------------------------
 # publish: the folder
 
@@ -181,27 +188,19 @@ def test_load_pretrained_weights_verifies_then_loads(published, images, referenc
         hub.load_pretrained_weights(timm.create_model('resnet18', num_classes=3), published / 'model.safetensors')
 
 
-def test_write_to_hub_cache_uses_huggingface_hub_layout(published, tmp_path):
+def test_the_hub_cache_is_huggingface_hubs_own(published, tmp_path):
+    """gczoo writes no Hub cache itself (it would have to re-create huggingface_hub's private layout):
+    a download fills it, and its readers and timm find the published files there."""
+    assert not hasattr(hub, 'write_to_hub_cache')
     cache = tmp_path / 'hub'
-    snapshot = hub.write_to_hub_cache(published, REPO_ID, cache_dir=cache)
-    storage = cache / 'models--gczoo--resnet18_gc.unit'
-    assert snapshot.parent == storage / 'snapshots'
-    assert (storage / 'refs' / 'main').read_text() == snapshot.name
-    weights, config = snapshot / 'model.safetensors', snapshot / 'config.json'
-    assert weights.is_symlink() and config.is_symlink()
-    import hashlib
-    sha256 = hashlib.sha256((published / 'model.safetensors').read_bytes()).hexdigest()
-    assert os.readlink(weights) == f'../../blobs/{sha256}'  # LFS file: etag = sha256 of the content
-    assert os.readlink(config) == f'../../blobs/{git_hash((published / "config.json").read_bytes())}'
-    # huggingface_hub's own readers accept the layout
+    snapshot = _cache(published, REPO_ID, cache)
     info = scan_cache_dir(cache)
     assert not info.warnings
     (repo,) = info.repos
     assert repo.repo_id == REPO_ID and set(repo.refs) == {'main'}
     assert {f.file_name for f in repo.refs['main'].files} == set(hub.HUB_FILES)
-    assert try_to_load_from_cache(REPO_ID, 'model.safetensors', cache_dir=cache) == str(weights)
-    with pytest.raises(ValueError):
-        hub.write_to_hub_cache(published, 'not/a/valid/repo', cache_dir=cache)
+    assert try_to_load_from_cache(REPO_ID, 'model.safetensors', cache_dir=cache) == str(snapshot / 'model.safetensors')
+    assert (snapshot / 'model.safetensors').read_bytes() == (published / 'model.safetensors').read_bytes()
 
 
 _OFFLINE_SCRIPT = r'''
@@ -225,7 +224,7 @@ print(json.dumps(errors))
 def test_round_trip_hub_cache_offline_with_hf_home(published, tmp_path, images, reference_logits):
     """HF_HOME + HF_HUB_OFFLINE=1 in a fresh process, as a user sets them: timm's hf-hub: loads from the cache."""
     hf_home = tmp_path / 'hf_home'
-    hub.write_to_hub_cache(published, REPO_ID, cache_dir=hf_home / 'hub')
+    _cache(published, REPO_ID, hf_home / 'hub')
     torch.save(images, tmp_path / 'images.pt')
     env = {k: v for k, v in os.environ.items() if not k.startswith(('HF_', 'HUGGINGFACE_'))}
     env.update(HF_HOME=str(hf_home), HF_HUB_OFFLINE='1', OMP_NUM_THREADS='1')
@@ -248,7 +247,7 @@ def test_zoo_name_pretrained_resolves_through_hub_cache(published, offline_cache
     """Once a tag is published, timm.create_model('<zoo model>', pretrained=True) reads timm's Hub cache."""
     zoo = ZOO_MODELS[MODEL]
     monkeypatch.setitem(ZOO_MODELS, MODEL, dataclasses.replace(zoo, published_tags=(zoo.default_tag,)))
-    hub.write_to_hub_cache(published, f'gczoo/{MODEL}.{zoo.default_tag}')
+    _cache(published, f'gczoo/{MODEL}.{zoo.default_tag}', offline_cache)
     overlay = dict(num_classes=3)  # the registry cfg says 1000 classes; this repo has 3
     for create in (timm.create_model, hub.create_model):
         model = create(MODEL, pretrained=True, num_classes=3, pretrained_cfg_overlay=overlay)
@@ -258,7 +257,7 @@ def test_zoo_name_pretrained_resolves_through_hub_cache(published, offline_cache
 def test_torch_hub_load_pretrained(published, offline_cache, monkeypatch, images, reference_logits):
     zoo = ZOO_MODELS[MODEL]
     monkeypatch.setitem(ZOO_MODELS, MODEL, dataclasses.replace(zoo, published_tags=(zoo.default_tag,)))
-    hub.write_to_hub_cache(published, f'gczoo/{MODEL}.{zoo.default_tag}')
+    _cache(published, f'gczoo/{MODEL}.{zoo.default_tag}', offline_cache)
     model = torch.hub.load(str(REPO_ROOT), MODEL, source='local', pretrained=True, num_classes=3,
                            pretrained_cfg_overlay=dict(num_classes=3))
     torch.testing.assert_close(_logits(model, images), reference_logits, rtol=0, atol=0)
@@ -353,7 +352,7 @@ def test_upload_refuses_folder_with_pickle(published, tmp_path, fake_api):
 def test_publish_needs_tag_or_repo_id(train_out, capsys):
     with pytest.raises(ValueError, match='tag'):
         hub.publish(train_out, dry_run=True)
-    assert hub.main([str(train_out), '--dry-run']) == 2  # the command: one line, no traceback
+    assert cli_main(['publish', str(train_out), '--dry-run']) == 2  # the command: one line, no traceback
     assert capsys.readouterr().err.startswith('gczoo publish: error: pass tag')
 
 
@@ -367,9 +366,10 @@ def test_upload_failure_is_one_clear_line(train_out, monkeypatch, capsys):
             raise HfHubHTTPError('401 Client Error: Unauthorized', response=httpx2.Response(401, request=request))
 
     monkeypatch.setattr(hub, 'HfApi', RefusingHfApi)
-    assert hub.main([str(train_out), '--tag', TAG]) == 2
+    assert cli_main(['publish', str(train_out), '--tag', TAG]) == 2
     err = capsys.readouterr().err
-    assert err.startswith('gczoo publish: upload failed: HfHubHTTPError') and 'HF_TOKEN' in err
+    assert err.startswith('gczoo publish: error: upload failed: HfHubHTTPError') and 'HF_TOKEN' in err
+    assert err.count('\n') == 1
 
 
 # ------------------------------------------------------------------------------------------------
@@ -402,7 +402,7 @@ def test_truncated_safetensors(published, tmp_path, offline_cache):
     with pytest.raises(CheckpointError, match='truncated or corrupt'):
         hub.load_pretrained_weights(timm.create_model(MODEL, num_classes=3), weights)
     # the same file arriving through the Hub cache: the error names the cached file to delete
-    hub.write_to_hub_cache(folder, REPO_ID)
+    _cache(folder, REPO_ID, offline_cache)
     with pytest.raises(CheckpointError, match=r'the cached file .*model\.safetensors'):
         hub.create_model(f'hf-hub:{REPO_ID}', pretrained=True)
 
@@ -414,7 +414,7 @@ def test_config_with_unregistered_architecture(published, tmp_path, offline_cach
     (folder / 'config.json').write_text(json.dumps(config))
     with pytest.raises(CheckpointError, match="'resnet18_alien', which is not a registered timm model"):
         hub.create_model(f'local-dir:{folder}', pretrained=True)
-    hub.write_to_hub_cache(folder, 'gczoo/alien')
+    _cache(folder, 'gczoo/alien', offline_cache)
     with pytest.raises(CheckpointError, match='resnet18_alien.*not a registered timm model'):
         hub.create_model('hf-hub:gczoo/alien', pretrained=True)
 
@@ -444,7 +444,7 @@ def test_offline_with_empty_cache(offline_cache, monkeypatch):
         hub.create_model(f'hf-hub:{REPO_ID}', pretrained=True)
     message = str(info.value)
     for part in (REPO_ID, 'config.json, model.safetensors', str(offline_cache), 'HF_HUB_OFFLINE=1',
-                 'write_to_hub_cache', 'local-dir:', 'scripts/train.sh'):
+                 f'hf download {REPO_ID}', 'local-dir:', 'scripts/train.sh'):
         assert part in message
     # a published zoo tag with nothing cached: timm.create_model itself raises one PretrainedWeightsError
     zoo = ZOO_MODELS[MODEL]
@@ -460,7 +460,7 @@ def test_offline_cache_without_weights(published, tmp_path, offline_cache):
     """config.json cached but not the weights: the error comes from inside the zoo entrypoint, still one error."""
     partial = _copy(published, tmp_path / 'partial')
     (partial / 'model.safetensors').unlink()
-    hub.write_to_hub_cache(partial, REPO_ID)
+    _cache(partial, REPO_ID, offline_cache)
     with pytest.raises(PretrainedWeightsError):
         timm.create_model(f'hf-hub:{REPO_ID}', pretrained=True)
     with pytest.raises(PretrainedWeightsError, match=r'not in the cache: model\.safetensors \('):
@@ -470,3 +470,51 @@ def test_offline_cache_without_weights(published, tmp_path, offline_cache):
 def test_unknown_model_name():
     with pytest.raises(ValueError, match="unknown model 'resnet18_nope'"):
         hub.create_model('resnet18_nope')
+
+
+def test_publish_dry_run_full_disk_is_one_line_and_writes_nothing(train_out, tmp_path, capsys, monkeypatch):
+    import errno
+    import pathlib
+
+    def full_disk(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+
+    monkeypatch.setattr(pathlib.Path, 'write_text', full_disk)
+    parent = tmp_path / 'hub'
+    parent.mkdir()
+    assert cli_main(['publish', str(train_out), '--tag', TAG, '--dry-run', '--local-dir', str(parent / 'repo')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('gczoo publish: error: No space left on device')
+    assert str(parent / 'repo') in err and 'free some disk space' in err  # the folder asked for, not a staging one
+    assert list(parent.iterdir()) == []  # no half-written folder, no staging folder left
+
+
+def test_publish_refuses_non_finite_results_in_one_line(train_out, tmp_path, capsys):
+    results = tmp_path / 'results.json'
+    results.write_text(json.dumps(dict(RESULTS, best=dict(RESULTS['best'], top1=float('nan')))))
+    folder = tmp_path / 'repo'
+    assert cli_main(['publish', str(train_out), '--tag', TAG, '--dry-run', '--local-dir', str(folder),
+                     '--results', str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'top1 is nan, not a finite number' in err
+    assert not folder.exists()
+
+
+def test_published_card_says_where_the_weights_come_from(trained, tmp_path):
+    """Hub metadata from the run itself: digits from scratch name no Hub dataset and no base model; a
+    run from an ImageNet backbone on a Hub dataset names both, and the measured metrics go to model-index."""
+    import yaml
+
+    def front_matter(args):
+        weights = hub.TrainedWeights(trained, MODEL, DATA_CONFIG, LABELS, RESULTS, args, 'x')
+        card = hub._render_card(weights, REPO_ID, TAG)
+        return yaml.safe_load(card.split('---\n')[1])
+
+    scratch = front_matter(TRAIN_ARGS)
+    assert 'base_model' not in scratch and 'datasets' not in scratch
+    assert scratch['model-index'][0]['results'][0]['metrics'][0]['value'] == 91.25
+    transplanted = front_matter(dict(TRAIN_ARGS, pretrained_backbone='resnet18.a1_in1k', dataset='hfds/food101'))
+    assert transplanted['base_model'] == 'timm/resnet18.a1_in1k'
+    assert transplanted['datasets'] == ['imagenet-1k', 'food101']
+    assert hub.card_origin(hub.TrainedWeights(trained, MODEL, {}, None, {}, {'dataset': 'torch/cifar10'}, 'x')) == (
+        None, ['cifar10'])

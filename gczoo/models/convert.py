@@ -48,7 +48,6 @@ Checkpoints are read with ``torch.load(weights_only=True)`` only; a file that al
 objects (mmcv/mmengine ``meta``/``message_hub`` entries, numpy values) is refused with the names of
 those objects and how to re-save its ``state_dict`` alone.
 """
-import argparse
 import dataclasses
 import functools
 import json
@@ -59,13 +58,16 @@ from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
+import timm
 import torch
+from safetensors.torch import save as safetensors_save
 
+from gczoo.args import ArgumentParser
+from gczoo.files import atomic_write, atomic_write_text
 from gczoo.layers.bam import OFFICIAL_KEY_MAP as BAM_KEY_MAP
 from gczoo.layers.cbam import OFFICIAL_KEY_MAP as CBAM_KEY_MAP
 
-from gczoo.args import ArgumentParser
-
+from .depths import DEPTHS, depth_of_layout
 from .errors import CheckpointError
 from .weights import compare_state_dicts, format_keys, read_state_dict, unwrap_state_dict
 
@@ -78,12 +80,6 @@ StateDict = Dict[str, torch.Tensor]
 PathLike = Union[str, os.PathLike]
 
 LAYOUTS: Tuple[str, ...] = ('cbam_official', 'bam_official', 'gcnet_mmdet')
-
-# (bottleneck?, blocks per stage) -> ResNet depth, as in torchvision/timm/mmdet (26: timm's resnet26)
-_DEPTHS: Dict[Tuple[bool, Tuple[int, ...]], int] = {
-    (False, (2, 2, 2, 2)): 18, (False, (3, 4, 6, 3)): 34, (True, (2, 2, 2, 2)): 26,
-    (True, (3, 4, 6, 3)): 50, (True, (3, 4, 23, 3)): 101, (True, (3, 8, 36, 3)): 152,
-}
 
 _BLOCK_KEY = re.compile(r'^layer([1-4])\.(\d+)\.')
 _CBAM_KEY = re.compile(r'^(layer[1-4]\.\d+)\.cbam\.(.+)$')
@@ -238,17 +234,23 @@ def _resnet_depth(keys: Mapping[str, Any]) -> int:
     last = _last_block_per_stage(keys)
     blocks = tuple(last.get(s, -1) + 1 for s in (1, 2, 3, 4))
     bottleneck = 'layer1.0.conv3.weight' in keys
-    depth = _DEPTHS.get((bottleneck, blocks))
+    depth = depth_of_layout(bottleneck, blocks)
     if depth is None:
         raise CheckpointError(
-            f'the checkpoint is not a standard ResNet: {"bottleneck" if bottleneck else "basic"} blocks per '
-            f'stage {blocks}; known ResNets: '
-            + ', '.join(f'{d} = {"bottleneck" if b else "basic"} {n}' for (b, n), d in _DEPTHS.items()))
+            f'the checkpoint is not a standard ResNet of a depth the zoo builds: '
+            f'{"bottleneck" if bottleneck else "basic"} blocks per stage {blocks}; the zoo\'s depths '
+            f'(gczoo.models.depths): '
+            + ', '.join(f'{d} = {"bottleneck" if row.bottleneck else "basic"} {row.layers}' for d, row in DEPTHS.items()))
     return depth
 
 
+def _zoo_models() -> List[str]:
+    """The zoo's models as timm has them registered (``module='gczoo'``): the zoo table itself imports
+    this module (through its pretrained tags' load hook), so the names come from timm's registry."""
+    return timm.list_models(module='gczoo')
+
+
 def _infer_model(layout: str, renamed: Mapping[str, Tuple[str, torch.Tensor]]) -> str:
-    from .gczoo import ZOO_MODELS
     depth = _resnet_depth(renamed)
     if layout == 'cbam_official':
         name, what = f'resnet{depth}_cbam', f'ResNet-{depth} + CBAM'
@@ -267,17 +269,17 @@ def _infer_model(layout: str, renamed: Mapping[str, Tuple[str, torch.Tensor]]) -
         ratio = ratios.pop()
         name = f'resnet{depth}_gc' + ('' if ratio == 16 else f'_r{ratio}')
         what = f'ResNet-{depth} + GC blocks (ratio 1/{ratio})'
-    if name not in ZOO_MODELS:
+    zoo_models = _zoo_models()
+    if name not in zoo_models:
         raise CheckpointError(
             f'the checkpoint is a {what}; gczoo has no such model ({name!r}). Zoo models: '
-            f'{", ".join(ZOO_MODELS)}. Pass model= to convert into one whose keys match.')
+            f'{", ".join(zoo_models)}. Pass model= to convert into one whose keys match.')
     return name
 
 
 @functools.lru_cache(maxsize=8)
 def _target_shapes(model_name: str, num_classes: int) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
     """Key -> (shape, dtype) of a zoo model, built on the meta device (no memory, no init cost)."""
-    import timm
     with torch.device('meta'):
         model = timm.create_model(model_name, num_classes=num_classes)
     return {k: (tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
@@ -287,11 +289,10 @@ def _convert(
         state_dict: Mapping[str, Any], layout: str, model: Optional[str],
 ) -> Tuple[str, str, StateDict, List[str], List[str], int]:
     """-> (layout, model_name, converted, dropped, filled, num_classes)."""
-    from .gczoo import ZOO_MODELS
     if not isinstance(layout, str) or layout not in LAYOUTS + ('auto',):
         raise ValueError(f'layout must be one of auto, {", ".join(LAYOUTS)}; got {layout!r}')
-    if model is not None and model not in ZOO_MODELS:
-        raise ValueError(f'model must be a gczoo model name ({", ".join(ZOO_MODELS)}); got {model!r}')
+    if model is not None and model not in _zoo_models():
+        raise ValueError(f'model must be a gczoo model name ({", ".join(_zoo_models())}); got {model!r}')
     src = _as_state_dict(state_dict)
     if layout == 'auto':
         layout = detect_layout(src)
@@ -383,17 +384,21 @@ def convert_checkpoint(
         notes.append("mmdetection backbones must be style='pytorch' (stride in the 3x3 conv, as timm); "
                      "a 'caffe'-style checkpoint converts but computes something else")
 
-    from safetensors.torch import save_file
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     metadata = {'format': 'pt', 'gczoo_model': model_name, 'gczoo_layout': layout,
                 'gczoo_source': src_path.name, 'num_classes': str(num_classes)}
-    save_file(converted, str(out_path), metadata=metadata)
+    # whole or not at all: a full disk must not leave a truncated .safetensors that looks converted
+    try:
+        atomic_write(out_path, lambda f: f.write(safetensors_save(converted, metadata=metadata)))
+    except OSError as e:  # name the file asked for (atomic_write's error is about its temporary file)
+        if e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(out_path)) from e
     return ConversionReport(
         layout=layout, model_name=model_name, source=str(src_path), output=str(out_path),
         num_tensors=len(converted), num_classes=num_classes, dropped=dropped, filled=filled, notes=notes)
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog='gczoo convert',
         description='Convert an official CBAM/BAM (Jongchan/attention-module) or GCNet/mmdetection/mmpretrain '
@@ -415,9 +420,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     report = convert_checkpoint(args.src, args.out, layout=args.layout, model=args.model)
     print(report)
     if args.report_json:
-        path = Path(args.report_json)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(report.to_dict(), indent=2) + '\n')
+        atomic_write_text(args.report_json, json.dumps(report.to_dict(), indent=2) + '\n')
     return 0
 
 

@@ -172,7 +172,7 @@ def _read_config(folder: Path) -> Dict[str, Any]:
         present = ', '.join(sorted(p.name for p in folder.iterdir())) or 'nothing'
         raise CheckpointError(
             f'no {CONFIG_NAME} in {str(folder)!r} (it holds: {present}); a Hub-layout folder needs '
-            f'{WEIGHTS_NAME} and {CONFIG_NAME} as written by gczoo.hub.save_pretrained or `gczoo publish`')
+            f'{WEIGHTS_NAME} and {CONFIG_NAME} as written by gczoo.models.save_pretrained or `gczoo publish`')
     try:
         config = json.loads(config_path.read_text())
     except (ValueError, UnicodeDecodeError) as e:
@@ -252,9 +252,8 @@ def _hub_download_error(
         f'(revision {revision or "main"}) in the Hub cache {cache!r} ({mode}); not in the cache: '
         f'{", ".join(not_cached) or "none"} ({reason}). What to do: online, check the repo id and your access '
         f'(`hf auth login` or HF_TOKEN for private repos); offline, fill the cache on a connected machine '
-        f'(`hf download {repo}` with the same HF_HOME, then copy HF_HOME) or from a copied folder with '
-        f'gczoo.hub.write_to_hub_cache(folder, {repo!r}); or load a folder directly with '
-        f'timm.create_model("local-dir:DIR", pretrained=True) or '
+        f'(`hf download {repo}` with the same HF_HOME, then copy HF_HOME); or load a copied folder '
+        f'directly with timm.create_model("local-dir:DIR", pretrained=True) or '
         f'pretrained_cfg_overlay=dict(file="model.safetensors"); '
         f'or train your own weights with scripts/train.sh.')
 

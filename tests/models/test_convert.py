@@ -387,3 +387,26 @@ def test_cli_reports_errors_in_one_line(tmp_path, capsys):
     assert cli_main(['convert', str(bad), str(tmp_path / 'o.safetensors')]) == 2
     err = capsys.readouterr().err
     assert err.startswith('gczoo convert: error:') and 'bad.pth' in err
+
+
+def test_cli_full_disk_leaves_no_half_written_file(tmp_path, capsys, gc_model, monkeypatch):
+    """ENOSPC when the converted tensors reach the disk: one line, exit 2, no truncated .safetensors."""
+    import errno
+    import os
+    import stat
+    src = tmp_path / 'det.pth'
+    torch.save(mmdet_checkpoint(to_mmdet(gc_model.state_dict())), src)
+    real_fsync = os.fsync
+
+    def full_disk(fd):
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, 'fsync', full_disk)
+    out = tmp_path / 'out'
+    assert cli_main(['convert', str(src), str(out / 'gc.safetensors')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and err.startswith('gczoo convert: error: No space left on device')
+    assert 'gc.safetensors' in err and 'free some disk space' in err
+    assert list(out.iterdir()) == []  # no temporary file, no truncated output
