@@ -4,9 +4,9 @@ kept (local-dir:, the Hub cache offline, pretrained_cfg_overlay file, zoo names)
 No network: the Hub cache is filled by huggingface_hub itself (``hf_hub_download`` from a loopback-only
 server, tests/hub_cache.py) and read with HF_HUB_OFFLINE.
 """
-import dataclasses
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,7 +22,8 @@ from hub_cache import fill_hub_cache
 import gczoo  # noqa: F401  (registers the zoo with timm)
 from gczoo import hub
 from gczoo.cli import main as cli_main
-from gczoo.models import ZOO_MODELS, CheckpointError, PretrainedWeightsError
+from gczoo.models import CheckpointError, PretrainedWeightsError
+from gczoo.models.tags import default_tag
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 MODEL = 'resnet18_gc'
@@ -242,24 +243,20 @@ def test_round_trip_hub_cache_offline_with_hf_home(published, tmp_path, images, 
         assert part in message
 
 
-def test_zoo_name_pretrained_resolves_through_hub_cache(published, offline_cache, monkeypatch, images,
-                                                        reference_logits):
-    """Once a tag is published, timm.create_model('<zoo model>', pretrained=True) reads timm's Hub cache."""
-    zoo = ZOO_MODELS[MODEL]
-    monkeypatch.setitem(ZOO_MODELS, MODEL, dataclasses.replace(zoo, published_tags=(zoo.default_tag,)))
-    _cache(published, f'gczoo/{MODEL}.{zoo.default_tag}', offline_cache)
-    overlay = dict(num_classes=3)  # the registry cfg says 1000 classes; this repo has 3
+def test_zoo_name_pretrained_resolves_through_hub_cache(published, offline_cache, images, reference_logits):
+    """A zoo name with pretrained=True reads timm's Hub cache: here a published gczoo repo named by the
+    cfg's hf_hub_id (how a newly published tag is added), through timm and through gczoo's checks."""
+    _cache(published, REPO_ID, offline_cache)
+    overlay = dict(hf_hub_id=REPO_ID, num_classes=3)  # the registry cfg says 1000 classes; this repo has 3
     for create in (timm.create_model, hub.create_model):
         model = create(MODEL, pretrained=True, num_classes=3, pretrained_cfg_overlay=overlay)
         torch.testing.assert_close(_logits(model, images), reference_logits, rtol=0, atol=0)
 
 
-def test_torch_hub_load_pretrained(published, offline_cache, monkeypatch, images, reference_logits):
-    zoo = ZOO_MODELS[MODEL]
-    monkeypatch.setitem(ZOO_MODELS, MODEL, dataclasses.replace(zoo, published_tags=(zoo.default_tag,)))
-    _cache(published, f'gczoo/{MODEL}.{zoo.default_tag}', offline_cache)
+def test_torch_hub_load_pretrained(published, offline_cache, images, reference_logits):
+    _cache(published, REPO_ID, offline_cache)
     model = torch.hub.load(str(REPO_ROOT), MODEL, source='local', pretrained=True, num_classes=3,
-                           pretrained_cfg_overlay=dict(num_classes=3))
+                           pretrained_cfg_overlay=dict(hf_hub_id=REPO_ID, num_classes=3))
     torch.testing.assert_close(_logits(model, images), reference_logits, rtol=0, atol=0)
 
 
@@ -439,19 +436,19 @@ def test_pickle_where_safetensors_expected(published, tmp_path, trained, images,
     torch.testing.assert_close(_logits(model, images), reference_logits, rtol=0, atol=0)
 
 
-def test_offline_with_empty_cache(offline_cache, monkeypatch):
+def test_offline_with_empty_cache(offline_cache):
     with pytest.raises(PretrainedWeightsError) as info:
         hub.create_model(f'hf-hub:{REPO_ID}', pretrained=True)
     message = str(info.value)
     for part in (REPO_ID, 'config.json, model.safetensors', str(offline_cache), 'HF_HUB_OFFLINE=1',
                  f'hf download {REPO_ID}', 'local-dir:', 'scripts/train.sh'):
         assert part in message
-    # a published zoo tag with nothing cached: timm.create_model itself raises one PretrainedWeightsError
-    zoo = ZOO_MODELS[MODEL]
-    monkeypatch.setitem(ZOO_MODELS, MODEL, dataclasses.replace(zoo, published_tags=(zoo.default_tag,)))
+    # a zoo name whose default tag's source is not cached: timm.create_model itself raises one
+    # PretrainedWeightsError, and gczoo's create_model names the repo, the file and the cache
+    source = default_tag(MODEL).source  # e.g. timm/resnet18.a1_in1k
     with pytest.raises(PretrainedWeightsError, match='HF_HUB_OFFLINE'):
         timm.create_model(MODEL, pretrained=True)
-    expected = rf'gczoo/{MODEL}\.{zoo.default_tag}.*not in the cache: model\.safetensors'
+    expected = rf'{re.escape(source)}.*{re.escape(str(offline_cache))}.*model\.safetensors'
     with pytest.raises(PretrainedWeightsError, match=expected):
         hub.create_model(MODEL, pretrained=True)
 

@@ -36,6 +36,12 @@ def test_hub_load_builds_with_timm_kwargs():
     assert model(torch.randn(1, 3, 64, 64)).shape == (1, 3)
 
 
-def test_hub_load_pretrained_without_published_weights_says_what_to_do():
-    with pytest.raises(PretrainedWeightsError, match='pretrained_backbone'):
+def test_hub_load_pretrained_without_the_weights_says_what_to_do(tmp_path, monkeypatch):
+    """Offline with an empty Hub cache: one error naming the source repo, the cache and what to do."""
+    from huggingface_hub import constants
+    from gczoo.models.tags import default_tag
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path))
+    source = default_tag('resnet50_nl').source  # timm's ImageNet ResNet-50 (attention blocks at identity)
+    with pytest.raises(PretrainedWeightsError, match=rf'{source}.*{tmp_path}.*HF_HUB_OFFLINE.*pretrained_cfg_overlay'):
         torch.hub.load(REPO, 'resnet50_nl', source='local', pretrained=True)
