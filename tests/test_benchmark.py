@@ -1,4 +1,4 @@
-"""Smoke tests of gczoo.benchmark: tiny sizes, one round, no timed assertions.
+"""Smoke tests of gczoo.bench: tiny sizes, one round, no timed assertions.
 
 They check that the naive baselines and timm counterparts compute the same function as gczoo's
 blocks (otherwise the benchmark compares different things), that the CSV/JSON have their columns
@@ -12,10 +12,13 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gczoo.benchmark import (
-    LAYER_BLOCKS, NaiveNonLocal2d, _judge, _max_abs_diffs, _nearest_timm, _timm_gc_resnet, bench_layers,
-    bench_models, build_layer_impls, count_gmacs, main,
-)
+from gczoo.bench import LAYER_BLOCKS, bench_layers, bench_models, build_layer_impls, format_model_table, main
+from gczoo.bench._naive import NaiveNonLocal2d
+from gczoo.bench.layers import max_abs_diffs as _max_abs_diffs
+from gczoo.bench.models import nearest_timm_model as _nearest_timm, timm_gc_resnet as _timm_gc_resnet
+from gczoo.bench.timing import judge_targets as _judge
+from gczoo.cli import run_command
+from gczoo.complexity import count_complexity
 from gczoo.layers import ContextBlock, NonLocal2d
 from gczoo.models import ZOO_MODELS
 
@@ -108,18 +111,16 @@ def test_layers_bad_input():
         bench_layers(blocks=['se'], memory='sometimes')
     with pytest.raises(ValueError, match='block'):
         build_layer_impls('eca', 16)
-    with pytest.raises(SystemExit):
-        main(['layers', '--blocks', 'nope'])
-    with pytest.raises(SystemExit):
-        main(['layers', '--repeats', '0'])
-    with pytest.raises(SystemExit):
-        main(['layers', '--budget', '-1'])
+    # bad flags end as one line and exit 2 through gczoo's runner (argparse's SystemExit before)
+    assert run_command('bench', ['layers', '--blocks', 'nope']) == 2
+    assert run_command('bench', ['layers', '--repeats', '0']) == 2
+    assert run_command('bench', ['layers', '--budget', '-1']) == 2
 
 
 def test_models_smoke(tmp_path):
     code = main([
         'models', '--models', 'resnet18_gc', '--batch', '2', '--img-size', '32', '--steps', '1', '--warmup', '0',
-        '--device', 'cpu', '--clock', 'cpu', '--output-dir', str(tmp_path), '--no-progress',
+        '--device', 'cpu', '--clock', 'cpu', '--output-dir', str(tmp_path), '--no-progress', '--no-control',
     ])
     assert code == 0
     rows = _read_csv(tmp_path / 'models.csv')
@@ -168,6 +169,12 @@ def test_timm_gc_comparator_has_the_zoo_placement():
         assert all(m.mlp_add.fc1.out_channels == m.mlp_add.fc1.in_channels // 16 for m in theirs)
 
 
+def count_gmacs(model, img_size):
+    """Conv + matmul GMACs from gczoo.complexity, the one counter the benchmarks use (norms not included)."""
+    counts = count_complexity(model, img_size)
+    return counts['gmacs_conv'] + counts['gmacs_matmul']
+
+
 def test_count_gmacs_counts_the_attention_matmuls():
     model = nn.Sequential(nn.Conv2d(3, 16, 1, bias=False), NonLocal2d(16))
     n = 8 * 8
@@ -193,3 +200,89 @@ def test_target_verdicts_separate_misses_from_noise():
     _judge(row, targets, noise=0.02)
     assert row['targets_met'] is False
     assert row['targets_missed'] == 'mem (0.200); time (1.100)'
+
+
+def test_models_batches_and_control():
+    """Several batch sizes give a row each, with the A/A control (a copy of the plain ResNet) filled in."""
+    rows, raw = bench_models(['resnet18_gc'], batch=[1, 2], img_size=32, steps=1, warmup=0, modes=['infer'],
+                             clock='cpu', progress=False)
+    assert [r['batch'] for r in rows] == [1, 2]
+    for r in rows:
+        for key in ('infer_time_ratio_base', 'infer_time_ratio_control', 'time_noise', 'infer_img_s'):
+            _positive_float(str(r[key]))
+        assert r['train_time_ratio_base'] is None  # not measured: no figure, no target
+        assert 'train' not in r['targets']
+    assert set(raw['resnet18 (A/A copy)']['by_batch']) == {1, 2}
+
+
+def test_models_compile_column():
+    """--modes compile times torch.compile'd models (the 'eager' backend here: the plumbing, not inductor)."""
+    rows, _ = bench_models(['resnet18_gc'], batch=1, img_size=32, steps=1, warmup=0, modes=['compile'],
+                           clock='cpu', control=False, compile_backend='eager', progress=False)
+    for key in ('compile_time_ratio_base', 'compile_time_ratio_nearest', 'compile_img_s'):
+        _positive_float(str(rows[0][key]))
+    assert rows[0]['targets_met'] is None  # reported, no target
+    assert 'compile t/base' in format_model_table(rows).split('\n')[0]
+
+
+def test_gmacs_come_from_the_complexity_counter():
+    """bench models reports gczoo.complexity's figure (4.12 GMACs for resnet50_gc, as the README)."""
+    rows, raw = bench_models(['resnet18_gc'], batch=1, img_size=32, steps=1, warmup=0, modes=['infer'],
+                             clock='cpu', control=False, progress=False)
+    assert math.isclose(rows[0]['gmacs'], count_complexity('resnet18_gc', 32)['gmacs'], rel_tol=1e-9)
+    assert math.isclose(raw['resnet18']['gmacs'], count_complexity('resnet18', 32)['gmacs'], rel_tol=1e-9)
+
+
+def test_backward_targets_are_the_training_step_ones():
+    rows = bench_layers(blocks=['se'], batch=2, channels=16, size=8, backward=True, rounds=1, warmup=0,
+                        min_time=0, budget=0, memory='inprocess', clock='cpu', progress=False)
+    targets = rows[0]['targets']
+    for text in ('train time vs naive <= 1', 'train mem vs naive <= 1', 'train time vs timm <= 1',
+                 'train mem vs timm <= 1'):
+        assert text in targets
+    row = dict(mem_ratio_naive=1.004)  # page granularity: within noise, not a miss
+    _judge(row, [('mem_ratio_naive', 'mem', 1.0, 0.01)])
+    assert row['targets_met'] is True and 'mem' in row['targets_within_noise']
+
+
+def test_memory_subprocess_is_explicit(tmp_path):
+    """The CPU memory figures come from `python -m gczoo.bench.memory_child TARGET` (one fresh interpreter)."""
+    from gczoo.bench.memory import probe_main, run_in_fresh_interpreter
+    spec = dict(case='se@8x8', block='se', impl='gczoo', shape=[1, 16, 8, 8], backward=False, device='cpu',
+                threads=1, seed=0)
+    results = []
+    run_in_fresh_interpreter('gczoo.bench.layers:measure_layer_memory', [spec], results.append)
+    assert len(results) == 1 and results[0]['peak_extra_bytes'] >= 0
+    assert results[0]['method'] in ('rss_hwm', 'ru_maxrss')
+    with pytest.raises(ValueError, match='gczoo.bench'):
+        run_in_fresh_interpreter('os:system', [spec], results.append)
+    with pytest.raises(ValueError, match='usage'):
+        probe_main([])
+
+
+def test_command_failures_are_one_line(tmp_path, capsys):
+    """Bad flags, a missing GPU and an unwritable output folder: one line on stderr, exit 2, before measuring."""
+    cases = [
+        (['layers', '--device', 'cuda:7'], 'cuda'),
+        (['models', '--batch', '0'], '--batch'),
+        (['models', '--modes', 'predict'], '--modes'),
+        (['layers', '--seed', '-1'], '--seed'),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((['models', '--device', 'cuda'], 'no CUDA GPU'))
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    cases.append((['layers', '--blocks', 'se', '--output-dir', str(blocker / 'out')], 'folder'))
+    for argv, needle in cases:
+        assert run_command('bench', argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith('gczoo bench: error:') and len(err.splitlines()) == 1 and needle in err, (argv, err)
+    assert not (blocker.parent / 'out').exists()
+
+
+def test_no_second_flop_counter():
+    import gczoo.bench as bench
+    from pathlib import Path
+    for path in Path(bench.__file__).parent.glob('*.py'):
+        assert 'FlopCounterMode' not in path.read_text(), path
+    assert not hasattr(bench, 'count_gmacs')
