@@ -12,10 +12,11 @@ import yaml
 from gczoo.cli import main as cli_main
 from gczoo.cards import (
     BLOCKS_TABLE_END, BLOCKS_TABLE_START, DEFAULT_CARDS_DIR, TABLE_END, TABLE_START, block_positions, block_tags, load_complexity, load_results, main,
-    models_table_markdown, render_model_card, update_readme,
+    models_table_markdown, published_metrics, render_model_card, update_readme,
 )
 from gczoo.complexity import count_complexity
 from gczoo.models import ZOO_MODELS
+from gczoo.models.tags import default_tag
 from gczoo.papers import get_paper
 
 CARDS = DEFAULT_CARDS_DIR
@@ -41,7 +42,16 @@ def test_every_model_has_a_card_whose_yaml_parses(model_name):
     zoo = ZOO_MODELS[model_name]
     assert f'arXiv:{get_paper(zoo.paper).arxiv}' in text and '```bibtex' in text
     assert get_paper(zoo.paper).bibtex in text and get_paper('resnet').bibtex in text
-    assert 'No published weights yet' in text  # nothing is published: no accuracy may be claimed
+    # accuracy is claimed only where it was measured: the default tag's published result, if it is this model's
+    tag = default_tag(model_name)
+    assert f'`{tag.name}` (default)' in text and 'No published weights yet' not in text
+    metrics = published_metrics(tag)
+    assert ('model-index' in meta) == bool(metrics)
+    if metrics:
+        assert [m['value'] for m in meta['model-index'][0]['results'][0]['metrics']] == [m.value for m in metrics]
+        assert f'top1 {metrics[0].value:.2f}' in text.split('## Accuracy')[1].split('##')[0]
+    else:
+        assert tag.evidence in text.split('## Accuracy')[1].split('##')[0]
     assert f"timm.create_model('{model_name}'" in text and f"torch.hub.load('gczoo/gczoo', '{model_name}')" in text
     assert f'scripts/train.sh --model {model_name} --pretrained-backbone' in text
     # the card is what the generator writes today (regenerate with `gczoo cards` after changing the zoo)
@@ -103,7 +113,10 @@ def test_readme_table_between_markers(tmp_path):
     table = models_table_markdown(load_complexity(CARDS / 'complexity.json'), {'resnet50_gc': {'top1': 77.7}})
     rows = [line for line in table.splitlines()[2:]]
     assert len(rows) == len(ZOO_MODELS)
-    assert '| 77.70 |' in rows[0] and 'no weights yet' in rows[1]
+    # measured (results) wins; otherwise the default tag's published top-1 where it is the model's own
+    r4 = default_tag('resnet50_gc_r4')
+    assert '| 77.70 |' in rows[0] and f'| {published_metrics(r4)[0].value:.2f} (`{r4.tag}`) |' in rows[1]
+    assert '| not measured (`a1_in1k_untrained_attn`) |' in table  # CBAM/BAM gates at init: no claim
     readme = tmp_path / 'README.md'
     readme.write_text(f'# gczoo\n\nintro\n\n{TABLE_START}\nold table\n{TABLE_END}\n\nafter\n')
     assert update_readme(readme, table) is True
@@ -142,16 +155,17 @@ def test_readme_tables_are_current():
 
 
 def test_front_matter_names_the_weights_origin_not_a_hard_coded_dataset():
-    from gczoo.models.depths import DEPTHS
-    for name in ('resnet18_gc', 'resnet50_gc', 'resnet101_gc'):
+    for name in ('resnet18_gc', 'resnet50_se', 'resnet101_gc'):
         meta = _front_matter(render_model_card(name))
-        source = DEPTHS[ZOO_MODELS[name].depth].imagenet_resnet  # e.g. resnet50.a1_in1k
-        assert meta['base_model'] == f'timm/{source}'
-        assert meta['datasets'] == ['imagenet-1k']  # from the source tag's "in1k"
-        assert 'model-index' not in meta  # nothing measured, nothing claimed
-    # weights trained elsewhere: the card says where they come from
+        tag = default_tag(name)  # what timm.create_model(name, pretrained=True) loads
+        assert meta['base_model'] == tag.source and meta['datasets'] == list(tag.datasets)
+        (result,) = meta['model-index'][0]['results']
+        assert result['source']['url'] == published_metrics(tag)[0].evidence
+    assert _front_matter(render_model_card('resnet50_se'))['base_model'] == 'timm/seresnet50.a1_in1k'
+    # weights trained elsewhere: the card says where they come from, and claims nothing unmeasured
     meta = _front_matter(render_model_card('resnet18_gc', base_model='me/resnet18_gc.cifar', datasets=['cifar10']))
     assert meta['base_model'] == 'me/resnet18_gc.cifar' and meta['datasets'] == ['cifar10']
+    assert 'model-index' not in meta
     meta = _front_matter(render_model_card('resnet18_gc', base_model=None, datasets=[]))
     assert 'base_model' not in meta and 'datasets' not in meta
 
