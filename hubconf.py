@@ -15,12 +15,17 @@ _sys.path.insert(0, _os.path.dirname(_os.path.abspath(__file__)))
 import timm as _timm  # noqa: E402
 
 from gczoo.models import ZOO_MODELS as _ZOO_MODELS  # noqa: E402  (importing gczoo registers the models)
+from gczoo.models.depths import get_depth as _get_depth  # noqa: E402
+from gczoo.models.tags import default_tag as _default_tag  # noqa: E402
 from gczoo.papers import get_paper as _get_paper  # noqa: E402
 
 
 def _entrypoint(name: str):
     zoo = _ZOO_MODELS[name]
     paper = _get_paper(zoo.paper)
+    tag = _default_tag(name)
+    weights = (f'the default tag {tag.name} (from {tag.source_name})' if tag is not None
+               else 'published weights (none yet: pretrained=True fails and says what to use instead)')
 
     def entrypoint(pretrained: bool = False, **kwargs):
         return _timm.create_model(name, pretrained=pretrained, **kwargs)
@@ -30,9 +35,9 @@ def _entrypoint(name: str):
         f'{zoo.summary}.\n\n'
         f'Paper: {paper.title} (arXiv:{paper.arxiv}).\n\n'
         f'Args:\n'
-        f'    pretrained: load the zoo\'s published weights (timm\'s Hub cache; HF_HUB_OFFLINE=1 works).\n'
+        f'    pretrained: load {weights} through timm (its caches; HF_HUB_OFFLINE=1 works).\n'
         f'    **kwargs: any timm.create_model keyword, e.g. num_classes=10, features_only=True,\n'
-        f'        pretrained_backbone="resnet50.a1_in1k" (ImageNet ResNet + identity-init attention).\n'
+        f'        pretrained_backbone="{_get_depth(zoo.depth).imagenet_resnet}" (ImageNet ResNet, attention at init).\n'
     )
     return entrypoint
 
