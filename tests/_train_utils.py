@@ -57,6 +57,18 @@ def tiny_args(data_dir: Path, output: Path, experiment: str = 'run', **overrides
     return argv
 
 
+def run_train(argv: Sequence[object]) -> int:
+    """``gczoo train ARGV`` in this process through the CLI runner (errors: one line, exit 2), with one
+    intra-op thread: the same arithmetic as the 1-thread subprocesses."""
+    from gczoo.cli import run_command
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return run_command('train', [str(a) for a in argv])
+    finally:
+        torch.set_num_threads(threads)
+
+
 def subprocess_env(**extra: str) -> Dict[str, str]:
     env = dict(os.environ)
     env.update(OMP_NUM_THREADS='1', MKL_NUM_THREADS='1', PYTHONPATH=str(REPO), **extra)

@@ -144,6 +144,9 @@ def build_parser() -> ArgumentParser:
                         'a classifier of another size is left at init')
     g.add_argument('--resume', default=None, metavar='PATH|auto',
                    help="continue a run from a training checkpoint exactly; 'auto' = OUT/last.pth.tar if it exists")
+    g.add_argument('--no-resume-opt', action='store_true',
+                   help='with --resume: restore the weights, EMA and position but start the optimizer and loss scaler '
+                        'fresh (e.g. after changing --opt)')
     g.add_argument('--num-classes', type=positive_int, default=None, metavar='N',
                    help='classes of the classifier; must match the class count of the data (default: from the data)')
     g.add_argument('--img-size', type=positive_int, default=None, metavar='PX',

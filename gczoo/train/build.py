@@ -235,7 +235,8 @@ class FolderImages(torch.utils.data.Dataset):
 
 
 class ApplyTransform(torch.utils.data.Dataset):
-    """Deterministic (validation) transform over a dataset returning (image, target)."""
+    """Validation transform over a non-folder dataset (e.g. ``torch/cifar10``): ``(image, target, None)``, the
+    form ``gczoo.evaluate.collate_skipping`` takes (``None``: nothing skipped)."""
 
     def __init__(self, dataset: Any, transform: Callable) -> None:
         self.dataset, self.transform = dataset, transform
@@ -245,4 +246,4 @@ class ApplyTransform(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> Any:
         img, target = self.dataset[index][:2]
-        return self.transform(img), target
+        return self.transform(img), target, None

@@ -8,13 +8,17 @@ import copy
 import csv
 import io
 import json
+import math
+import os
+import secrets
+import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from gczoo.files import atomic_write, atomic_write_text
+from gczoo.files import atomic_write, atomic_write_text, fsync_dir, umask_mode
 
 __all__ = [
     'SUMMARY_COLUMNS', 'EMA_COLUMNS', 'SUMMARY_PLOT', 'EXPORT_DIR', 'RESULTS_FILE', 'write_summary', 'plot_summary',
@@ -69,9 +73,24 @@ def plot_summary(out_dir: Path, history: Sequence[Mapping[str, Any]]) -> Path:
     return atomic_write(out_dir / SUMMARY_PLOT, lambda f: f.write(buf.getvalue()))
 
 
+def _non_finite_paths(value: Any, path: str = '') -> List[str]:
+    if isinstance(value, float) and not math.isfinite(value):
+        return [path or 'value']
+    if isinstance(value, Mapping):
+        return [p for k, v in value.items() for p in _non_finite_paths(v, f'{path}.{k}' if path else str(k))]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _non_finite_paths(v, f'{path}[{i}]')]
+    return []
+
+
 def write_results(out_dir: Path, results: Mapping[str, Any]) -> Path:
-    """``OUT/results.json``."""
-    return atomic_write_text(out_dir / RESULTS_FILE, json.dumps(results, indent=2) + '\n')
+    """``OUT/results.json``; refuses NaN/inf (strict JSON has none, and a card or leaderboard built from
+    a NaN top-1 would be a lie): ``ValueError`` naming the entries."""
+    bad = _non_finite_paths(results)
+    if bad:
+        raise ValueError(f'{out_dir / RESULTS_FILE}: not written, these metrics are not finite numbers: '
+                         f'{", ".join(bad[:8])}; the run did not produce a usable model')
+    return atomic_write_text(out_dir / RESULTS_FILE, json.dumps(results, indent=2, allow_nan=False) + '\n')
 
 
 def _revert_sync_batchnorm(module: nn.Module) -> nn.Module:
@@ -88,10 +107,13 @@ def _revert_sync_batchnorm(module: nn.Module) -> nn.Module:
 
 def export_best(model: nn.Module, weights: Mapping[str, torch.Tensor], source: str, export_dir: Path,
                 data_config: Dict[str, Any], class_names: Optional[List[str]]) -> Path:
-    """Write ``weights`` (a state dict of ``model``'s architecture) in timm's Hub layout to ``export_dir``.
+    """Write ``weights`` (a state dict of ``model``'s architecture) in timm's Hub layout to ``export_dir``,
+    all at once: into a temporary sibling folder first, renamed into place when complete. A reader or a
+    crash sees the old export or the new one, never a half-written folder; a killed run leaves
+    ``.export.<pid>.<random>.tmp``, which the next run on the folder removes.
 
     The weights go through ``gczoo.models.weights.load_weights`` (keys, shapes, dtypes, finiteness)
-    into a CPU copy of ``model``, and ``gczoo.models.hub_folder.save_pretrained`` writes the folder.
+    into a CPU copy of ``model``; ``gczoo.models.hub_folder.save_pretrained`` writes the files.
     """
     from gczoo.models.hub_folder import save_pretrained
     from gczoo.models.weights import load_weights
@@ -100,5 +122,30 @@ def export_best(model: nn.Module, weights: Mapping[str, torch.Tensor], source: s
         export_model = _revert_sync_batchnorm(export_model)
     load_weights(export_model, weights, what=source)
     export_model.to(memory_format=torch.contiguous_format).eval()
-    return save_pretrained(export_model, export_dir, data_config=dict(data_config), label_names=class_names)
 
+    export_dir = Path(export_dir)
+    tmp = export_dir.parent / f'.{export_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp'
+    tmp.mkdir()  # mode from the umask, as the files save_pretrained writes
+    try:
+        save_pretrained(export_model, tmp, data_config=dict(data_config), label_names=class_names)
+        for path in tmp.iterdir():
+            os.chmod(path, umask_mode())  # safetensors writes its files 0600 whatever the umask
+            _fsync_file(path)
+        fsync_dir(tmp)
+        if export_dir.exists():  # an earlier export (a resumed run finishing again): swap it out, then drop it
+            old = export_dir.parent / f'.{export_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.old.tmp'
+            os.replace(export_dir, old)
+            os.replace(tmp, export_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, export_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    fsync_dir(export_dir.parent)
+    return export_dir
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, 'rb') as f:
+        os.fsync(f.fileno())

@@ -1,22 +1,22 @@
 """The training run: ``Trainer(args)`` builds it, ``fit()`` trains, validates, checkpoints and exports.
 
 Built from timm's parts (``resolve_data_config``/``create_transform``, ``Mixup``, ``create_optimizer_v2``,
-``create_scheduler_v2``, ``ModelEmaV3``, ``NativeScaler``, its losses) and torch DDP
-(``ResumableDistributedSampler`` for training, ``ShardSampler`` + ``gczoo.evaluate.validate`` for
+``create_scheduler_v2``, ``ModelEmaV3``, ``NativeScaler``, ``distribute_bn``, its losses) and torch
+DDP (``ResumableDistributedSampler`` for training, ``ShardSampler`` + ``gczoo.evaluate.validate`` for
 validation). What it adds is the bookkeeping that makes a run reproducible and crash-proof:
 
 * the data order of an epoch is a function of ``(seed, epoch)`` and the augmentation of a sample a
   function of ``(seed, epoch, index)`` (``gczoo.data.SeededTransformDataset``);
-* checkpoints hold model, optimizer, scheduler, EMA, grad scaler, epoch/step, every rank's RNG states,
-  the sampler position, the epoch's running loss, the metric history and the args, so ``--resume``
-  continues exactly, mid-epoch included (a run killed with ``kill -9`` and resumed ends bit-identical
-  to one never interrupted, on CPU with the same world size);
-* under torchrun with ``--max-restarts``, a restarted attempt resumes from ``last.pth.tar`` by itself.
+* checkpoints (``state``) continue exactly, mid-epoch included: a run killed with ``kill -9`` and
+  resumed ends bit-identical to one never interrupted (CPU, same world size); under torchrun with
+  ``--max-restarts`` a restarted attempt resumes from ``last.pth.tar`` by itself;
+* nothing silent (``guards``, ``rundir``): a diverged run stops at the step, a second run on the
+  same folder stops at once, bad validation images are skipped and counted, never replaced.
 """
 import argparse
 import contextlib
 import copy
-import dataclasses
+import math
 import os
 import sys
 import time
@@ -30,36 +30,26 @@ import torch.nn as nn
 import gczoo.models  # noqa: F401  (registers the zoo with timm)
 from gczoo.data import ResumableDistributedSampler, SeededTransformDataset
 from gczoo.distributed import ShardSampler, distribute_bn, init_distributed
-from gczoo.errors import CheckpointError
-from gczoo.evaluate import validate
-from gczoo.models.weights import load_weights
+from gczoo.errors import GczooError, one_line
+from gczoo.evaluate import EvalImageFolder, SkippingLoader, collate_skipping, validate
 
 from .args import FAULT_EXIT_CODE
-from .build import ApplyTransform, build_datasets, create_optimization, create_train_model
-from .checkpoint import (
-    BEST_CHECKPOINT, CHECKPOINT_FORMAT, LAST_CHECKPOINT, atomic_save, capture_rng, load_training_checkpoint, plain,
-    restore_rng,
-)
+from .build import ApplyTransform, FolderImages, build_datasets, create_optimization, create_train_model
+from .checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, atomic_save, load_training_checkpoint, plain
+from .guards import any_rank, diverged, non_finite_tensors
 from .outputs import EXPORT_DIR, export_best, plot_summary, write_results, write_summary
+from .rundir import RunLock, make_run_dir, remove_stale_temporaries
+from .state import Progress, checkpoint_payload, rank_states, restore_training_state
 
 __all__ = ['Trainer', 'train']
 
 
-@dataclasses.dataclass
-class _Progress:
-    """Where the run is, all of it saved in the checkpoint."""
-    epoch: int = 0  # the epoch in progress (or the next to start, with batches_done == 0)
-    batches_done: int = 0  # micro-batches of `epoch` this rank has trained on
-    num_updates: int = 0  # optimizer updates since the start of training
-    loss_sum: float = 0.0  # this rank's running train loss sum over the samples of `epoch`
-    loss_count: int = 0
-    elapsed: float = 0.0  # training wall time of earlier processes of this run (s)
-    history: List[Dict[str, Any]] = dataclasses.field(default_factory=list)
-    best: Optional[Dict[str, Any]] = None  # {'epoch', 'metric', 'top1', 'top5', 'val_loss'}
-
-
 def _elastic_restart_count() -> int:
     return int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0)
+
+
+def _elastic_run() -> bool:
+    return int(os.environ.get('TORCHELASTIC_MAX_RESTARTS', '0') or 0) > 0
 
 
 def _experiment_name(args: argparse.Namespace) -> str:
@@ -67,14 +57,10 @@ def _experiment_name(args: argparse.Namespace) -> str:
         return args.experiment
     slug = args.model.replace('/', '_').replace(':', '_')
     img = args.img_size or 'auto'
-    if int(os.environ.get('TORCHELASTIC_MAX_RESTARTS', '0') or 0) > 0:
+    if _elastic_run():
         # every attempt of a torchrun job with restarts must find the same folder: use its run id
         return f'{slug}-{img}-elastic-{os.environ.get("TORCHELASTIC_RUN_ID", "none")}'
     return f'{time.strftime("%Y%m%d-%H%M%S")}-{slug}-{img}'
-
-
-def _bn_stats(module: nn.Module) -> Dict[str, torch.Tensor]:
-    return {name: buf for name, buf in module.named_buffers() if 'running_mean' in name or 'running_var' in name}
 
 
 def _broadcast(value: Any, env: Any) -> Any:
@@ -87,17 +73,17 @@ def _broadcast(value: Any, env: Any) -> Any:
 
 class Trainer:
     """One training run: ``Trainer(args)`` builds it (data, model, optimizer, schedule, EMA, DDP) and
-    restores a checkpoint if asked; ``fit()`` trains, validates, checkpoints and exports.
+    restores a checkpoint if asked; ``fit()`` trains, validates, checkpoints and exports; ``close()``
+    releases the output folder (``train()`` does it in every case).
 
     Every rank builds the same objects; rank 0 alone writes files. Collectives (checkpoint gathering,
-    validation, the epoch's loss reduction) are entered by every rank in the same order.
+    validation, the epoch's loss reduction, the divergence checks) are entered by every rank in the same order.
     """
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from timm.utils import random_seed
-
         self.args = args
         self.started = time.time()
+        self.lock: Optional[RunLock] = None
         use_cuda = torch.cuda.is_available() if args.device is None else args.device.startswith('cuda')
         if args.sync_bn and int(os.environ.get('WORLD_SIZE', '1')) > 1 and not use_cuda:
             raise ValueError('--sync-bn: torch\'s SyncBatchNorm runs on GPUs only, and this is a multi-process CPU '
@@ -106,6 +92,15 @@ class Trainer:
             torch.set_num_threads(args.threads)
         self.env = init_distributed(args.device)
         self.device = self.env.device
+        try:
+            self._setup()
+        except BaseException:
+            self.close()
+            raise
+
+    def _setup(self) -> None:
+        from timm.utils import random_seed
+        args = self.args
         if args.fail_rank < 0:
             args.fail_rank = self.env.world_size - 1
         if args.deterministic:
@@ -117,42 +112,76 @@ class Trainer:
         self.amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
         self.show_progress = self.env.is_main and not args.no_progress
 
-        self.out_dir = self._make_output_dir()
+        self.out_dir = self._claim_output_dir()
         self.resume_path, ckpt = self._read_resume_checkpoint()
         random_seed(args.seed, 0)  # same init on every rank (DDP broadcasts rank 0's weights anyway)
-        self._build_data_and_model(ckpt)
+        self._build_data_and_model()
         self._build_optimization()
-        self.progress = _Progress()
+        self.progress = Progress()
+        self.process_started = time.time()
         if ckpt is not None:
-            self._restore(ckpt)
+            self.progress = restore_training_state(self, ckpt, self.resume_path)
+            self.log(f'resumed from {self.resume_path}: epoch {self.progress.epoch + 1}, batch '
+                     f'{self.progress.batches_done}/{self.batches_per_epoch}, update {self.progress.num_updates}')
         else:
             random_seed(args.seed, self.env.rank)  # per-rank streams for mixup, dropout, drop-path (as timm)
         if self.env.is_main:  # the files always agree with the checkpoint the run continues from
             write_summary(self.out_dir, self.progress.history)
         self._wrap_model()
-        self.process_started = time.time()
+
+    def close(self) -> None:
+        """Release the output folder's lock (rank 0)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
 
     # -- setup -------------------------------------------------------------------------------
 
-    def _log(self, *msg: Any) -> None:
+    def log(self, *msg: Any) -> None:
         if self.env.is_main:
             print(*msg, flush=True)
 
-    def _make_output_dir(self) -> Path:
-        out_dir = Path(self.args.output) / _broadcast(_experiment_name(self.args), self.env)  # rank 0 names it
+    def _claim_output_dir(self) -> Path:
+        """Rank 0 makes OUT (a default name is never an existing folder), locks it, refuses to start a new run
+        over another's checkpoint, and removes what dead runs left half-written; every rank learns OUT or the
+        error, so all of them stop together."""
+        args, error = self.args, None
+        out_dir = Path(args.output)
         if self.env.is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for stale in out_dir.glob('.*.tmp'):  # temp files of a process killed while writing
-                with contextlib.suppress(OSError):
-                    stale.unlink()
-        return out_dir
+            try:
+                explicit = bool(args.experiment) or _elastic_run()
+                out_dir = make_run_dir(Path(args.output), _experiment_name(args), unique=not explicit)
+                self.lock = RunLock(out_dir).acquire()
+                self._refuse_to_overwrite(out_dir)
+                removed = remove_stale_temporaries(out_dir)
+                if removed:
+                    self.log(f'{out_dir}: removed {removed} temporary file(s) a killed run left half-written')
+            except (GczooError, ValueError, OSError) as e:
+                error = e
+        shared = _broadcast((str(out_dir), None if error is None else one_line(error)), self.env)
+        if error is not None:
+            raise error
+        if shared[1] is not None:
+            raise ValueError(f'rank 0 could not claim the output folder: {shared[1]}')
+        return Path(shared[0])
+
+    def _refuse_to_overwrite(self, out_dir: Path) -> None:
+        last = out_dir / LAST_CHECKPOINT
+        if not last.is_file() or self.args.resume == 'auto' or _elastic_restart_count() > 0:
+            return
+        resume = Path(self.args.resume).resolve() if self.args.resume else None
+        if resume is not None and resume.parent == out_dir.resolve():
+            return  # going back to one of this run's own checkpoints
+        raise ValueError(
+            f'{out_dir} already holds a training run ({last.name}); continue it with --resume auto, or start the new '
+            f'run in another folder (--experiment NAME / --output DIR). Nothing was changed')
 
     def _read_resume_checkpoint(self) -> Tuple[Optional[Path], Optional[Dict[str, Any]]]:
         resume = self.args.resume
         restart = _elastic_restart_count()
         if resume is None and restart > 0:
             resume = 'auto'  # a torchrun restart continues from the last checkpoint
-            self._log(f'torchrun restart {restart}: resuming from {self.out_dir / LAST_CHECKPOINT} if present')
+            self.log(f'torchrun restart {restart}: resuming from {self.out_dir / LAST_CHECKPOINT} if present')
         if resume == 'auto':
             path = self.out_dir / LAST_CHECKPOINT
             return (path, load_training_checkpoint(path)) if path.is_file() else (None, None)
@@ -160,7 +189,7 @@ class Trainer:
             return Path(resume), load_training_checkpoint(resume)
         return None, None
 
-    def _build_data_and_model(self, ckpt: Optional[Dict[str, Any]]) -> None:
+    def _build_data_and_model(self) -> None:
         from timm.data import create_transform, resolve_data_config
         from timm.layers import convert_sync_batchnorm
         from torch.utils.data import DataLoader
@@ -171,10 +200,7 @@ class Trainer:
         if args.num_classes is not None and args.num_classes != self.num_classes:
             raise ValueError(f'--num-classes {args.num_classes} does not match the data: {self.data_what} has '
                              f'{self.num_classes} classes')
-        if ckpt is not None and ckpt.get('num_classes') not in (None, self.num_classes):
-            raise CheckpointError(f'--resume {str(self.resume_path)!r} was trained on {ckpt["num_classes"]} classes; '
-                                  f'{self.data_what} has {self.num_classes}')
-        self.model = create_train_model(args, self.num_classes, log=self._log)
+        self.model = create_train_model(args, self.num_classes, log=self.log)
 
         self.data_config = resolve_data_config(
             {k: getattr(args, k) for k in ('img_size', 'mean', 'std', 'crop_pct', 'interpolation') if getattr(args, k)},
@@ -186,7 +212,11 @@ class Trainer:
             hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
             re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
         self.train_set = SeededTransformDataset(train_ds, train_transform, seed=args.seed)
-        self.val_set = ApplyTransform(val_ds, create_transform(**self.data_config, is_training=False))
+        val_transform = create_transform(**self.data_config, is_training=False)
+        if isinstance(val_ds, FolderImages):  # an unreadable image is skipped and counted, never replaced
+            self.val_set: Any = EvalImageFolder(val_ds.samples, val_transform, on_bad_image='skip')
+        else:
+            self.val_set = ApplyTransform(val_ds, val_transform)
 
         # the order of an epoch is f(seed, epoch); a dedicated generator keeps DataLoader off the global RNG
         self.sampler = ResumableDistributedSampler(self.train_set, num_replicas=env.world_size, rank=env.rank,
@@ -199,7 +229,7 @@ class Trainer:
                                        generator=self.loader_generator)
         self.val_loader = DataLoader(self.val_set, batch_size=args.validation_batch_size or args.batch_size,
                                      sampler=ShardSampler(len(self.val_set), env.rank, env.world_size),
-                                     num_workers=args.workers, pin_memory=pin)
+                                     num_workers=args.workers, pin_memory=pin, collate_fn=collate_skipping)
         self.batches_per_epoch = self.sampler.num_samples // args.batch_size
         if self.batches_per_epoch == 0:
             raise ValueError(
@@ -213,65 +243,17 @@ class Trainer:
             if env.distributed:
                 self.model = convert_sync_batchnorm(self.model)  # timm's: also converts its BatchNormAct layers
             else:
-                self._log('--sync-bn: one process, nothing to synchronize; BatchNorm left as is')
+                self.log('--sync-bn: one process, nothing to synchronize; BatchNorm left as is')
         if args.freeze_bn_stats:
-            self._log('--freeze-bn-stats: BatchNorm uses its running statistics; affine weights train')
+            self.log('--freeze-bn-stats: BatchNorm uses its running statistics; affine weights train')
 
     def _build_optimization(self) -> None:
         parts = create_optimization(self.args, self.model, num_classes=self.num_classes,
                                     world_size=self.env.world_size, batches_per_epoch=self.batches_per_epoch,
-                                    device=self.device, amp_dtype=self.amp_dtype, log=self._log)
-        for field in dataclasses.fields(parts):
-            setattr(self, field.name, getattr(parts, field.name))
-
-    def _restore(self, ckpt: Dict[str, Any]) -> None:
-        """Everything the checkpoint holds, then this rank's RNG states: the run goes on as if never stopped."""
-        args, env, where = self.args, self.env, f'--resume {str(self.resume_path)!r}'
-        hint = (f'The checkpoint was written by --model {ckpt.get("arch")!r}; this run builds --model {args.model!r}.')
-        load_weights(self.model, ckpt['state_dict'], what=where, hint=hint)
-        try:
-            self.optimizer.load_state_dict(ckpt['optimizer'])
-        except (ValueError, KeyError, RuntimeError) as e:
-            raise CheckpointError(f'{where}: the optimizer state does not fit this run '
-                                  f'(another --opt or --attn-lr-scale?): {e}') from e
-        if self.scheduler is not None and ckpt.get('scheduler') is not None:
-            self.scheduler.load_state_dict(ckpt['scheduler'])
-        if self.model_ema is not None:
-            if ckpt.get('state_dict_ema') is None:
-                self._log(f'{where} has no EMA weights; the EMA starts from the current weights')
-                self.model_ema.module.load_state_dict(self.model.state_dict())
-            else:
-                load_weights(self.model_ema.module, ckpt['state_dict_ema'], what=f'{where} (EMA)', hint=hint)
-        if self.loss_scaler is not None and ckpt.get('scaler') is not None:
-            self.loss_scaler.load_state_dict(ckpt['scaler'])
-
-        progress = _Progress(epoch=int(ckpt['epoch']), batches_done=int(ckpt['batches_done']),
-                             num_updates=int(ckpt['num_updates']), elapsed=float(ckpt.get('elapsed') or 0.0),
-                             history=list(ckpt.get('history') or []), best=ckpt.get('best'))
-        rank_states = ckpt.get('rank_states') or []
-        if env.rank < len(rank_states):
-            state = rank_states[env.rank]
-            restore_rng(state['rng'])
-            self.loader_generator.set_state(state['loader_generator'])
-            progress.loss_sum, progress.loss_count = float(state['loss_sum']), int(state['loss_count'])
-            if self.model_ema is not None and state.get('ema_bn_stats'):
-                with torch.no_grad():
-                    for name, buf in _bn_stats(self.model_ema.module).items():
-                        buf.copy_(state['ema_bn_stats'][name])
-        layout = (ckpt.get('world_size'), ckpt.get('batch_size'), ckpt.get('grad_accum_steps'))
-        if layout != (env.world_size, args.batch_size, args.grad_accum_steps):
-            # skip the same share of the epoch; which samples the rest of it holds differs
-            old_world, old_batch = int(layout[0] or 1), int(layout[1] or args.batch_size)
-            samples_done = progress.batches_done * old_batch * old_world
-            progress.batches_done = min(self.batches_per_epoch, samples_done // (env.world_size * args.batch_size))
-            # the epoch's running loss: all of it on rank 0 (the epoch end sums over ranks)
-            progress.loss_sum = sum(float(st['loss_sum']) for st in rank_states) if env.rank == 0 else 0.0
-            progress.loss_count = sum(int(st['loss_count']) for st in rank_states) if env.rank == 0 else 0
-            self._log(f'{where}: the checkpoint ran with world size, batch, accumulation {layout}; this run uses '
-                      f'{(env.world_size, args.batch_size, args.grad_accum_steps)}: it continues, but not exactly')
-        self.progress = progress
-        self._log(f'resumed from {self.resume_path}: epoch {progress.epoch + 1}, batch {progress.batches_done}/'
-                  f'{self.batches_per_epoch}, update {progress.num_updates}')
+                                    device=self.device, amp_dtype=self.amp_dtype, log=self.log)
+        for name in ('lr', 'optimizer', 'scheduler', 'num_epochs', 'updates_per_epoch', 'loss_scaler', 'model_ema',
+                     'mixup_fn', 'train_loss_fn', 'val_loss_fn'):
+            setattr(self, name, getattr(parts, name))
 
     def _wrap_model(self) -> None:
         from torch.nn.parallel import DistributedDataParallel
@@ -282,56 +264,32 @@ class Trainer:
             device_ids = [self.device.index] if self.device.type == 'cuda' else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=device_ids)
 
-    # -- checkpoints -------------------------------------------------------------------------
-
-    def _rank_states(self) -> List[Dict[str, Any]]:
-        """Every rank's RNG states and running loss (a collective: all ranks call it)."""
-        state = {'rng': capture_rng(), 'loader_generator': self.loader_generator.get_state(),
-                 'loss_sum': self.progress.loss_sum, 'loss_count': self.progress.loss_count}
-        if self.env.distributed and self.model_ema is not None:
-            # ModelEmaV3 averages each rank's own BatchNorm statistics: until --dist-bn syncs them at the
-            # epoch end they differ by rank, and an exact mid-epoch resume needs every rank's
-            state['ema_bn_stats'] = {k: v.detach().cpu().clone() for k, v in _bn_stats(self.model_ema.module).items()}
-        if not self.env.distributed:
-            return [state]
-        states: List[Any] = [None] * self.env.world_size
-        dist.all_gather_object(states, state)
-        return states
+    # -- checkpoints and guards --------------------------------------------------------------
 
     def save_checkpoint(self, best: bool = False) -> None:
         """Write ``last.pth.tar`` (and ``best.pth.tar``) atomically; every rank must call it."""
-        rank_states = self._rank_states()
+        ranks = rank_states(self)
         if not self.env.is_main:
             return
-        args, p = self.args, self.progress
-        payload = {
-            'format': CHECKPOINT_FORMAT,
-            'arch': args.model,
-            'num_classes': self.num_classes,
-            'class_names': list(self.class_names),
-            'epoch': p.epoch,
-            'batches_done': p.batches_done,
-            'num_updates': p.num_updates,
-            'elapsed': p.elapsed + time.time() - self.process_started,
-            'world_size': self.env.world_size,
-            'batch_size': args.batch_size,
-            'grad_accum_steps': args.grad_accum_steps,
-            'sampler': {'epoch': p.epoch, 'seed': args.seed, 'samples_done_per_rank': p.batches_done * args.batch_size},
-            'state_dict': self.model.state_dict(),
-            'optimizer': plain(self.optimizer.state_dict()),
-            'scheduler': plain(self.scheduler.state_dict()) if self.scheduler is not None else None,
-            'state_dict_ema': self.model_ema.module.state_dict() if self.model_ema is not None else None,
-            'scaler': plain(self.loss_scaler.state_dict()) if self.loss_scaler is not None else None,
-            'rank_states': rank_states,
-            'history': plain(p.history),
-            'best': plain(p.best),
-            'metric': p.best['metric'] if p.best else None,
-            'args': plain(vars(args)),
-            'torch_version': str(torch.__version__),
-        }
+        payload = checkpoint_payload(self, ranks)
         if best:
             atomic_save(payload, self.out_dir / BEST_CHECKPOINT)
         atomic_save(payload, self.out_dir / LAST_CHECKPOINT)
+
+    def _where(self, after_update: bool = False) -> str:
+        p, batches = self.progress, self.batches_per_epoch
+        if after_update:
+            return f'epoch {p.epoch + 1}, after update {p.num_updates} (batch {p.batches_done}/{batches})'
+        return f'epoch {p.epoch + 1}, update {p.num_updates + 1} (batch {p.batches_done + 1}/{batches})'
+
+    def _check_weights_finite(self, before: str) -> None:
+        """Stop before validating or saving weights that hold NaN/inf (a collective)."""
+        modules = [self.model] + ([self.model_ema.module] if self.model_ema is not None else [])
+        bad = non_finite_tensors(modules)
+        if any_rank(bool(bad), self.device):
+            what = f'the weights hold NaN or infinite values ({", ".join(bad[:6]) or "on another rank"})'
+            raise diverged(what, f'{self._where(after_update=True)}, {before}', self.args, self.lr, self.amp_dtype,
+                           self.out_dir / LAST_CHECKPOINT)
 
     # -- training ----------------------------------------------------------------------------
 
@@ -339,10 +297,13 @@ class Trainer:
         """Train to the last epoch, then export the best model and write ``results.json``."""
         n_params = sum(p.numel() for p in self.model.parameters())
         a = self.args
-        self._log(f'{a.model}: {n_params / 1e6:.2f}M parameters, {self.num_classes} classes | {self.data_what}: '
-                  f'{len(self.train_set)} train / {len(self.val_set)} val images | {self.env.world_size} process(es) '
-                  f'on {self.device}, batch {a.batch_size} x {self.env.world_size} x {a.grad_accum_steps} accum, '
-                  f'lr {self.lr:g}, {self.num_epochs} epochs | output {self.out_dir}')
+        self.log(f'{a.model}: {n_params / 1e6:.2f}M parameters, {self.num_classes} classes | {self.data_what}: '
+                 f'{len(self.train_set)} train / {len(self.val_set)} val images | {self.env.world_size} process(es) '
+                 f'on {self.device}, batch {a.batch_size} x {self.env.world_size} x {a.grad_accum_steps} accum, '
+                 f'lr {self.lr:g}, {self.num_epochs} epochs | output {self.out_dir}')
+        if self.progress.epoch >= self.num_epochs:
+            self.log(f'the checkpoint is at epoch {self.progress.epoch}, the schedule has {self.num_epochs}: '
+                     f'nothing left to train')
         while self.progress.epoch < self.num_epochs:
             epoch_start = time.time()
             images = self.train_epoch()
@@ -388,6 +349,7 @@ class Trainer:
         bar = tqdm(total=self.batches_per_epoch, initial=p.batches_done, desc=f'epoch {epoch + 1}/{self.num_epochs}',
                    unit='batch', leave=False, dynamic_ncols=True, disable=not self.show_progress)
         images_seen = 0
+        bad_loss: Optional[float] = None  # a non-finite loss in the update being accumulated
         self.optimizer.zero_grad(set_to_none=True)
         for batch_idx, (images, targets) in enumerate(self.train_loader, start=p.batches_done):
             # the update groups are fixed by the position in the epoch, so a resumed epoch keeps them
@@ -405,8 +367,14 @@ class Trainer:
             with sync:
                 with autocast:
                     loss = self.train_loss_fn(self.train_model(images), targets)
+                loss_value = float(loss.detach().float().item())
+                if not math.isfinite(loss_value):
+                    bad_loss = loss_value
+                if need_update and any_rank(bad_loss is not None, self.device):  # before the update is applied
+                    what = f'the training loss is {bad_loss if bad_loss is not None else "NaN/inf on another rank"}'
+                    raise diverged(what, self._where(), args, self.lr, self.amp_dtype, self.out_dir / LAST_CHECKPOINT)
                 self._backward(loss / group_size, need_update)
-            p.loss_sum += float(loss.detach().float().item()) * images.shape[0]
+            p.loss_sum += loss_value * images.shape[0]
             p.loss_count += images.shape[0]
             images_seen += images.shape[0]
             p.batches_done = batch_idx + 1
@@ -428,20 +396,30 @@ class Trainer:
                       f'(simulated crash)', file=sys.stderr, flush=True)
                 os._exit(FAULT_EXIT_CODE)
             if not self.show_progress and p.num_updates % args.log_interval == 0:
-                self._log(f'epoch {epoch + 1} [{p.batches_done}/{self.batches_per_epoch}] update {p.num_updates} '
-                          f'loss {p.loss_sum / max(p.loss_count, 1):.4f} lr {lr:.3g}')
+                self.log(f'epoch {epoch + 1} [{p.batches_done}/{self.batches_per_epoch}] update {p.num_updates} '
+                         f'loss {p.loss_sum / max(p.loss_count, 1):.4f} lr {lr:.3g}')
             if (args.checkpoint_interval and p.num_updates % args.checkpoint_interval == 0
                     and p.batches_done < self.batches_per_epoch):
+                self._check_weights_finite('before writing the checkpoint')
                 self.save_checkpoint()
         bar.close()
         return images_seen
 
-    def _validate(self, model: nn.Module, label: str) -> Dict[str, float]:
+    def _validate(self, model: nn.Module, label: str) -> Dict[str, Any]:
+        """``validate`` over every rank's shard; unreadable images are skipped and counted over all ranks."""
         if next(model.parameters()).device != self.device:  # an EMA kept on the CPU (--model-ema-force-cpu)
             model = copy.deepcopy(model).to(self.device)
-        return validate(model, self.val_loader, num_classes=self.num_classes, device=self.device,
-                        amp_dtype=self.amp_dtype, channels_last=self.args.channels_last, criterion=self.val_loss_fn,
-                        progress=label if self.show_progress else None)
+        loader = SkippingLoader(self.val_loader)
+        metrics = validate(model, loader, num_classes=self.num_classes, device=self.device, amp_dtype=self.amp_dtype,
+                           channels_last=self.args.channels_last, criterion=self.val_loss_fn,
+                           progress=label if self.show_progress else None)
+        skipped: List[str] = list(loader.bad_files)
+        if self.env.distributed:
+            per_rank: List[Any] = [None] * self.env.world_size
+            dist.all_gather_object(per_rank, skipped)
+            skipped = sorted(f for files in per_rank for f in files)
+        metrics['skipped'] = skipped
+        return metrics
 
     def end_epoch(self, images_seen: int, train_time: float, epoch_start: float) -> None:
         """Global train loss, validation (EMA too), schedule step, best/last checkpoints, summary files."""
@@ -455,17 +433,24 @@ class Trainer:
         # the ranks' BatchNorm statistics differ (each followed its own batches): make them one model's, so
         # what every rank validates is what rank 0 saves (timm's --dist-bn)
         distribute_bn(self.model, args.dist_bn, self.device)
+        if self.model_ema is not None:
+            distribute_bn(self.model_ema.module, args.dist_bn, self.device)  # ModelEmaV3 averages each rank's
+        self._check_weights_finite('before validation')
         metrics = self._validate(self.model, 'validate')
         row: Dict[str, Any] = {
-            'epoch': epoch + 1, 'train_loss': float(totals[0] / totals[1]) if totals[1] > 0 else float('nan'),
+            'epoch': epoch + 1, 'train_loss': float(totals[0] / totals[1]) if totals[1] > 0 else None,
             'val_loss': metrics['loss'], 'top1': metrics['top1'], 'top5': metrics['top5'], 'lr': lr,
-            'images_per_s': float(totals[2]) / train_time if train_time > 0 else float('nan'), 'epoch_time': 0.0}
+            'images_per_s': float(totals[2]) / train_time if train_time > 0 else None, 'epoch_time': 0.0}
         chosen = metrics
         if self.model_ema is not None:
-            distribute_bn(self.model_ema.module, args.dist_bn, self.device)  # ModelEmaV3 averages each rank's buffers
             chosen = self._validate(self.model_ema.module, 'validate EMA')
             row.update(ema_val_loss=chosen['loss'], ema_top1=chosen['top1'], ema_top5=chosen['top5'])
         row['epoch_time'] = time.time() - epoch_start
+        self.val_counts = {'evaluated': int(metrics['count']), 'skipped': len(metrics['skipped']),
+                           'skipped_files': metrics['skipped'][:20]}
+        if metrics['skipped']:
+            self.log(f'validation skipped {len(metrics["skipped"])} unreadable image(s), counted nowhere: '
+                     f'{", ".join(metrics["skipped"][:5])}' + (' ...' if len(metrics['skipped']) > 5 else ''))
         metric = chosen[args.eval_metric]
         if self.scheduler is not None:
             self.scheduler.step(epoch + 1, metric)
@@ -481,9 +466,11 @@ class Trainer:
             write_summary(self.out_dir, p.history)
             plot_summary(self.out_dir, p.history)
             ema = f"  EMA top-1 {row['ema_top1']:.2f}" if self.model_ema is not None else ''
-            print(f"epoch {epoch + 1}/{self.num_epochs}  train_loss {row['train_loss']:.4f}  val_loss "
+            speed = f"{row['images_per_s']:.0f} img/s  " if row['images_per_s'] is not None else ''
+            train_loss = row['train_loss'] if row['train_loss'] is not None else float('nan')
+            print(f"epoch {epoch + 1}/{self.num_epochs}  train_loss {train_loss:.4f}  val_loss "
                   f"{row['val_loss']:.4f}  top-1 {row['top1']:.2f}  top-5 {row['top5']:.2f}{ema}  lr {lr:.3g}  "
-                  f"{row['images_per_s']:.0f} img/s  {row['epoch_time']:.1f} s", flush=True)
+                  f"{speed}{row['epoch_time']:.1f} s", flush=True)
 
     def _finish(self) -> None:
         """Export the best weights in timm's Hub layout and write results.json (rank 0)."""
@@ -498,9 +485,12 @@ class Trainer:
                 export_dir = export_best(self.model, weights, f'{best_path}{" (EMA)" if use_ema else ""}',
                                          out_dir / EXPORT_DIR, self.data_config, self.class_names)
             final = p.history[-1] if p.history else {}
+            counts = getattr(self, 'val_counts', {})
             results = {
                 'model': self.args.model, 'num_classes': self.num_classes, 'class_names': self.class_names,
                 'data': self.data_what, 'train_images': len(self.train_set), 'val_images': len(self.val_set),
+                'val_images_evaluated': counts.get('evaluated'), 'val_images_skipped': counts.get('skipped'),
+                'val_skipped_files': counts.get('skipped_files'),
                 'world_size': self.env.world_size, 'epochs': self.num_epochs, 'num_updates': p.num_updates,
                 'best': p.best, 'final': final,
                 'wall_time_s': p.elapsed + time.time() - self.process_started,
@@ -519,5 +509,10 @@ class Trainer:
 
 
 def train(args: argparse.Namespace) -> int:
-    """Run training as ``args`` (from ``parse_args``) says; returns the exit status."""
-    return Trainer(args).fit()
+    """Run training as ``args`` (from ``parse_args``) says; returns the exit status. The output folder is
+    released however the run ends."""
+    trainer = Trainer(args)
+    try:
+        return trainer.fit()
+    finally:
+        trainer.close()

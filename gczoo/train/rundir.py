@@ -1,0 +1,106 @@
+"""The run folder OUT: a name no other run takes, a lock held while a run writes into it, and the
+rules for what a run may remove there.
+
+* Default names (``<timestamp>-<model>-<img-size>``, as timm's) get ``-1``, ``-2``... when a run
+  started in the same second already made that folder (``os.mkdir`` is atomic: two runs cannot both
+  win); an explicit ``--experiment`` is reused (that is how ``--resume auto`` finds its checkpoint).
+* ``RunLock``: ``OUT/.lock`` holds an exclusive ``flock`` for the whole run and the holder's pid, host
+  and start time. A second run on the same folder (or a ``--resume auto`` meant for it) fails at once
+  and names the holder. The kernel drops the lock when the holder dies, even by ``kill -9``, so a
+  lock is never stale and the file is never deleted (deleting it would let two runs lock two files).
+* Only once the lock is held are leftovers of dead runs removed: the temporary files and folders
+  gczoo's own writers name ``.<name>.<random>.tmp``. A new run (no ``--resume``) refuses a folder
+  that already holds a run's checkpoint instead of overwriting it.
+"""
+import contextlib
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Optional
+
+from gczoo.errors import GczooError
+
+__all__ = ['LOCK_FILE', 'RunFolderBusy', 'RunLock', 'make_run_dir', 'remove_stale_temporaries']
+
+LOCK_FILE = '.lock'
+
+
+class RunFolderBusy(GczooError, RuntimeError):
+    """Another live run holds the output folder's lock."""
+
+
+def make_run_dir(parent: Path, name: str, *, unique: bool) -> Path:
+    """Create ``parent/name`` (and parents). ``unique``: never an existing folder, ``name-1``, ``name-2``... instead."""
+    parent.mkdir(parents=True, exist_ok=True)
+    if not unique:
+        (parent / name).mkdir(exist_ok=True)
+        return parent / name
+    for attempt in range(10000):
+        path = parent / (name if attempt == 0 else f'{name}-{attempt}')
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f'{parent / name}: 10000 runs of that name already exist; pass --experiment NAME')
+
+
+class RunLock:
+    """An exclusive, non-blocking ``flock`` on ``OUT/.lock`` for the life of the run (rank 0 takes it)."""
+
+    def __init__(self, out_dir: Path) -> None:
+        self.path = Path(out_dir) / LOCK_FILE
+        self.fd: Optional[int] = None
+
+    def acquire(self) -> 'RunLock':
+        try:
+            import fcntl
+        except ImportError:  # Windows: no flock; the folder is not protected there
+            return self
+        fd = os.open(str(self.path), os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 4096).decode('utf-8', 'replace').strip() or 'a process that has not written its pid yet'
+            os.close(fd)
+            raise RunFolderBusy(
+                f'{self.path.parent} is in use by another gczoo train run ({holder}); wait for it to finish or stop '
+                f'it, or write to another folder (--experiment NAME / --output DIR)') from None
+        except OSError:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}, started '
+                     f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n'.encode('utf-8'))
+        self.fd = fd
+        return self
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: see the module docstring)."""
+        if self.fd is not None:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, 0)
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = None
+
+    def __enter__(self) -> 'RunLock':
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def remove_stale_temporaries(out_dir: Path) -> int:
+    """Remove the ``.<name>.<random>.tmp`` files and folders gczoo's writers leave when killed mid-write.
+    Call it only while holding the folder's ``RunLock``: then no live run is writing them. Returns the count."""
+    removed = 0
+    for stale in Path(out_dir).glob('.*.tmp'):
+        with contextlib.suppress(OSError):
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+            removed += 1
+    return removed
