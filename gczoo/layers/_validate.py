@@ -7,6 +7,7 @@ can call it and stay scriptable.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Iterable, List, Optional, Sequence
 
 import torch
@@ -20,11 +21,23 @@ def check_input(x: torch.Tensor, channels: int, ndim: int, block: str) -> None:
     spatial size 0. A batch of 0 passes (the blocks return an empty batch, as convolutions do).
 
     Skipped while torch.fx traces symbolically (the shapes are proxies then, and FX feature
-    extraction must be able to trace through every block).
+    extraction must be able to trace through every block). Under ``torch.jit.trace`` (the
+    TorchScript-based ONNX exporter) the example input is checked without TracerWarnings: the
+    checks read its sizes and record nothing in the graph. Under ``torch.export`` the size-0 check
+    holds for every size the export allows (it specialises sizes 0 and 1), so it adds no constraint.
     """
     if not torch.jit.is_scripting():
         if is_fx_symbolic_tracing():
             return
+        if torch.jit.is_tracing():
+            with warnings.catch_warnings():
+                warnings.simplefilter('ignore', torch.jit.TracerWarning)
+                _check_input(x, channels, ndim, block)
+            return
+    _check_input(x, channels, ndim, block)
+
+
+def _check_input(x: torch.Tensor, channels: int, ndim: int, block: str) -> None:
     if x.dim() != ndim:
         raise ValueError(
             f'{block}: input x must be a {ndim}-D tensor (N, C, ...), got {x.dim()}-D with shape {list(x.shape)}')

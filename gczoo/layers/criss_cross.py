@@ -99,7 +99,9 @@ class CrissCrossAttention(nn.Module):
         # e_h[b, i, j, r] = q[b, :, i, j] . k[b, :, r, j]  (column of (i, j)); the self entry r == i is
         # excluded here and kept in the row energies, so every position is counted exactly once.
         # Energies and softmax in float32 for half inputs (also under autocast): q . k sums C/8 products.
-        e_h = _attention.einsum_float32('bcij,bcrj->bijr', q, k)
+        # contiguous: einsum returns a permuted view, whose strides torch.export cannot order symbolically
+        # once H is an expression of the network's input size (a ResNet stage), so masked_fill failed to export
+        e_h = _attention.einsum_float32('bcij,bcrj->bijr', q, k).contiguous()
         e_h = e_h.masked_fill(self._self_mask(height, x.device), float('-inf'))
         # e_w[b, i, j, s] = q[b, :, i, j] . k[b, :, i, s]  (row of (i, j))
         e_w = _attention.einsum_float32('bcij,bcis->bijs', q, k)

@@ -32,6 +32,7 @@ and concatenation modes and the logits of ``attention_maps`` are computed in flo
 autocast), so they do not overflow float16 where the block's output does not.
 """
 import math
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -263,6 +264,14 @@ class NonLocal(nn.Module):
         if not torch.jit.is_scripting():
             if is_fx_symbolic_tracing():  # shapes are proxies while FX traces; nothing to check
                 return
+            if torch.jit.is_tracing():  # reads the example's sizes, records nothing: no TracerWarnings
+                with warnings.catch_warnings():
+                    warnings.simplefilter('ignore', torch.jit.TracerWarning)
+                    self._check_pool_sizes(x)
+                return
+        self._check_pool_sizes(x)
+
+    def _check_pool_sizes(self, x: torch.Tensor) -> None:
         if self.sub_sample:
             for i in range(self.spatial_dims):
                 if x.shape[2 + i] < self._pool_kernel[i]:

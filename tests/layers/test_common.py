@@ -123,13 +123,83 @@ def test_channels_last_same_output(name):
 
 
 @pytest.mark.parametrize('name', NAMES)
-def test_bf16_autocast_large_inputs_finite(name):
+@pytest.mark.parametrize('scale', [1e2, 1e3])
+def test_bf16_autocast_large_inputs_finite(name, scale):
     block = perturbed(make(name)).eval()
-    x = inputs(scale=1e3)
+    x = inputs(scale=scale)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         y = block(x)
     assert y.shape == x.shape
     assert torch.isfinite(y).all(), f'{name}: non-finite output under bf16 autocast'
+
+
+@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('scale', [1e2, 1e3])
+def test_fp16_autocast_large_inputs_finite(name, scale):
+    """CPU autocast to float16 casts what CUDA's does (convolutions and matmuls run in float16): with
+    |x| up to 1e3 every block's output stays finite wherever float32's is."""
+    block = perturbed(make(name)).eval()
+    x = inputs(scale=scale)
+    assert torch.isfinite(block(x)).all()  # float32 is finite: the float16 check below means something
+    with torch.autocast('cpu', dtype=torch.float16):
+        y = block(x)
+    assert y.shape == x.shape
+    assert torch.isfinite(y).all(), f'{name}: non-finite output under float16 autocast at |x| ~ {scale:g}'
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
+@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_cuda_autocast_large_inputs_finite(name, dtype):
+    """The real CUDA path (fused SDPA kernels, cuBLAS in half precision), forward and backward."""
+    block = perturbed(make(name)).cuda()
+    for scale in (1e2, 1e3):
+        x = inputs(scale=scale).cuda().requires_grad_()
+        with torch.autocast('cuda', dtype=dtype):
+            y = block.eval()(x)
+        assert torch.isfinite(y).all(), f'{name}: non-finite {dtype} autocast output at |x| ~ {scale:g}'
+    x = inputs(scale=1.0).cuda().requires_grad_()
+    with torch.autocast('cuda', dtype=dtype):
+        y = block.train()(x)
+    y.float().square().mean().backward()
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_half_module_matches_float(name):
+    """A ``.half()`` block (float16 weights and input, CPU kernels) agrees with float32 at |x| ~ 10,
+    where every intermediate of the blocks fits float16 but unnormalised sums over the positions
+    (dot-product Non-local: ~1e5) did not before they were taken in float32."""
+    block = perturbed(make(name)).eval()
+    x = inputs(scale=10.0)
+    half = copy.deepcopy(block).half()
+    ref = block.float()(x.half().float())  # the same rounded input
+    y = half(x.half())
+    assert y.dtype == torch.float16 and torch.isfinite(y).all(), name
+    error = (y.float() - ref).abs().max().item()
+    assert error <= 2e-2 * ref.abs().max().item(), (name, error, ref.abs().max().item())
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_empty_spatial_input_raises_own_error(name):
+    block = make(name)
+    for shape in [(2, CHANNELS, 0, 5), (2, CHANNELS, 6, 0), (0, CHANNELS, 0, 0)]:
+        with pytest.raises(ValueError, match=r'input x must have non-empty spatial dimensions.*\[' + str(shape[0])):
+            block(torch.randn(shape))
+        with pytest.raises(ValueError, match='non-empty spatial'):
+            block.attention_maps(torch.randn(shape))
+    with pytest.raises(Exception, match='non-empty spatial'):  # the check is part of the scripted forward
+        torch.jit.script(block)(torch.randn(2, CHANNELS, 0, 5))
+
+
+@pytest.mark.parametrize('name', NAMES)
+def test_empty_batch_gives_empty_output(name):
+    """A batch of 0 is not an error (as for convolutions); BN running statistics stay finite."""
+    for train in (False, True):
+        block = make(name).train(train)
+        y = block(torch.randn(0, CHANNELS, 6, 5))
+        assert y.shape == (0, CHANNELS, 6, 5)
+        assert all(torch.isfinite(b.float()).all() for b in block.buffers())
 
 
 @pytest.mark.parametrize('name', NAMES)

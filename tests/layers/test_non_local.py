@@ -434,3 +434,70 @@ def test_autocast_bf16_finite(dims, mode):
     with torch.autocast('cpu', dtype=torch.bfloat16):
         out = block(x)
     assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('dims', [1, 2, 3])
+@pytest.mark.parametrize('mode', MODES)
+def test_autocast_fp16_finite(dims, mode):
+    """float16 autocast (CPU here; the casts CUDA's autocast makes): the dot-product and concatenation
+    sums over the positions are taken in float32, and so are W_z and the norm on them."""
+    block = CLASSES[dims](8, mode=mode)
+    _perturb(block)
+    x = torch.randn(SHAPES[dims]) * 1e3
+    assert torch.isfinite(block(x)).all()
+    with torch.autocast('cpu', dtype=torch.float16):
+        out = block(x)
+    assert out.shape == x.shape and torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize('mode', MODES)
+def test_identity_at_init_under_fp16_autocast(mode):
+    """A freshly inserted block is the identity also in float16: an overflowing W_z output would
+    make the zero-initialised BatchNorm compute inf * 0 = NaN."""
+    block = NonLocal2d(64, mode=mode).eval()
+    x = torch.randn(2, 64, 6, 5) * 1e3
+    with torch.autocast('cpu', dtype=torch.float16):
+        out = block(x)
+    torch.testing.assert_close(out.float(), x)
+
+
+def _concat_inputs(batch=2, queries=30, keys=12, width=5, dtype=F64):
+    gen = torch.Generator().manual_seed(3)
+    a = torch.randn(batch, queries, generator=gen, dtype=dtype)
+    b = torch.randn(batch, keys, generator=gen, dtype=dtype)
+    g = torch.randn(batch, width, keys, generator=gen, dtype=dtype)
+    # ties: a key equal to another key, and queries exactly on a key (a_i + b_j = 0 contributes 0)
+    b[:, 1] = b[:, 0]
+    a[:, :3] = -b[:, :3]
+    return a, b, g
+
+
+def test_sorted_concatenation_equals_chunked():
+    """The traced/exported form (one sort of [-a, b], cumulative sums) gives the chunked sums."""
+    from gczoo.layers import non_local
+    a, b, g = _concat_inputs()
+    expected = non_local._concat_chunked(a, b, g, 7)
+    brute = (torch.relu(a[:, None, :] + b[:, :, None])[:, None] * g[..., None]).sum(2) / b.shape[1]
+    torch.testing.assert_close(expected, brute, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(non_local._concat_sorted(a, b, g), expected, rtol=1e-12, atol=1e-12)
+    a, b, g = _concat_inputs(dtype=torch.float16)
+    y = non_local._concat_sorted(a, b, g)  # half inputs: float32 sums
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, non_local._concat_chunked(a.float(), b.float(), g.float(), None), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.trace_method` is deprecated:FutureWarning')
+@pytest.mark.parametrize('sub_sample', [False, True])
+def test_concatenation_traced_and_exported_match_reference(sub_sample):
+    """torch.jit.trace (the TorchScript ONNX exporter's tracer) and torch.export take the sort-based
+    path; traced at one size, both stay exact at another (no loop unrolled to the example's chunks)."""
+    block = _make(2, 'concatenation', sub_sample=sub_sample, chunk_size=4).eval()
+    _perturb(block)
+    example, other = torch.randn(2, 8, 5, 6, dtype=F64), torch.randn(3, 8, 7, 4, dtype=F64)
+    traced = torch.jit.trace(block, (example,), check_trace=False)
+    dims = {0: torch.export.Dim('batch', min=1), 2: torch.export.Dim('h', min=4), 3: torch.export.Dim('w', min=4)}
+    exported = torch.export.export(block, (example,), dynamic_shapes=(dims,)).module()
+    for x in (example, other):
+        ref = reference(block, x)[0]
+        torch.testing.assert_close(traced(x), ref, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(exported(x), ref, rtol=1e-10, atol=1e-10)
