@@ -147,6 +147,17 @@ def test_fp16_autocast_large_inputs_finite(name, scale):
     assert torch.isfinite(y).all(), f'{name}: non-finite output under float16 autocast at |x| ~ {scale:g}'
 
 
+@pytest.mark.parametrize('name', NAMES)
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_attention_maps_finite_under_autocast(name, dtype):
+    """The maps' logits (q . k over the channels) are computed in float32 as the forward's are."""
+    block = perturbed(make(name)).eval()
+    with torch.autocast('cpu', dtype=dtype):
+        maps = block.attention_maps(inputs(scale=1e3), queries=torch.tensor([0, 7, 29]))
+    for key, m in maps.items():
+        assert torch.isfinite(m).all(), f'{name}: attention map {key!r} not finite under {dtype} autocast'
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 @pytest.mark.parametrize('name', NAMES)
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
