@@ -45,6 +45,7 @@ from timm.models._builder import resolve_pretrained_cfg
 
 from gczoo.layers import attention_modules
 
+from .depths import get_depth
 from .errors import PretrainedWeightsError, download_error_types
 from .pretrained import transplant_state_dict
 from .weights import StateDict, check_state_dict, classifier_names, unwrap_state_dict
@@ -148,7 +149,7 @@ _DATA_KEYS = ('input_size', 'test_input_size', 'min_input_size', 'fixed_input_si
               'test_pool_size', 'first_conv', 'classifier')
 
 
-def _timm_top1(name: str, *rows: Tuple[int, float, float, float, str]) -> Tuple[Metric, ...]:
+def _timm_top1(*rows: Tuple[int, float, float, float, str]) -> Tuple[Metric, ...]:
     """(img_size, top1, top5, crop_pct, interpolation) rows of timm's results-imagenet.csv."""
     out = []
     for size, top1, top5, crop, interp in rows:
@@ -158,17 +159,19 @@ def _timm_top1(name: str, *rows: Tuple[int, float, float, float, str]) -> Tuple[
 
 
 _SOURCE_RESULTS = {  # timm's results-imagenet.csv (ImageNet-1k val, 50,000 images)
-    'resnet18.a1_in1k': _timm_top1('resnet18.a1_in1k', (224, 71.504, 90.086, 0.95, 'bicubic'),
+    'resnet18.a1_in1k': _timm_top1((224, 71.504, 90.086, 0.95, 'bicubic'),
                                    (288, 73.164, 91.054, 1.0, 'bicubic')),
-    'resnet26.bt_in1k': _timm_top1('resnet26.bt_in1k', (224, 75.298, 92.578, 0.875, 'bicubic'),
+    'resnet26.bt_in1k': _timm_top1((224, 75.298, 92.578, 0.875, 'bicubic'),
                                    (288, 76.384, 93.178, 0.95, 'bicubic')),
-    'resnet50.a1_in1k': _timm_top1('resnet50.a1_in1k', (224, 80.382, 94.598, 0.95, 'bicubic'),
+    'resnet50.a1_in1k': _timm_top1((224, 80.382, 94.598, 0.95, 'bicubic'),
                                    (288, 81.240, 95.112, 1.0, 'bicubic')),
-    'resnet101.a1h_in1k': _timm_top1('resnet101.a1h_in1k', (224, 81.950, 95.760, 0.95, 'bicubic'),
+    'resnet101.a1h_in1k': _timm_top1((224, 81.950, 95.760, 0.95, 'bicubic'),
                                      (288, 82.796, 96.324, 1.0, 'bicubic')),
-    'seresnet50.a1_in1k': _timm_top1('seresnet50.a1_in1k', (224, 80.012, 94.704, 0.95, 'bicubic'),
+    'resnet101.a1_in1k': _timm_top1((224, 81.494, 95.164, 0.95, 'bicubic'),
+                                    (288, 82.326, 95.630, 1.0, 'bicubic')),
+    'seresnet50.a1_in1k': _timm_top1((224, 80.012, 94.704, 0.95, 'bicubic'),
                                      (288, 81.114, 95.122, 1.0, 'bicubic')),
-    'seresnet50.ra2_in1k': _timm_top1('seresnet50.ra2_in1k', (224, 80.260, 95.068, 0.875, 'bicubic'),
+    'seresnet50.ra2_in1k': _timm_top1((224, 80.260, 95.068, 0.875, 'bicubic'),
                                       (288, 81.288, 95.652, 0.95, 'bicubic')),
 }
 _TIMM_ORIGIN = 'https://github.com/huggingface/pytorch-image-models'
@@ -180,8 +183,10 @@ _TIMM_RECIPES = {
 }
 
 
-def _from_timm_resnet(model: str, source_name: str, kind: str, blocks: str) -> Tag:
-    """A tag whose backbone is timm's ``source_name`` (an ImageNet ResNet) and whose blocks are at init."""
+def _from_timm_resnet(model: str, depth: int, kind: str, blocks: str) -> Tag:
+    """A tag whose backbone is the ImageNet ResNet of timm's that ``gczoo.models.depths`` names for
+    ``depth`` and whose attention blocks are at init."""
+    source_name = get_depth(depth).imagenet_resnet
     recipe = _TIMM_RECIPES[source_name.split('.')[1]]
     identity = kind == IDENTITY
     return Tag(
@@ -250,22 +255,22 @@ def _mmdet_gc(model: str, config: str, stamp: str, depth: int, ratio: int, box_a
 
 # The source of truth for the pretrained tags; the first row of a model is its default.
 TAGS: Tuple[Tag, ...] = (
-    _from_timm_resnet('resnet50_gc', 'resnet50.a1_in1k', IDENTITY, 'GC'),
+    _from_timm_resnet('resnet50_gc', 50, IDENTITY, 'GC'),
     _mmdet_gc('resnet50_gc', 'mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco', '20200515_211915-187da160', 50, 16,
               39.7, 35.9),
-    _from_timm_resnet('resnet50_gc_r4', 'resnet50.a1_in1k', IDENTITY, 'GC'),
+    _from_timm_resnet('resnet50_gc_r4', 50, IDENTITY, 'GC'),
     _mmdet_gc('resnet50_gc_r4', 'mask_rcnn_r50_fpn_r4_gcb_c3-c5_1x_coco', '20200204-17235656', 50, 4, 39.9, 36.0),
-    _from_timm_resnet('resnet50_nl', 'resnet50.a1_in1k', IDENTITY, 'Non-local'),
-    _from_timm_resnet('resnet50_snl', 'resnet50.a1_in1k', IDENTITY, 'Simplified Non-local'),
+    _from_timm_resnet('resnet50_nl', 50, IDENTITY, 'Non-local'),
+    _from_timm_resnet('resnet50_snl', 50, IDENTITY, 'Simplified Non-local'),
     _same_architecture('resnet50_se', 'seresnet50.a1_in1k'),
     _same_architecture('resnet50_se', 'seresnet50.ra2_in1k'),
-    _from_timm_resnet('resnet50_cbam', 'resnet50.a1_in1k', TRANSPLANT, 'CBAM'),
-    _from_timm_resnet('resnet50_bam', 'resnet50.a1_in1k', TRANSPLANT, 'BAM'),
-    _from_timm_resnet('resnet50_cc', 'resnet50.a1_in1k', IDENTITY, 'criss-cross attention'),
-    _from_timm_resnet('resnet50_sa', 'resnet50.a1_in1k', IDENTITY, 'SAGAN self-attention'),
-    _from_timm_resnet('resnet18_gc', 'resnet18.a1_in1k', IDENTITY, 'GC'),
-    _from_timm_resnet('resnet26_gc', 'resnet26.bt_in1k', IDENTITY, 'GC'),
-    _from_timm_resnet('resnet101_gc', 'resnet101.a1h_in1k', IDENTITY, 'GC'),
+    _from_timm_resnet('resnet50_cbam', 50, TRANSPLANT, 'CBAM'),
+    _from_timm_resnet('resnet50_bam', 50, TRANSPLANT, 'BAM'),
+    _from_timm_resnet('resnet50_cc', 50, IDENTITY, 'criss-cross attention'),
+    _from_timm_resnet('resnet50_sa', 50, IDENTITY, 'SAGAN self-attention'),
+    _from_timm_resnet('resnet18_gc', 18, IDENTITY, 'GC'),
+    _from_timm_resnet('resnet26_gc', 26, IDENTITY, 'GC'),
+    _from_timm_resnet('resnet101_gc', 101, IDENTITY, 'GC'),
     _mmdet_gc('resnet101_gc', 'mask_rcnn_r101_fpn_r16_gcb_c3-c5_1x_coco', '20200205-e58ae947', 101, 16, 41.3, 37.2),
 )
 
