@@ -70,10 +70,11 @@ def _mmdet_layout(backbone: Dict[str, torch.Tensor], gen: torch.Generator) -> Di
     state = {}
     for key, value in backbone.items():
         state['backbone.' + key.replace('.se.', '.context_block.')] = value
-    for key, shape in (('neck.lateral_convs.0.conv.weight', (256, 256, 1, 1)), ('neck.lateral_convs.0.conv.bias', (256,)),
-                       ('rpn_head.rpn_conv.weight', (256, 256, 3, 3)), ('rpn_head.rpn_cls.weight', (3, 256, 1, 1)),
-                       ('roi_head.bbox_head.fc_cls.weight', (81, 1024)), ('roi_head.mask_head.conv_logits.weight',
-                                                                          (80, 256, 1, 1))):
+    detector = (('neck.lateral_convs.0.conv.weight', (256, 256, 1, 1)), ('neck.lateral_convs.0.conv.bias', (256,)),
+                ('rpn_head.rpn_conv.weight', (256, 256, 3, 3)), ('rpn_head.rpn_cls.weight', (3, 256, 1, 1)),
+                ('roi_head.bbox_head.fc_cls.weight', (81, 1024)),
+                ('roi_head.mask_head.conv_logits.weight', (80, 256, 1, 1)))
+    for key, shape in detector:
         state[key] = torch.randn(shape, generator=gen) * 0.01
     return state
 

@@ -23,7 +23,9 @@ from timm.models import adapt_input_conv
 from gczoo.layers import attention_modules
 
 from .errors import CheckpointError, explain_download_errors
-from .weights import StateDict, StateDictMismatch, check_state_dict, classifier_names, read_state_dict, unwrap_state_dict
+from .weights import (
+    StateDict, StateDictMismatch, check_state_dict, classifier_names, read_state_dict, unwrap_state_dict,
+)
 
 __all__ = ['LoadReport', 'first_conv_names', 'init_from_resnet', 'transplant_state_dict']
 

@@ -26,8 +26,8 @@ uploaded ``gczoo/resnet50_gc.ft_in1k``, add (first, to make it the default)::
     Tag('resnet50_gc', 'ft_in1k', GCZOO, source='gczoo/resnet50_gc.ft_in1k', source_name='resnet50_gc.ft_in1k',
         license='apache-2.0', datasets=('imagenet-1k',), trained='everything: ...', untrained='nothing',
         metrics=(Metric('image-classification', 'imagenet-1k', 'top1', 79.1, 224, 0.95, 'bicubic', URL),),
-        metrics_apply=True, evidence='measured by gczoo evaluate on ImageNet-1k val (URL)',
-        preprocessing=dict(input_size=(3, 224, 224), crop_pct=0.95, interpolation='bicubic'))
+        metrics_apply=True, evidence='measured by gczoo evaluate on ImageNet-1k val (URL)', origin_url=URL,
+        preprocessing=dict(crop_pct=0.95, interpolation='bicubic'))  # what differs from the zoo's defaults
 
 A tag appears in ``timm.list_pretrained()`` only through a row here, so no tag without weights can be
 listed. Cards and the README table render from :data:`TAGS` (``Tag`` fields, ``tags_for``, ``get_tag``).
@@ -133,9 +133,14 @@ class Tag:
         return self.source_top1 if self.metrics_apply else None
 
     def data_config(self) -> Dict[str, Any]:
-        """The source's preprocessing, as the cfg carries it (what ``resolve_data_config`` starts from)."""
+        """The source's preprocessing, as the cfg carries it (what ``resolve_data_config`` starts from).
+        A row's ``preprocessing`` states what differs from the zoo's defaults (``pool_size`` follows
+        ``input_size``: the ResNets' output stride is 32)."""
         if self.preprocessing is not None:
-            return dict(self.preprocessing)
+            config = {**_DEFAULT_DATA, **self.preprocessing}
+            if 'pool_size' not in self.preprocessing:
+                config['pool_size'] = tuple(-(-size // 32) for size in config['input_size'][1:])
+            return config
         cfg = get_pretrained_cfg(self.source_name)
         if cfg is None:
             raise ValueError(f'tag {self.name}: timm has no pretrained cfg {self.source_name!r} to take the '
@@ -143,6 +148,10 @@ class Tag:
         return {k: v for k, v in cfg.to_dict().items() if k in _DATA_KEYS}
 
 
+# the zoo's data defaults (timm's ResNet cfg) for rows that give their own preprocessing
+_DEFAULT_DATA: Dict[str, Any] = dict(
+    num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875, interpolation='bilinear',
+    mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, first_conv='conv1', classifier='fc')
 # the cfg keys that describe the source's data, its head and its first conv (copied from the source)
 _DATA_KEYS = ('input_size', 'test_input_size', 'min_input_size', 'fixed_input_size', 'interpolation', 'crop_pct',
               'test_crop_pct', 'crop_mode', 'mean', 'std', 'num_classes', 'label_offset', 'pool_size',
@@ -175,11 +184,11 @@ _SOURCE_RESULTS = {  # timm's results-imagenet.csv (ImageNet-1k val, 50,000 imag
                                       (288, 81.288, 95.652, 0.95, 'bicubic')),
 }
 _TIMM_ORIGIN = 'https://github.com/huggingface/pytorch-image-models'
-_TIMM_RECIPES = {
-    'a1_in1k': "timm's ResNet Strikes Back A1 recipe (arXiv:2110.00476), 600 epochs on ImageNet-1k",
-    'a1h_in1k': "timm's ResNet Strikes Back A1 recipe, modified (arXiv:2110.00476), on ImageNet-1k",
-    'bt_in1k': "timm's 'bag of tricks' recipe on ImageNet-1k",
-    'ra2_in1k': "timm's RandAugment 'ra2' recipe on ImageNet-1k",
+_TIMM_RECIPES = {  # as timm's model cards on the Hub describe them
+    'a1_in1k': "timm's ResNet Strikes Back A1 recipe (arXiv:2110.00476; LAMB, BCE loss, cosine) on ImageNet-1k",
+    'a1h_in1k': "timm's ResNet Strikes Back A1 recipe with stronger regularisation (arXiv:2110.00476) on ImageNet-1k",
+    'bt_in1k': "timm's bag-of-tricks recipe (SGD with Nesterov, cosine schedule) on ImageNet-1k",
+    'ra2_in1k': "timm's RandAugment RA2 recipe (RMSProp, EMA weights, step schedule) on ImageNet-1k",
 }
 
 
@@ -223,9 +232,8 @@ def _same_architecture(model: str, source_name: str) -> Tag:
 
 
 _COCO = (('object-detection', 'box_ap'), ('instance-segmentation', 'mask_ap'))
-_MMDET_PREPROCESSING = dict(  # mmdetection's Mask R-CNN test pipeline: Resize (1333, 800) keep_ratio, ImageNet norm
-    input_size=(3, 800, 1333), pool_size=(25, 42), crop_pct=1.0, interpolation='bilinear',
-    mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, num_classes=0, first_conv='conv1', classifier='fc')
+# mmdetection's Mask R-CNN test pipeline: Resize (1333, 800) keeping the ratio, ImageNet mean/std, no crop
+_MMDET_PREPROCESSING = dict(input_size=(3, 800, 1333), crop_pct=1.0, interpolation='bilinear', num_classes=0)
 
 
 def _mmdet_gc(model: str, config: str, stamp: str, depth: int, ratio: int, box_ap: float, mask_ap: float) -> Tag:
@@ -308,25 +316,21 @@ def _cfg(row: Tag, zoo: Any) -> Dict[str, Any]:
 
 def _untrained_cfg(zoo: Any) -> Dict[str, Any]:
     """timm's convention for an architecture without weights: a cfg with no source (``.untrained``)."""
-    return {
-        'num_classes': 1000, 'input_size': (3, 224, 224), 'pool_size': (7, 7), 'crop_pct': 0.875,
-        'interpolation': 'bilinear', 'mean': IMAGENET_DEFAULT_MEAN, 'std': IMAGENET_DEFAULT_STD,
-        'first_conv': 'conv1', 'classifier': 'fc', 'license': 'apache-2.0',
-        'paper_ids': f'arXiv:{zoo.arxiv}', 'notes': (zoo.summary,),
-    }
+    return {**_DEFAULT_DATA, 'license': 'apache-2.0', 'paper_ids': f'arXiv:{zoo.arxiv}', 'notes': (zoo.summary,)}
 
 
-def pretrained_cfgs(zoo_models: Mapping[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """``{'model.tag': cfg}`` for timm's ``generate_default_cfgs``: every row of ``TAGS``, defaults first."""
-    unknown = sorted({t.model for t in TAGS} - set(zoo_models))
+def pretrained_cfgs(zoo_models: Mapping[str, Any], rows: Tuple[Tag, ...] = TAGS) -> Dict[str, Dict[str, Any]]:
+    """``{'model.tag': cfg}`` for timm's ``generate_default_cfgs``: every row of ``rows`` (``TAGS``),
+    each model's first row first (timm's default); a model without rows gets timm's ``.untrained`` cfg."""
+    unknown = sorted({t.model for t in rows} - set(zoo_models))
     if unknown:
         raise ValueError(f'TAGS names models the zoo does not have: {", ".join(unknown)}')
     cfgs: Dict[str, Dict[str, Any]] = {}
     for name, zoo in zoo_models.items():
-        rows = tags_for(name)
-        for row in rows:
+        own = [row for row in rows if row.model == name]
+        for row in own:
             cfgs[row.name] = _cfg(row, zoo)
-        if not rows:
+        if not own:
             cfgs[f'{name}.untrained'] = _untrained_cfg(zoo)
     return cfgs
 

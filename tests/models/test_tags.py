@@ -94,7 +94,8 @@ def test_cfg_carries_the_source_preprocessing():
         model = timm.create_model(row.name, device='meta')  # only the cfg is read: no weights allocated
         ref = timm.create_model(row.source_name, device='meta')
         assert resolve_data_config(model=model) == resolve_data_config(model=ref)
-        assert resolve_data_config(model=model, use_test_size=True) == resolve_data_config(model=ref, use_test_size=True)
+        assert (resolve_data_config(model=model, use_test_size=True)
+                == resolve_data_config(model=ref, use_test_size=True))
 
 
 def test_metrics_and_their_evidence():
@@ -112,6 +113,48 @@ def test_metrics_and_their_evidence():
     assert get_tag('resnet50_se.ra2_in1k').top1.value == 80.26
     with pytest.raises(KeyError, match='resnet50_gc.a1_in1k_identity'):
         get_tag('resnet50_gc.ft_in1k')
+
+
+def test_a_model_without_tags_gets_timms_untrained_cfg_and_unknown_models_are_refused():
+    from types import SimpleNamespace
+    from gczoo.models.tags import pretrained_cfgs
+    zoo = dict(ZOO_MODELS)
+    zoo['resnet50_new'] = SimpleNamespace(arxiv='1904.11492', summary='a new row')
+    cfgs = pretrained_cfgs(zoo)
+    assert 'resnet50_new.untrained' in cfgs
+    assert not any(cfgs['resnet50_new.untrained'].get(k) for k in ('url', 'hf_hub_id', 'file'))  # no weights
+    with pytest.raises(ValueError, match='resnet50_gc'):
+        pretrained_cfgs({k: v for k, v in ZOO_MODELS.items() if k != 'resnet50_gc'})
+
+
+def test_one_row_publishes_gczoos_own_weights(sources, offline, tmp_path):
+    """The docstring's recipe: a GCZOO row first -> timm's default tag, loaded from the Hub as is."""
+    from timm.models import generate_default_cfgs
+    from gczoo.models import save_pretrained
+    from gczoo.models.tags import Metric, Tag, pretrained_cfgs
+    from hub_cache import fill_hub_cache
+    url = 'https://example.org/eval.json'
+    row = Tag('resnet50_gc', 'ft_in1k', GCZOO, source='gczoo/resnet50_gc.ft_in1k', source_name='resnet50_gc.ft_in1k',
+              license='apache-2.0', datasets=('imagenet-1k',), trained='everything', untrained='nothing',
+              metrics=(Metric('image-classification', 'imagenet-1k', 'top1', 79.1, 224, 0.95, 'bicubic', url),),
+              metrics_apply=True, evidence=url, origin_url=url, preprocessing=dict(crop_pct=0.95))
+    cfgs = pretrained_cfgs(ZOO_MODELS, rows=(row,) + TAGS)
+    cfg = cfgs['resnet50_gc.ft_in1k']
+    assert cfg['hf_hub_id'] == 'gczoo/resnet50_gc.ft_in1k' and cfg['crop_pct'] == 0.95 and cfg['pool_size'] == (7, 7)
+    assert generate_default_cfgs(cfgs)['resnet50_gc'].tags[0] == 'ft_in1k'
+    trained = randomize_(timm.create_model('resnet50_gc'), seed=11)
+    folder = save_pretrained(trained, tmp_path / 'published')
+    fill_hub_cache(hf_constants.HF_HUB_CACHE, row.source,
+                   {name: folder / name for name in ('config.json', 'model.safetensors')})
+    model = timm.create_model('resnet50_gc', pretrained=True, pretrained_cfg=cfg)
+    torch.testing.assert_close(_logits(model), _logits(trained), rtol=0, atol=0)
+    assert row.top1.value == 79.1
+
+
+def test_a_cfg_without_source_says_which_tags_have_weights():
+    with pytest.raises(PretrainedWeightsError, match=r"no pretrained weights.*resnet50_gc\.a1_in1k_identity.*"
+                                                     r"resnet50_gc\.mmdet_coco.*pretrained_backbone"):
+        timm.create_model('resnet50_gc', pretrained=True, pretrained_cfg_overlay=dict(hf_hub_id=None))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -188,7 +231,8 @@ def test_pretrained_cfg_overlay_and_checkpoint_path(offline, tmp_path):
     # checkpoint_path (timm's load_checkpoint after building) overrides the tag's weights
     trained = randomize_(timm.create_model('resnet50_gc', num_classes=3), seed=8)
     torch.save(trained.state_dict(), tmp_path / 'trained.pth')
-    model = timm.create_model('resnet50_gc', pretrained=True, num_classes=3, checkpoint_path=str(tmp_path / 'trained.pth'))
+    model = timm.create_model('resnet50_gc', pretrained=True, num_classes=3,
+                              checkpoint_path=str(tmp_path / 'trained.pth'))
     torch.testing.assert_close(_logits(model), _logits(trained), rtol=0, atol=0)
 
 
