@@ -301,3 +301,14 @@ def test_registry_url_tag_reads_torch_checkpoint_folder(offline):
             == os.path.join(torch.hub.get_dir(), 'checkpoints',
                             'mask_rcnn_r101_fpn_r16_gcb_c3-c5_1x_coco_20200205-e58ae947.pth'))
     assert os.path.exists(os.path.join(torch.hub.get_dir(), 'checkpoints', source_file_name(row)))
+
+
+def test_gczoo_train_pretrained_starts_from_the_default_tag(offline, tmp_path):
+    """gczoo's timm-style train.py with --pretrained (the default tag, offline), a new 3-class head."""
+    from _train_utils import make_image_folder, run_train, tiny_args
+    data = make_image_folder(tmp_path / 'data', train_per_class=2, val_per_class=1)
+    argv = tiny_args(data, tmp_path / 'out', epochs=1, pretrained=True, no_export=True)
+    assert run_train(argv) == 0
+    from gczoo.models import read_checkpoint
+    checkpoint = read_checkpoint(tmp_path / 'out' / 'run' / 'last.pth.tar')
+    assert checkpoint['state_dict']['fc.weight'].shape[0] == 3
