@@ -9,11 +9,15 @@ output's largest magnitude (so small outputs do not pass trivially).
 Coverage (kept to ~3 minutes on one CPU thread):
 * all 16 registry blocks x all three exporters x two sizes;
 * all 12 zoo models x ``torch.export`` and the TorchScript-based ONNX exporter x two sizes (64x64, 96x80);
-* the dynamo ONNX exporter on the models in ``DYNAMO_MODELS`` only: it translates the same
-  ExportedProgram ``torch.export`` produced, block by block, and every block is translated above.
-  ``GCZOO_EXPORT_ALL=1`` runs it on all 12 models (about 4 more minutes).
+* the dynamo ONNX exporter on resnet50_nl (``DYNAMO_MODELS``) and, through ``gczoo export``,
+  resnet18_gc only: it translates the same ExportedProgram ``torch.export`` produced, block by block,
+  and every block is translated above. ``GCZOO_EXPORT_ALL=1`` runs it on all 12 models (about 4 more
+  minutes);
+* ``gczoo export``: ONNX (dynamo) with its preprocessing metadata, ``.pt2``, a static TorchScript-based
+  graph, and its one-line errors (nothing written when the check fails).
 """
 import io
+import json
 import os
 import warnings
 from typing import Dict, List, Tuple
@@ -38,7 +42,7 @@ MODEL_SIZES = ((2, 64, 64), (1, 96, 80))
 # Non-local blocks after res4 (stride 16, then 2x2 pooling) need inputs >= 64.
 BLOCK_MIN_SIZE = {'nl_sub': 4}
 MODEL_MIN_SIZE = 64
-DYNAMO_MODELS = ('resnet18_gc', 'resnet50_nl')
+DYNAMO_MODELS = ('resnet50_nl',)  # and resnet18_gc through `gczoo export` below
 MODELS = sorted(timm.list_models(module='gczoo'))
 
 
@@ -109,7 +113,8 @@ def _check_exports(model: nn.Module, inputs: List[torch.Tensor], min_size: int, 
     except Exception as e:  # noqa: BLE001  (reported with the exporter's name below)
         results['torch.export'] = f'{type(e).__name__}: {str(e).strip().splitlines()[0]}'
     try:
-        results['onnx (TorchScript)'] = _max_error(_ort_outputs(_onnx_torchscript(model, inputs[0]), inputs), references)
+        onnx_bytes = _onnx_torchscript(model, inputs[0])
+        results['onnx (TorchScript)'] = _max_error(_ort_outputs(onnx_bytes, inputs), references)
     except Exception as e:  # noqa: BLE001
         results['onnx (TorchScript)'] = f'{type(e).__name__}: {str(e).strip().splitlines()[-1]}'
     if dynamo_onnx:
@@ -161,3 +166,121 @@ def test_exported_concatenation_has_no_n_by_m_tensor():
     largest = max(node.meta['val'].numel() for node in program.graph.nodes
                   if isinstance(node.meta.get('val'), torch.Tensor))
     assert largest < (32 * 32) ** 2 / 50, largest
+
+
+# ---------------------------------------------------------------------------------------------
+# gczoo export
+# ---------------------------------------------------------------------------------------------
+def _export_command(argv) -> int:
+    from gczoo.cli import run
+    from gczoo.export import main
+    return run(main, [str(a) for a in argv], 'gczoo export')
+
+
+def _checkpoint(tmp_path, model_name: str) -> Tuple[nn.Module, str]:
+    from safetensors.torch import save_file
+    model = timm.create_model(model_name, num_classes=10).eval()
+    for _, block in gczoo.layers.attention_modules(model):
+        _perturbed(block, std=0.05)
+    path = tmp_path / f'{model_name}.safetensors'
+    save_file(model.state_dict(), str(path))
+    return model, str(path)
+
+
+def test_export_command_onnx_with_preprocessing(tmp_path, capsys):
+    import onnx
+
+    from gczoo.export import preprocessing
+    model, checkpoint = _checkpoint(tmp_path, 'resnet18_gc')
+    out = tmp_path / 'deploy' / 'gc18.onnx'
+    assert _export_command(['resnet18_gc', '--checkpoint', checkpoint, '--input-size', 3, 64, 64, '-o', out]) == 0
+    assert 'wrote' in capsys.readouterr().out
+    proto = onnx.load(str(out))
+    meta = {p.key: json.loads(p.value) for p in proto.metadata_props}
+    expected = preprocessing(model)
+    assert {k: meta[k] for k in expected} == expected
+    assert set(expected) >= {'input_size', 'mean', 'std', 'interpolation', 'crop_pct'}
+    assert meta['model'] == 'resnet18_gc' and meta['num_classes'] == 10 and meta['min_input_size'] == 64
+    dims = [d.dim_param or d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ['batch', 3, 'height', 'width']
+    x = torch.randn(3, 3, 80, 112)  # a third size, neither checked by the command
+    with torch.no_grad():
+        ref = model(x)
+    assert _max_error(_ort_outputs(out.read_bytes(), [x]), [ref])[0] <= TOL
+
+
+def test_export_command_pt2_and_static_torchscript(tmp_path, capsys):
+    model, checkpoint = _checkpoint(tmp_path, 'resnet18_gc')
+    out = tmp_path / 'gc18.pt2'
+    assert _export_command(['resnet18_gc', '--checkpoint', checkpoint, '--format', 'pt2', '--input-size', 3, 64, 64,
+                            '-o', out]) == 0
+    extra = {'gczoo_preprocessing.json': ''}
+    program = torch.export.load(str(out), extra_files=extra)
+    assert json.loads(extra['gczoo_preprocessing.json'])['mean'] == [0.485, 0.456, 0.406]
+    x = torch.randn(1, 3, 72, 96)
+    with torch.no_grad():
+        torch.testing.assert_close(program.module()(x), model(x), rtol=1e-5, atol=1e-5)
+
+    # timm's resnet10t (average-pool downsampling, ceil mode) is exact for some sizes only: torch.export
+    # refuses dynamic axes, and the command says what to do instead
+    import onnx
+    _, checkpoint = _checkpoint(tmp_path, 'resnet10t')
+    out = tmp_path / 'r10.onnx'
+    assert _export_command(['resnet10t', '--checkpoint', checkpoint, '--input-size', 3, 64, 64, '-o', out]) == 2
+    err = capsys.readouterr().err
+    assert 'cannot keep the batch and spatial axes dynamic' in err and '--static' in err and not out.exists()
+    assert _export_command(['resnet10t', '--checkpoint', checkpoint, '--exporter', 'torchscript', '--opset', 17,
+                            '--static', '--input-size', 3, 64, 64, '-o', out]) == 0
+    proto = onnx.load(str(out))
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 64, 64]
+    assert proto.opset_import[0].version == 17
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['resnet18_gc', '--pretrained', '--opset', 16], '--opset: must be >= 17'),
+    (['resnet18_gc', '--pretrained', '-o', 'x.onnx2'], 'must end in .onnx'),
+    (['resnet18_gc', '--pretrained', '--format', 'pt2', '-o', 'x.onnx'], 'must end in .pt2'),
+    (['resnet18_gc', '--pretrained', '--format', 'pt2', '--exporter', 'torchscript'], '--exporter applies to'),
+    (['resnet18_gc'], 'no weights'),
+    (['resnet18_gc', '--pretrained', '--checkpoint', 'a.safetensors'], 'not allowed with'),
+    (['resnet18_gc', '--pretrained', '--atol', 'nan'], '--atol'),
+    (['resnet18_gc', '--pretrained', '--format', 'tflite'], '--format'),
+])
+def test_export_command_usage_errors(argv, message, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert _export_command(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('gczoo export: error:') and message in err and '\n' not in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_export_command_input_below_min_size_and_bad_output(tmp_path, capsys):
+    _, checkpoint = _checkpoint(tmp_path, 'resnet10t')
+    assert _export_command(['resnet10t', '--checkpoint', checkpoint, '--input-size', 3, 32, 32,
+                            '-o', tmp_path / 'a.onnx']) == 2
+    assert 'below --min-size 64' in capsys.readouterr().err
+    blocker = tmp_path / 'file'
+    blocker.write_text('')
+    assert _export_command(['resnet10t', '--checkpoint', checkpoint, '-o', blocker / 'a.onnx']) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith('gczoo export: error:') and 'file' in err and '\n' not in err
+
+
+def test_export_command_writes_nothing_when_the_check_fails(tmp_path, capsys, monkeypatch):
+    """ONNX Runtime disagreeing with eager (here: a session returning zeros) is an error, and no file
+    (not even a partial one) is left behind."""
+    class WrongSession:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def run(self, _, feeds):
+            return [torch.zeros(feeds['input'].shape[0], 10).numpy()]
+
+    _, checkpoint = _checkpoint(tmp_path, 'resnet10t')
+    monkeypatch.setattr(ort, 'InferenceSession', WrongSession)
+    out = tmp_path / 'out' / 'r10.onnx'
+    assert _export_command(['resnet10t', '--checkpoint', checkpoint, '--exporter', 'torchscript', '--static',
+                            '--input-size', 3, 64, 64, '-o', out]) == 2
+    err = capsys.readouterr().err
+    assert 'differs from eager PyTorch' in err and 'nothing was written' in err
+    assert not out.exists() and not list(out.parent.iterdir())

@@ -483,7 +483,8 @@ def test_sorted_concatenation_equals_chunked():
     a, b, g = _concat_inputs(dtype=torch.float16)
     y = non_local._concat_sorted(a, b, g)  # half inputs: float32 sums
     assert y.dtype == torch.float32
-    torch.testing.assert_close(y, non_local._concat_chunked(a.float(), b.float(), g.float(), None), rtol=1e-5, atol=1e-5)
+    expected = non_local._concat_chunked(a.float(), b.float(), g.float(), None)
+    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.trace_method` is deprecated:FutureWarning')
