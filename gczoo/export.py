@@ -25,6 +25,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
+from gczoo import __version__
 from gczoo.args import ArgumentParser, non_negative_float, positive_int
 from gczoo.errors import GczooError, UsageError
 from gczoo.evaluate import create_eval_model
@@ -133,7 +134,7 @@ def _exporter_errors(model_name: str, exporter: str) -> Iterator[None]:
     """An exporter's own failure (an unsupported op, a tracing error) as one line naming the model."""
     try:
         yield
-    except (GczooError, ValueError, OSError):
+    except (GczooError, ValueError, OSError, ModuleNotFoundError):  # the runner shows these (and names an extra)
         raise
     except Exception as e:  # noqa: BLE001  (torch's exporters raise many kinds; the runner shows one line)
         lines = [line for line in str(e).strip().splitlines() if line.strip()]
@@ -195,6 +196,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                          f'or local-dir:DIR name (an export of random weights deploys nothing)')
     if args.format == 'onnx':  # the extra's packages, before the slow part (the runner names a missing one)
         import onnx  # noqa: F401
+        if args.exporter == 'dynamo':
+            import onnxscript  # noqa: F401
         if not args.no_check:
             import onnxruntime  # noqa: F401
     model = create_eval_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint,
@@ -209,7 +212,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         references = [model(x) for x in inputs]
     meta.update(model=args.model, num_classes=int(references[0].shape[-1]), input_name=INPUT_NAME,
                 output_name=OUTPUT_NAME, dynamic_axes=None if args.static else list(_AXES),
-                min_input_size=None if args.static else args.min_size, torch_version=torch.__version__)
+                min_input_size=None if args.static else args.min_size, gczoo_version=__version__,
+                torch_version=torch.__version__)
 
     if args.format == 'pt2':
         with _exporter_errors(args.model, 'torch.export'):

@@ -19,6 +19,7 @@ Coverage (kept to ~3 minutes on one CPU thread):
 import io
 import json
 import os
+import sys
 import warnings
 from typing import Dict, List, Tuple
 
@@ -284,3 +285,10 @@ def test_export_command_writes_nothing_when_the_check_fails(tmp_path, capsys, mo
     err = capsys.readouterr().err
     assert 'differs from eager PyTorch' in err and 'nothing was written' in err
     assert not out.exists() and not list(out.parent.iterdir())
+
+
+def test_export_command_names_the_missing_extra(tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, 'onnxscript', None)  # `import onnxscript` now fails as if not installed
+    assert _export_command(['resnet18_gc', '--pretrained', '-o', tmp_path / 'a.onnx']) == 2
+    err = capsys.readouterr().err.strip()
+    assert "'onnxscript'" in err and "gczoo[onnx]" in err and '\n' not in err
