@@ -233,15 +233,18 @@ def test_corrupt_image_skip_or_error(data, head_ckpt, tmp_path, capsys):
     assert rc == 2 and str(broken) in captured.err and 'Traceback' not in captured.err
 
 
-def test_unknown_model_and_missing_weights(data, tmp_path, capsys):
+def test_unknown_model_and_missing_weights(data, tmp_path, capsys, monkeypatch):
     rc, captured, _ = _run(['--model', 'resnet50_gx', '--pretrained', '--data-dir', str(data / 'imagenet')],
                            tmp_path, capsys)
     assert rc == 2 and "unknown model 'resnet50_gx'" in captured.err and 'resnet50_gc' in captured.err
     rc, captured, _ = _run(['--model', 'resnet18_gc', '--data-dir', str(data / 'imagenet')], tmp_path, capsys)
     assert rc == 2 and 'no weights' in captured.err
+    from huggingface_hub import constants as hf_constants
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)  # the default tag's source, not in an empty cache
+    monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', str(tmp_path / 'empty_hub'))
     rc, captured, _ = _run(['--model', 'resnet18_gc', '--pretrained', '--data-dir', str(data / 'imagenet')],
                            tmp_path, capsys)
-    assert rc == 2 and 'No pretrained weights' in captured.err
+    assert rc == 2 and 'timm/resnet18.a1_in1k' in captured.err and captured.err.count('\n') == 1
 
 
 def test_checkpoint_that_does_not_fit(data, head_ckpt, tmp_path, capsys):

@@ -34,7 +34,7 @@ DEPTHS: Dict[int, Depth] = {
     18: Depth(BasicBlock, (2, 2, 2, 2), 'resnet18.a1_in1k'),
     26: Depth(Bottleneck, (2, 2, 2, 2), 'resnet26.bt_in1k'),
     50: Depth(Bottleneck, (3, 4, 6, 3), 'resnet50.a1_in1k'),
-    101: Depth(Bottleneck, (3, 4, 23, 3), 'resnet101.a1_in1k'),
+    101: Depth(Bottleneck, (3, 4, 23, 3), 'resnet101.a1h_in1k'),
 }
 
 

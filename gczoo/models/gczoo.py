@@ -22,7 +22,7 @@ from timm.models import build_model_with_cfg, generate_default_cfgs, register_mo
 from timm.models.resnet import ResNet
 
 from gczoo.layers import attention_modules, get_attn
-from gczoo.papers import get_paper, reported_figures
+from gczoo.papers import get_paper
 
 from .depths import get_depth
 from .errors import PretrainedWeightsError, explain_download_errors  # noqa: F401  (PretrainedWeightsError re-exported)
@@ -67,24 +67,9 @@ class ZooModel:
     placements: Tuple[Placement, ...]
     summary: str
     paper: str
-    published_tags: Tuple[str, ...] = ()  # tags whose weights are on the Hub under HUB_ORG
-    default_tag: str = 'ft_in1k'
 
     def __post_init__(self) -> None:
         get_paper(self.paper)  # an unknown key fails where the row is written
-
-    @property
-    def arxiv(self) -> str:
-        """The paper's arXiv id (from ``gczoo.papers``)."""
-        return get_paper(self.paper).arxiv
-
-    @property
-    def paper_params_m(self) -> Optional[float]:
-        """Parameters (millions, 1000 classes) the paper reports for this row's configuration, if any
-        (``gczoo.papers.reported_figures``; looked up by the row's name in ``ZOO_MODELS``)."""
-        name = next((n for n, row in ZOO_MODELS.items() if row is self), None)
-        figures = reported_figures(name, self.paper) if name is not None else None
-        return figures.params_m if figures is not None else None
 
 
 def _every(*stages: int) -> Dict[int, None]:

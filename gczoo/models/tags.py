@@ -44,6 +44,7 @@ from timm.models import get_pretrained_cfg
 from timm.models._builder import resolve_pretrained_cfg
 
 from gczoo.layers import attention_modules
+from gczoo.papers import get_paper
 
 from .depths import get_depth
 from .errors import PretrainedWeightsError, download_error_types
@@ -308,7 +309,7 @@ def _cfg(row: Tag, zoo: Any) -> Dict[str, Any]:
     return {
         **row.data_config(), **source,
         'license': row.license, 'origin_url': row.origin_url,
-        'paper_ids': f'arXiv:{zoo.arxiv}',
+        'paper_ids': f'arXiv:{get_paper(zoo.paper).arxiv}',
         'description': f'{zoo.summary}; {row.kind} weights from {row.source_name}',
         'notes': (f'trained: {row.trained}', f'untrained: {row.untrained}', *row.notes),
     }
@@ -316,7 +317,7 @@ def _cfg(row: Tag, zoo: Any) -> Dict[str, Any]:
 
 def _untrained_cfg(zoo: Any) -> Dict[str, Any]:
     """timm's convention for an architecture without weights: a cfg with no source (``.untrained``)."""
-    return {**_DEFAULT_DATA, 'license': 'apache-2.0', 'paper_ids': f'arXiv:{zoo.arxiv}', 'notes': (zoo.summary,)}
+    return {**_DEFAULT_DATA, 'license': 'apache-2.0', 'paper_ids': f'arXiv:{get_paper(zoo.paper).arxiv}', 'notes': (zoo.summary,)}
 
 
 def pretrained_cfgs(zoo_models: Mapping[str, Any], rows: Tuple[Tag, ...] = TAGS) -> Dict[str, Dict[str, Any]]:

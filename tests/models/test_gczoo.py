@@ -8,6 +8,8 @@ from torchvision.models.feature_extraction import create_feature_extractor, get_
 import gczoo  # noqa: F401  (registers the models)
 from gczoo.layers import BAM, ContextBlock, CrissCrossAttention, NonLocal2d, SimplifiedNonLocal
 from gczoo.models import ZOO_MODELS, PretrainedWeightsError, ZooResNet, attention_modules
+from gczoo.models.tags import default_tag
+from gczoo.papers import reported_figures
 
 NAMES = list(ZOO_MODELS)
 KEY_MODELS = ['resnet50_gc', 'resnet50_nl', 'resnet50_bam', 'resnet50_cc']
@@ -50,7 +52,7 @@ PAPER_PARAMS_M = {'resnet50_gc': 28.08, 'resnet50_se': 28.09, 'resnet50_cbam': 2
 def test_parameter_count_matches_paper(name):
     model = timm.create_model(name)
     n = sum(p.numel() for p in model.parameters())
-    assert round(n / 1e6, 2) == PAPER_PARAMS_M[name] == ZOO_MODELS[name].paper_params_m
+    assert round(n / 1e6, 2) == PAPER_PARAMS_M[name] == reported_figures(name).params_m
 
 
 def test_placements_follow_the_papers():
@@ -100,8 +102,11 @@ def test_zoo_model_equals_its_resnet_at_init(name):
     torch.testing.assert_close(model(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
-def test_pretrained_unpublished_says_so_and_names_the_alternatives():
-    with pytest.raises(PretrainedWeightsError, match=r"No pretrained weights for 'resnet50_gc'.*pretrained_backbone.*local-dir"):
+def test_pretrained_without_its_source_says_where_it_looked_and_the_alternatives(tmp_path, monkeypatch):
+    from huggingface_hub import constants as hf_constants
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', str(tmp_path / 'empty_hub'))
+    with pytest.raises(PretrainedWeightsError, match=r"resnet50_gc.*timm/resnet50\.a1_in1k.*pretrained_cfg_overlay"):
         timm.create_model('resnet50_gc', pretrained=True)
 
 
@@ -118,10 +123,12 @@ def test_pretrained_cfg_is_complete():
     for name in NAMES:
         cfg = timm.models.get_pretrained_cfg(name).to_dict()
         for key in ('input_size', 'crop_pct', 'interpolation', 'mean', 'std', 'first_conv', 'classifier',
-                    'pool_size', 'license', 'paper_ids', 'hf_hub_id'):
+                    'pool_size', 'license', 'paper_ids'):
             assert cfg.get(key), (name, key)
-        assert cfg['hf_hub_id'] == f'gczoo/{name}.ft_in1k'
-        assert cfg['hf_hub_filename'] == 'model.safetensors'
+        assert cfg['tag'] == default_tag(name).tag  # timm's default is the zoo's default tag
+        assert cfg.get('hf_hub_id') or cfg.get('url'), name  # every listed tag names its source
+        if cfg.get('hf_hub_id'):
+            assert cfg['hf_hub_filename'] == 'model.safetensors'
         assert cfg['architecture'] == name
 
 

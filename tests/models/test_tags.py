@@ -119,7 +119,7 @@ def test_a_model_without_tags_gets_timms_untrained_cfg_and_unknown_models_are_re
     from types import SimpleNamespace
     from gczoo.models.tags import pretrained_cfgs
     zoo = dict(ZOO_MODELS)
-    zoo['resnet50_new'] = SimpleNamespace(arxiv='1904.11492', summary='a new row')
+    zoo['resnet50_new'] = SimpleNamespace(paper='gcnet', summary='a new row')
     cfgs = pretrained_cfgs(zoo)
     assert 'resnet50_new.untrained' in cfgs
     assert not any(cfgs['resnet50_new.untrained'].get(k) for k in ('url', 'hf_hub_id', 'file'))  # no weights
