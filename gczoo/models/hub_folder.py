@@ -267,6 +267,7 @@ def create_model(
         pretrained: bool = False,
         *,
         allow_pickle: bool = False,
+        allow_non_finite: bool = False,
         **kwargs: Any,
 ) -> nn.Module:
     """``timm.create_model`` with gczoo's checks around it (same arguments, same model).
@@ -337,7 +338,10 @@ def create_model(
 
     from safetensors import SafetensorError
     try:
-        return timm.create_model(model_name, pretrained=pretrained, pretrained_cfg_overlay=overlay or None, **kwargs)
+        model = timm.create_model(model_name, pretrained=pretrained, pretrained_cfg_overlay=overlay or None, **kwargs)
+        if pretrained and not allow_non_finite:  # whatever timm loaded, from wherever: finite or refused
+            check_state_dict(model, model.state_dict(), f'the weights of {model_name!r}', strict=False)
+        return model
     except PretrainedWeightsError as e:
         # the zoo's entrypoint explains download errors in general terms; name the repo and cache here
         if hub_repo is not None and e.__cause__ is not None and _is_download_error(e.__cause__):

@@ -30,7 +30,7 @@ from gczoo.errors import CheckpointError
 
 __all__ = [
     'StateDict', 'StateDictMismatch', 'PICKLE_SUFFIXES', 'WEIGHTS_NAME', 'check_state_dict', 'classifier_names',
-    'compare_state_dicts', 'format_keys', 'pickle_refusal', 'load_weights', 'read_checkpoint', 'read_safetensors_shapes',
+    'compare_state_dicts', 'format_keys', 'pickle_refusal', 'unpickling_refused', 'load_weights', 'read_checkpoint', 'read_safetensors_shapes',
     'read_state_dict', 'unwrap_state_dict',
 ]
 
@@ -118,18 +118,22 @@ def _sniff_pickle(path: Path) -> Optional[str]:
     return None
 
 
-def _pickle_globals(path: Path, error: Exception) -> List[str]:
+def _pickle_globals(path: Optional[Path], error: Exception) -> List[str]:
     """The globals ``weights_only`` refused in ``path``: read from the pickle opcodes (nothing is run), or,
-    for old non-zip files that reader does not handle, from the refusal message."""
+    for old non-zip files that reader does not handle (or no known path), from the refusal message."""
     try:
-        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
+        found = list(torch.serialization.get_unsafe_globals_in_checkpoint(str(path))) if path else []
     except Exception:  # a non-zip or damaged file
         found = []
     return found or sorted(set(re.findall(r'GLOBAL ([\w.]+)', str(error))))
 
 
-def _unpickling_refused(path: Path, error: Exception) -> CheckpointError:
+def unpickling_refused(error: Exception, path: Optional[Path] = None, source: Optional[str] = None) -> CheckpointError:
+    """The error for a checkpoint ``torch.load(weights_only=True)`` refused (``error``): a damaged file, a
+    pickle whose objects could run code (no command to unpickle it is offered), or benign extra objects
+    (with a recipe to keep the weights alone). ``source`` names it when the path is not known."""
     found = _pickle_globals(path, error)
+    path = path if path is not None else Path(source or 'the checkpoint')
     if not found:  # not an allow-list refusal: the bytes themselves are bad
         detail = re.search(r'WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)', str(error), re.S)
         return CheckpointError(
@@ -159,10 +163,10 @@ def _reading(path: Path) -> Iterator[None]:
     except CheckpointError:
         raise
     except pickle.UnpicklingError as e:
-        raise _unpickling_refused(path, e) from e
+        raise unpickling_refused(e, path) from e
     except RuntimeError as e:
         if isinstance(e.__cause__, pickle.UnpicklingError):  # timm's load_state_dict wraps the refusal
-            raise _unpickling_refused(path, e.__cause__) from e
+            raise unpickling_refused(e.__cause__, path) from e
         raise CheckpointError(
             f'{str(path)!r} is not a readable PyTorch checkpoint (truncated or corrupt?): {type(e).__name__}: {e}'
         ) from e
