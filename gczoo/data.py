@@ -13,6 +13,7 @@ run's data order and augmentation reproducible to the bit (so a resumed run equa
 """
 import itertools
 import json
+import math
 import os
 import random
 import shutil
@@ -220,11 +221,22 @@ def _seed_all(seed: int) -> None:
 class ResumableDistributedSampler(DistributedSampler):
     """``DistributedSampler`` (the order of an epoch is a function of ``seed`` and ``epoch``) that can
     start an epoch part-way: ``set_start(n)`` skips this rank's first ``n`` samples, the ones a
-    checkpointed run already trained on."""
+    checkpointed run already trained on.
+
+    ``epoch_samples`` (``--train-num-samples``) makes an epoch the first N samples of its shuffled order
+    (a new subset every epoch) instead of the whole dataset; None gives exactly torch's order.
+    """
 
     def __init__(self, dataset: Sequence, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, epoch_samples: Optional[int] = None) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        if epoch_samples is not None:
+            if not 1 <= epoch_samples <= len(dataset):
+                raise ValueError(f'epoch_samples must be in [1, {len(dataset)}] (the dataset\'s size), '
+                                 f'got {epoch_samples}')
+            self.num_samples = math.ceil(epoch_samples / self.num_replicas)
+            self.total_size = self.num_samples * self.num_replicas
+        self.epoch_samples = epoch_samples
         self.start = 0
 
     def set_start(self, start: int) -> None:
@@ -232,8 +244,20 @@ class ResumableDistributedSampler(DistributedSampler):
             raise ValueError(f'start must be in [0, {self.num_samples}] (samples per rank), got {start}')
         self.start = int(start)
 
+    def _indices(self) -> List[int]:
+        if self.epoch_samples is None:
+            return list(super().__iter__())
+        # torch's DistributedSampler.__iter__ on the first epoch_samples indices of the epoch's permutation
+        g = torch.Generator()
+        g.manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.dataset), generator=g) if self.shuffle else torch.arange(len(self.dataset))
+        indices = order[:self.epoch_samples].tolist()
+        padding = self.total_size - len(indices)
+        indices += (indices * math.ceil(padding / len(indices)))[:padding] if padding > 0 else []
+        return indices[self.rank:self.total_size:self.num_replicas]
+
     def __iter__(self) -> Iterator[int]:
-        return itertools.islice(super().__iter__(), self.start, None)
+        return itertools.islice(iter(self._indices()), self.start, None)
 
     def __len__(self) -> int:
         return self.num_samples - self.start

@@ -30,7 +30,7 @@ torchrun flags passed through (both --a-b and --a_b spellings, "--flag VALUE" or
 examples:
   scripts/train.sh                                      # 1 process, embedded digits dataset
   scripts/train.sh --nproc-per-node 8 --data-dir /data/imagenet --model resnet50_gc \
-      --pretrained-backbone resnet50.a1_in1k --attn-lr-scale 10 --amp bf16 --model-ema
+      --pretrained-backbone resnet50.a1_in1k --attn-lr-scale 10 --amp --amp-dtype bfloat16 --model-ema
   # two nodes (run on each, with --node-rank 0 / 1):
   scripts/train.sh --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint node0:29400 \
       --rdzv-id imagenet-gc --max-restarts 3 --experiment imagenet-gc --data-dir /data/imagenet

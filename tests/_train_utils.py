@@ -100,7 +100,7 @@ def summary_rows(run_dir: Path) -> List[Dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-METRIC_COLUMNS = ('epoch', 'train_loss', 'val_loss', 'top1', 'top5', 'lr')  # not the timing columns
+METRIC_COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr')  # not the timing columns
 
 
 def metrics_of(rows: List[Dict[str, str]]) -> List[Dict[str, str]]:

@@ -23,8 +23,8 @@ from gczoo.train import (
 )
 
 from _train_utils import (
-    CLASSES, REPO, assert_same_weights, evaluate_alone, make_image_folder, metrics_of, model_weights, run, subprocess_env,
-    summary_rows, tiny_args, train_command,
+    CLASSES, REPO, assert_same_weights, evaluate_alone, make_image_folder, metrics_of, model_weights, run,
+    subprocess_env, summary_rows, tiny_args, train_command,
 )
 
 # resnet18_gc is the zoo's smallest model; the runs that are repeated for a comparison use it too
@@ -118,12 +118,12 @@ def test_run_writes_checkpoints_summary_plot_results(reference_run):
     assert [r['epoch'] for r in rows] == ['1', '2']
     assert tuple(rows[0]) == SUMMARY_COLUMNS
     for row in rows:
-        assert 0.0 <= float(row['top1']) <= float(row['top5']) <= 100.0
+        assert 0.0 <= float(row['eval_top1']) <= float(row['eval_top5']) <= 100.0
         assert float(row['images_per_s']) > 0 and float(row['epoch_time']) > 0
-    assert (reference_run / 'summary.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert (reference_run / 'curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     results = json.loads((reference_run / 'results.json').read_text())
-    assert results['best']['top1'] == max(float(r['top1']) for r in rows)
-    assert results['final']['top1'] == float(rows[-1]['top1'])
+    assert results['best']['top1'] == max(float(r['eval_top1']) for r in rows)
+    assert results['final']['top1'] == float(rows[-1]['eval_top1'])
     assert results['class_names'] == sorted(CLASSES)
     assert not list(reference_run.glob('.*.tmp')), 'temporary checkpoint files left behind'
 
@@ -167,7 +167,7 @@ def test_bf16_channels_last_accumulation_ema_mixup_attn_lr_run(data_dir, tmp_pat
     assert ckpt['num_updates'] == 3 and ckpt['state_dict_ema'] is not None
     assert {g.get('lr_scale') for g in ckpt['optimizer']['param_groups']} == {None, 10.0}
     row = summary_rows(run_dir)[0]
-    assert {'ema_val_loss', 'ema_top1', 'ema_top5'} <= set(row)
+    assert {'ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5'} <= set(row)
     exported = timm.create_model(f'local-dir:{run_dir / EXPORT_DIR}', pretrained=True)
     assert_same_weights({k: v for k, v in exported.state_dict().items()}, ckpt['state_dict_ema'])  # EMA is exported
 
@@ -262,9 +262,9 @@ def test_ddp_two_processes_match_one_process_with_the_same_global_batch(ddp_runs
     assert_same_weights(single['state_dict'], double['state_dict'], atol=2e-5, rtol=1e-4)  # measured: ~1e-7
     rows_1, rows_2 = summary_rows(out / 'single'), summary_rows(out / 'double')
     for r1, r2 in zip(rows_1, rows_2):
-        assert float(r1['top1']) == float(r2['top1'])  # validation saw every image once on both
+        assert float(r1['eval_top1']) == float(r2['eval_top1'])  # validation saw every image once on both
         assert float(r1['train_loss']) == pytest.approx(float(r2['train_loss']), rel=1e-4)
-        assert float(r1['val_loss']) == pytest.approx(float(r2['val_loss']), rel=1e-4)
+        assert float(r1['eval_loss']) == pytest.approx(float(r2['eval_loss']), rel=1e-4)
 
 
 @pytest.fixture(scope='module')
@@ -286,14 +286,14 @@ def _assert_best_checkpoint_gives_the_logged_metrics(run_dir, data_dir, ema):
     row = rows[best['epoch'] - 1]
     ckpt = load_training_checkpoint(run_dir / BEST_CHECKPOINT)
     measured = evaluate_alone(run_dir, ckpt['state_dict'], data_dir)
-    assert measured['top1'] == pytest.approx(float(row['top1']), abs=1e-4)
-    assert measured['loss'] == pytest.approx(float(row['val_loss']), rel=1e-5)
+    assert measured['top1'] == pytest.approx(float(row['eval_top1']), abs=1e-4)
+    assert measured['loss'] == pytest.approx(float(row['eval_loss']), rel=1e-5)
     if ema:
         measured = evaluate_alone(run_dir, ckpt['state_dict_ema'], data_dir)
-        assert measured['top1'] == pytest.approx(float(row['ema_top1']), abs=1e-4) == best['top1']
-        assert measured['loss'] == pytest.approx(float(row['ema_val_loss']), rel=1e-5)
+        assert measured['top1'] == pytest.approx(float(row['ema_eval_top1']), abs=1e-4) == best['top1']
+        assert measured['loss'] == pytest.approx(float(row['ema_eval_loss']), rel=1e-5)
     else:
-        assert best['top1'] == float(row['top1'])
+        assert best['top1'] == float(row['eval_top1'])
 
 
 def test_best_checkpoint_gives_the_logged_metrics_one_process(data_dir, reference_run, tmp_path):
@@ -312,7 +312,7 @@ def test_best_checkpoint_gives_the_logged_metrics_two_processes(bn_ddp_run, data
     _assert_best_checkpoint_gives_the_logged_metrics(out / 'bn', data_dir, ema=True)
     last = load_training_checkpoint(out / 'bn' / LAST_CHECKPOINT)
     measured = evaluate_alone(out / 'bn', last['state_dict_ema'], data_dir)
-    assert measured['loss'] == pytest.approx(float(summary_rows(out / 'bn')[-1]['ema_val_loss']), rel=1e-5)
+    assert measured['loss'] == pytest.approx(float(summary_rows(out / 'bn')[-1]['ema_eval_loss']), rel=1e-5)
 
 
 def test_torchrun_restart_resumes_from_last_checkpoint_and_finishes(bn_ddp_run):
@@ -330,7 +330,8 @@ def test_torchrun_restart_resumes_from_last_checkpoint_and_finishes(bn_ddp_run):
     assert 'torchrun restart 1' in proc.stdout
     assert 'resumed from' in proc.stdout and 'epoch 1, batch 2/3, update 2' in proc.stdout
     for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
-        restarted, reference = load_training_checkpoint(out / 'restarted' / name), load_training_checkpoint(out / 'bn' / name)
+        restarted = load_training_checkpoint(out / 'restarted' / name)
+        reference = load_training_checkpoint(out / 'bn' / name)
         assert_same_weights(restarted['state_dict'], reference['state_dict'])
         assert_same_weights(restarted['state_dict_ema'], reference['state_dict_ema'])
     assert metrics_of(summary_rows(out / 'restarted')) == metrics_of(summary_rows(out / 'bn'))

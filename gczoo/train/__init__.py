@@ -7,30 +7,38 @@
 
 One concern per module:
 
-* ``args``: the command line (timm train.py's flag names and meanings, every value checked);
-* ``build``: the model (``--initial-checkpoint`` through ``gczoo.models.weights``), datasets, lr,
-  the attention blocks' parameter groups;
-* ``checkpoint``: atomic checkpoint files, reading them back, RNG states;
-* ``trainer``: the ``Trainer`` (DDP, EMA, exact resume);
-* ``outputs``: ``summary.csv``, the curves, ``results.json``, the Hub-layout export.
+* ``args``: the flags (timm train.py's names and meanings, every value checked); ``timm_flags``: the
+  timm flags gczoo lacks, and why; ``config``: ``-c FILE.yaml``, the data-dependent defaults, ``args.yaml``;
+* ``build``: the model (weights through ``gczoo.models.weights``), datasets, optimizer, schedule, losses;
+* ``checkpoint``: atomic checkpoint files (``last``, ``model_best``, ``checkpoint-N``), reading them back,
+  RNG states; ``state``: what a checkpoint holds and how a run resumes from it;
+* ``rundir``: the output folder (unique names, the lock, stale temporaries); ``guards``: divergence;
+* ``trainer``: the ``Trainer`` (DDP, BatchNorm sync, EMA, exact resume);
+* ``outputs``: ``args.yaml``, ``summary.csv``, ``curves.png``, ``results.json``, the Hub-layout export.
 
 Errors are raised, never printed here: ``gczoo.cli.run`` turns them into one line and exit 2.
 """
 import argparse
 from typing import List, Optional
 
-from .args import DIGITS_DEFAULTS, FAULT_EXIT_CODE, TIMM_DEFAULTS, build_parser, parse_args
+from .args import DIGITS_DEFAULTS, FAULT_EXIT_CODE, TIMM_DEFAULTS, build_parser
 from .build import attention_param_groups, create_train_model
 from .checkpoint import (
-    BEST_CHECKPOINT, CHECKPOINT_FORMAT, LAST_CHECKPOINT, atomic_save, load_training_checkpoint,
+    BEST_CHECKPOINT, CHECKPOINT_FORMAT, HISTORY_CHECKPOINT, LAST_CHECKPOINT, atomic_save, load_training_checkpoint,
 )
-from .outputs import EMA_COLUMNS, EXPORT_DIR, SUMMARY_COLUMNS
+from .config import args_yaml, parse_args
+from .guards import TrainingDiverged
+from .outputs import ARGS_FILE, EMA_COLUMNS, EXPORT_DIR, RESULTS_FILE, SUMMARY_COLUMNS, SUMMARY_FILE, SUMMARY_PLOT
+from .rundir import LOCK_FILE, RunFolderBusy
+from .timm_flags import MISSING_TIMM_FLAGS
 from .trainer import Trainer, train
 
 __all__ = [
-    'CHECKPOINT_FORMAT', 'LAST_CHECKPOINT', 'BEST_CHECKPOINT', 'EXPORT_DIR', 'SUMMARY_COLUMNS', 'EMA_COLUMNS',
-    'FAULT_EXIT_CODE', 'TIMM_DEFAULTS', 'DIGITS_DEFAULTS', 'Trainer', 'build_parser', 'parse_args', 'main', 'train',
-    'atomic_save', 'load_training_checkpoint', 'attention_param_groups', 'create_train_model',
+    'CHECKPOINT_FORMAT', 'LAST_CHECKPOINT', 'BEST_CHECKPOINT', 'HISTORY_CHECKPOINT', 'EXPORT_DIR', 'ARGS_FILE',
+    'RESULTS_FILE', 'SUMMARY_FILE', 'SUMMARY_PLOT', 'SUMMARY_COLUMNS', 'EMA_COLUMNS', 'LOCK_FILE', 'FAULT_EXIT_CODE',
+    'TIMM_DEFAULTS', 'DIGITS_DEFAULTS', 'MISSING_TIMM_FLAGS', 'Trainer', 'TrainingDiverged', 'RunFolderBusy',
+    'build_parser', 'parse_args', 'args_yaml', 'main', 'train', 'atomic_save', 'load_training_checkpoint',
+    'attention_param_groups', 'create_train_model',
 ]
 
 

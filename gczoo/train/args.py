@@ -1,14 +1,14 @@
-"""The command line of ``gczoo train``: timm train.py's flag names and meanings, every value checked.
+"""The flags of ``gczoo train``: timm train.py's names and meanings, every value checked.
 
 The parser is ``gczoo.args.ArgumentParser`` (a bad flag is one line, exit 2, through ``gczoo.cli.run``)
 and every number has a checked type (``--lr nan``, ``--smoothing 2``, ``--workers -1`` are refused:
-0 is never a silent stand-in for a default). Flags whose default depends on the data are ``None`` in
-the parser and filled by ``parse_args``: timm's defaults for your data (``--data-dir``), a recipe that
-trains in minutes for the embedded digits.
+0 is never a silent stand-in for a default). Flags whose default depends on the data are ``None`` here
+and filled by ``gczoo.train.config.parse_args``: timm's defaults for your data (``--data-dir``), a
+recipe that trains in minutes for the embedded digits. timm flags gczoo does not implement are listed,
+with the reason, in ``gczoo.train.timm_flags``.
 """
 import argparse
-import os
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict
 
 from gczoo.args import (
     ArgumentParser, device_name, finite_float, fraction, non_negative_float, non_negative_int, positive_float,
@@ -17,11 +17,13 @@ from gczoo.args import (
 from gczoo.distributed import DIST_BN_MODES
 
 __all__ = [
-    'FAULT_EXIT_CODE', 'TIMM_DEFAULTS', 'DIGITS_DEFAULTS', 'build_parser', 'parse_args', 'uses_embedded_digits',
+    'FAULT_EXIT_CODE', 'AMP_DTYPES', 'TIMM_DEFAULTS', 'DIGITS_DEFAULTS', 'build_parser', 'uses_embedded_digits',
     'mixup_active', 'probability', 'unit_fraction',
 ]
 
 FAULT_EXIT_CODE = 75  # exit status of --fail-at-step (a simulated crash)
+# --amp-dtype values, and the short forms `--amp bf16` (gczoo's older flag) takes
+AMP_DTYPES = {'float16': 'float16', 'bfloat16': 'bfloat16', 'fp16': 'float16', 'bf16': 'bfloat16'}
 
 # Flags whose default depends on the data: timm train.py's for your own data (``--data-dir``), and a
 # recipe for the embedded digits set that reaches >= 90% top-1 on 2 CPU cores in a few minutes.
@@ -90,31 +92,48 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescription
 
 
 _EPILOG = """\
-outputs (OUT = --output/--experiment):
-  OUT/last.pth.tar, OUT/best.pth.tar   training checkpoints (atomic; torch.load(weights_only=True) reads them)
-  OUT/summary.csv, OUT/summary.png     per-epoch losses, top-1/top-5, lr, images/s, epoch time; curves
-  OUT/results.json                     best and final metrics
+outputs (OUT = --output/--experiment; timm train.py's names):
+  OUT/args.yaml                        the run's flags: -c OUT/args.yaml reproduces it
+  OUT/last.pth.tar                     training checkpoint (atomic; torch.load(weights_only=True) reads it)
+  OUT/model_best.pth.tar               the best epoch's checkpoint (--eval-metric)
+  OUT/checkpoint-N.pth.tar             the --checkpoint-hist best epochs' checkpoints (N = epoch, from 1)
+  OUT/summary.csv, OUT/curves.png      per epoch: train_loss, eval_loss, eval_top1, eval_top5, lr, ...; curves
+  OUT/results.json                     best and final metrics, data, args
   OUT/export/                          best model in timm's Hub layout:
                                        timm.create_model('local-dir:OUT/export', pretrained=True)
 
-resuming: --resume auto (or OUT/last.pth.tar) continues exactly, mid-epoch included; a torchrun restart
-(--max-restarts) resumes from OUT/last.pth.tar by itself (pass --experiment so every attempt uses the
-same OUT, or let gczoo derive it from torchrun's run id). Calling torchrun yourself with --max-restarts, set
-TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 as scripts/train.sh does (pytorch/pytorch#135712: otherwise a restarted
-worker group can read the dead group's addresses).
-user errors (bad data, flags or checkpoints, a full disk) print one line and exit with status 2; set
-GCZOO_DEBUG=1 for a traceback.
+config files: -c FILE.yaml sets defaults (a timm or gczoo args.yaml); flags on the command line win.
+resuming: --resume auto (or OUT/last.pth.tar) continues exactly, mid-epoch included; the lr schedule follows
+the new --epochs. A torchrun restart (--max-restarts) resumes from OUT/last.pth.tar by itself (pass
+--experiment so every attempt uses the same OUT, or let gczoo derive it from torchrun's run id). Calling
+torchrun yourself with --max-restarts, set TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 as scripts/train.sh does
+(pytorch/pytorch#135712: otherwise a restarted worker group can read the dead group's addresses).
+OUT is locked while a run writes to it (OUT/.lock names the holder's pid).
+user errors (bad data, flags or checkpoints, a full disk, a diverged run) print one line and exit with
+status 2; set GCZOO_DEBUG=1 for a traceback.
 """
+
+
+def _interpolation(text: str) -> str:
+    names = ('', 'random', 'bilinear', 'bicubic', 'nearest', 'lanczos', 'box', 'hamming')
+    if text not in names:
+        raise argparse.ArgumentTypeError(f"expected one of {', '.join(repr(n) for n in names)}, got {text!r}")
+    return text
 
 
 def build_parser() -> ArgumentParser:
     """The command line of ``python -m gczoo.train`` / ``gczoo train`` / ``scripts/train.sh``."""
+    from timm.utils import ParseKwargs
     p = ArgumentParser(
         prog='gczoo train', description=(
-            'Train or fine-tune a gczoo (or any timm) model: one CPU process, 8 GPUs, or several nodes. With no '
-            '--data-dir it trains resnet18_gc on scikit-learn\'s handwritten digits (written once as an '
-            'ImageFolder tree under $GCZOO_DATA_HOME, default ~/.cache/gczoo; nothing is downloaded).'),
+            'Train or fine-tune a gczoo (or any timm) model: one CPU process, 8 GPUs, or several nodes, with timm '
+            "train.py's flags. With no --data-dir it trains resnet18_gc on scikit-learn's handwritten digits "
+            '(written once as an ImageFolder tree under $GCZOO_DATA_HOME, default ~/.cache/gczoo; nothing is '
+            'downloaded).'),
         formatter_class=_Formatter, epilog=_EPILOG)
+    p.add_argument('-c', '--config', default='', metavar='FILE',
+                   help='YAML file of flag values (e.g. an OUT/args.yaml, gczoo\'s or timm\'s) used as defaults; '
+                        'flags given on the command line win (as timm train.py)')
 
     g = p.add_argument_group('data')
     g.add_argument('--data-dir', '--data', dest='data_dir', metavar='DIR', default=None,
@@ -126,7 +145,13 @@ def build_parser() -> ArgumentParser:
     g.add_argument('--train-split', default='train', metavar='NAME', help='training split (sub-folder)')
     g.add_argument('--val-split', default='validation', metavar='NAME',
                    help='validation split (sub-folder; val/valid/validation/eval are all found)')
+    g.add_argument('--train-num-samples', type=positive_int, default=None, metavar='N',
+                   help='samples per epoch: each epoch trains on the first N of its shuffled order (a new subset '
+                        'every epoch; at most the split\'s size). timm uses it for streaming datasets only')
     g.add_argument('--dataset-download', action='store_true', help='let torch/* datasets download themselves')
+    g.add_argument('--class-map', default='', metavar='FILE',
+                   help='class name -> output index: a text file (one class folder name per line, line = index, as '
+                        'timm) or a JSON object; default: the sorted class folders')
     g.add_argument('-j', '--workers', type=non_negative_int, default=None, metavar='N',
                    help='data loading worker processes per rank (' + _default_help('workers') + ')')
     g.add_argument('--pin-mem', action='store_true', help='pin host memory in the loaders (faster copies to GPU)')
@@ -136,6 +161,9 @@ def build_parser() -> ArgumentParser:
                    help='any timm model name; gczoo registers its zoo (' + _default_help('model') + ')')
     g.add_argument('--pretrained', action='store_true',
                    help="start from the model's pretrained weights (timm's pretrained=True)")
+    g.add_argument('--pretrained-path', default=None, metavar='FILE',
+                   help='load this .safetensors file as the pretrained weights, adapted as timm adapts them (the '
+                        'classifier is left at init); implies --pretrained')
     g.add_argument('--pretrained-backbone', default=None, metavar='SOURCE',
                    help='gczoo models: transplant an ImageNet ResNet (timm name with tag, e.g. resnet50.a1_in1k, '
                         'or a .safetensors/.pth file) into the backbone; attention blocks start at identity')
@@ -149,19 +177,34 @@ def build_parser() -> ArgumentParser:
                         'fresh (e.g. after changing --opt)')
     g.add_argument('--num-classes', type=positive_int, default=None, metavar='N',
                    help='classes of the classifier; must match the class count of the data (default: from the data)')
+    g.add_argument('--gp', default=None, metavar='POOL',
+                   help="global pool type: avg, max, avgmax, catavgmax, '' (default: the model's)")
     g.add_argument('--img-size', type=positive_int, default=None, metavar='PX',
                    help='input image size (' + _default_help('img_size') + ')')
+    g.add_argument('--in-chans', type=positive_int, default=None, metavar='N',
+                   help='image channels: 1 (grey, images read as L), 3 (RGB) or 4 (RGBA) (default: 3)')
+    g.add_argument('--input-size', type=positive_int, nargs=3, default=None, metavar=('C', 'H', 'W'),
+                   help='input size C H W (overrides --img-size and --in-chans)')
     g.add_argument('--crop-pct', type=unit_fraction, default=None, metavar='PCT',
                    help='validation center-crop fraction (' + _default_help('crop_pct') + ')')
-    g.add_argument('--mean', type=finite_float, nargs=3, default=None, metavar='M',
-                   help='normalization mean (default: model)')
-    g.add_argument('--std', type=positive_float, nargs=3, default=None, metavar='S',
-                   help='normalization std (default: model)')
-    g.add_argument('--interpolation', default='', metavar='NAME',
+    g.add_argument('--mean', type=finite_float, nargs='+', default=None, metavar='M',
+                   help='normalization mean, one value per channel or one for all (default: model)')
+    g.add_argument('--std', type=positive_float, nargs='+', default=None, metavar='S',
+                   help='normalization std, one value per channel or one for all (default: model)')
+    g.add_argument('--interpolation', type=_interpolation, default='', metavar='NAME',
                    help='validation resize interpolation (default: model)')
+    g.add_argument('--model-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+                   help='more keyword arguments for timm.create_model, e.g. --model-kwargs attn_layer=se')
     g.add_argument('--drop', type=fraction, default=0.0, metavar='P', help='dropout before the classifier')
     g.add_argument('--drop-path', type=fraction, default=None, metavar='P',
                    help='stochastic depth rate (default: model)')
+    g.add_argument('--drop-block', type=fraction, default=None, metavar='P', help='DropBlock rate (default: model)')
+    g.add_argument('--head-init-scale', type=finite_float, default=None, metavar='S',
+                   help='multiply the classifier\'s initial weights and bias by S')
+    g.add_argument('--head-init-bias', type=finite_float, default=None, metavar='B',
+                   help='initial value of the classifier\'s bias')
+    g.add_argument('--grad-checkpointing', action='store_true',
+                   help='recompute activations in the backward pass (less memory, more compute)')
     g.add_argument('--attn-lr-scale', type=positive_float, default=1.0, metavar='S',
                    help='learning rate of the attention blocks (gczoo.models.attention_modules) = lr x S; '
                         'e.g. 10 when fine-tuning a transplanted backbone (--pretrained-backbone)')
@@ -177,15 +220,20 @@ def build_parser() -> ArgumentParser:
                    help='validation batch size per process (default: --batch-size)')
     g.add_argument('--grad-accum-steps', type=positive_int, default=1, metavar='N',
                    help='micro-batches per optimizer update (DDP syncs gradients only on the last one)')
-    g.add_argument('--amp', nargs='?', const='bf16', default='none',
-                   choices=('bf16', 'bfloat16', 'fp16', 'float16', 'none'),
-                   help='mixed precision autocast on the device (--amp alone = bf16); fp16 on CUDA uses a GradScaler')
+    g.add_argument('--amp', nargs='?', const=True, default=False, metavar='DTYPE',
+                   choices=(True, *AMP_DTYPES),
+                   help='mixed precision autocast in --amp-dtype (as timm: --amp alone is float16, with loss scaling '
+                        'on CUDA); gczoo also takes the dtype here: --amp bf16 = --amp --amp-dtype bfloat16')
+    g.add_argument('--amp-dtype', default=None, choices=tuple(AMP_DTYPES), metavar='DTYPE',
+                   help='float16 or bfloat16 (default: float16)')
     g.add_argument('--channels-last', action='store_true', help='channels-last memory layout for model and inputs')
-    g.add_argument('--compile', nargs='?', const='inductor', default=None, metavar='BACKEND',
-                   help='torch.compile the training model (--compile alone = inductor)')
+    g.add_argument('--torchcompile', '--compile', dest='torchcompile', nargs='?', const='inductor', default=None,
+                   metavar='BACKEND', help='torch.compile the training model (alone: inductor)')
+    g.add_argument('--torchcompile-mode', default=None, metavar='MODE',
+                   help='torch.compile mode, e.g. max-autotune (default: torch\'s)')
     g.add_argument('--sync-bn', action='store_true',
                    help='convert BatchNorm to SyncBatchNorm (CUDA multi-process runs; torch has no CPU SyncBatchNorm: '
-                        'an error on CPU with several processes, a no-op with one)')
+                        'an error on CPU with several processes, a no-op with one); --dist-bn is then not needed')
     g.add_argument('--dist-bn', default='reduce', choices=DIST_BN_MODES,
                    help="multi-process runs: before every validation (and so in every epoch-end checkpoint) make the "
                         "ranks' BatchNorm running statistics the same: 'reduce' averages them, 'broadcast' takes rank "
@@ -198,6 +246,12 @@ def build_parser() -> ArgumentParser:
                         '$OMP_NUM_THREADS; 1 on the embedded digits set unless $OMP_NUM_THREADS is set: on a '
                         'shared 2-core machine, OpenMP threads spin-waiting on each other made 2 threads 2-17x '
                         'slower than 1 for that small model)')
+    g.add_argument('--local-rank', '--local_rank', dest='local_rank', type=non_negative_int, default=None,
+                   metavar='N', help='for torch.distributed.launch, which passes it; must agree with $LOCAL_RANK '
+                                     '(torchrun sets only that)')
+    g.add_argument('--no-prefetcher', action='store_true',
+                   help='accepted for timm command lines: gczoo has no GPU prefetcher, images are normalized in the '
+                        'loader (what timm does with this flag)')
     g.add_argument('--deterministic', action='store_true',
                    help='torch.use_deterministic_algorithms and deterministic cuDNN (CPU runs are already)')
 
@@ -214,6 +268,14 @@ def build_parser() -> ArgumentParser:
     g.add_argument('--clip-grad', type=positive_float, default=None, metavar='NORM',
                    help='clip gradients (default: off)')
     g.add_argument('--clip-mode', default='norm', choices=('norm', 'value', 'agc'), help='gradient clipping mode')
+    g.add_argument('--layer-decay', type=positive_float, default=None, metavar='D',
+                   help="layer-wise lr decay: each layer group deeper from the head gets lr x D (timm's group_matcher)")
+    g.add_argument('--layer-decay-min-scale', type=non_negative_float, default=0.0, metavar='S',
+                   help='lower bound of the layer-decay lr scale')
+    g.add_argument('--layer-decay-no-opt-scale', type=non_negative_float, default=None, metavar='S',
+                   help='layers whose layer-decay scale falls below S are not optimized (frozen)')
+    g.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
+                   help='more keyword arguments for the optimizer')
 
     g = p.add_argument_group('learning rate schedule')
     g.add_argument('--sched', default='cosine', metavar='NAME',
@@ -227,11 +289,22 @@ def build_parser() -> ArgumentParser:
     g.add_argument('--lr-base-size', type=positive_int, default=256, metavar='N', help='global batch size of --lr-base')
     g.add_argument('--lr-base-scale', default='', choices=('', 'linear', 'sqrt'),
                    help="how lr scales with the global batch (default '': sqrt for adam-like optimizers, else linear)")
+    g.add_argument('--lr-noise', type=positive_float, nargs='+', default=None, metavar='PCT',
+                   help='lr noise on/off epoch fractions (timm schedulers)')
+    g.add_argument('--lr-noise-pct', type=non_negative_float, default=0.67, metavar='P', help='lr noise limit')
+    g.add_argument('--lr-noise-std', type=non_negative_float, default=1.0, metavar='S', help='lr noise std')
+    g.add_argument('--lr-cycle-mul', type=positive_float, default=1.0, metavar='M', help='lr cycle length multiplier')
+    g.add_argument('--lr-cycle-decay', type=positive_float, default=0.5, metavar='D', help='lr decay per cycle')
+    g.add_argument('--lr-cycle-limit', type=positive_int, default=1, metavar='N', help='number of lr cycles')
+    g.add_argument('--lr-k-decay', type=positive_float, default=1.0, metavar='K', help='lr k-decay (cosine/poly)')
     g.add_argument('--warmup-lr', type=non_negative_float, default=1e-5, metavar='LR', help='lr at the start of warmup')
     g.add_argument('--min-lr', type=non_negative_float, default=0.0, metavar='LR',
                    help='lower bound of cyclic schedules')
     g.add_argument('--epochs', type=positive_int, default=None, metavar='N',
                    help='epochs to train (' + _default_help('epochs') + ')')
+    g.add_argument('--start-epoch', type=non_negative_int, default=None, metavar='N',
+                   help='start (or, with --resume, restart) at epoch N, counted from 0 as timm; the schedule starts '
+                        'there too')
     g.add_argument('--warmup-epochs', type=non_negative_int, default=None, metavar='N',
                    help='epochs of linear warmup (' + _default_help('warmup_epochs') + ')')
     g.add_argument('--warmup-prefix', action='store_true',
@@ -247,7 +320,7 @@ def build_parser() -> ArgumentParser:
     g.add_argument('--patience-epochs', type=non_negative_int, default=10, metavar='N',
                    help='plateau schedule patience')
 
-    g = p.add_argument_group('augmentation and regularization')
+    g = p.add_argument_group('augmentation, regularization and loss')
     g.add_argument('--no-aug', action='store_true', help='no training augmentation (resize + center crop only)')
     g.add_argument('--scale', type=unit_fraction, nargs=2, default=None, metavar=('MIN', 'MAX'),
                    help='random-resized-crop area range (' + _default_help('scale') + ')')
@@ -260,7 +333,7 @@ def build_parser() -> ArgumentParser:
                    help='color jitter strength (' + _default_help('color_jitter') + ')')
     g.add_argument('--aa', default=None, metavar='POLICY',
                    help="timm auto-augment policy, e.g. rand-m9-mstd0.5-inc1 or original (default: off)")
-    g.add_argument('--train-interpolation', default=None, metavar='NAME',
+    g.add_argument('--train-interpolation', type=_interpolation, default=None, metavar='NAME',
                    help='training resize interpolation (' + _default_help('train_interpolation') + ')')
     g.add_argument('--reprob', type=probability, default=0.0, metavar='P', help='random erasing probability')
     g.add_argument('--remode', default='pixel', choices=('const', 'rand', 'pixel'), help='random erasing mode')
@@ -279,11 +352,18 @@ def build_parser() -> ArgumentParser:
                    help='turn mixup/cutmix off from this epoch (0: never)')
     g.add_argument('--smoothing', type=fraction, default=None, metavar='EPS',
                    help='label smoothing in [0, 1) (' + _default_help('smoothing') + ')')
+    g.add_argument('--bce-loss', action='store_true',
+                   help="binary cross-entropy (timm's BinaryCrossEntropy) instead of softmax cross-entropy")
+    g.add_argument('--bce-sum', action='store_true', help='BCE: sum over classes instead of the mean')
+    g.add_argument('--bce-target-thresh', type=probability, default=None, metavar='T',
+                   help='BCE: binarize (soft) targets at this threshold')
+    g.add_argument('--bce-pos-weight', type=positive_float, default=None, metavar='W',
+                   help='BCE: weight of positive targets')
 
     g = p.add_argument_group('model EMA')
     g.add_argument('--model-ema', action='store_true',
                    help='keep an exponential moving average of the weights (timm ModelEmaV3); validated each epoch, '
-                        'and it is what best.pth.tar/export hold')
+                        'and it chooses model_best.pth.tar and is what the export holds')
     g.add_argument('--model-ema-decay', type=fraction, default=0.9998, metavar='D',
                    help='EMA decay per update (weight of the old average)')
     g.add_argument('--model-ema-warmup', action='store_true', help='EMA decay warmup')
@@ -294,9 +374,12 @@ def build_parser() -> ArgumentParser:
                    help='seed of init, data order and augmentation')
     g.add_argument('--output', default='output/train', metavar='DIR', help='parent folder of the run folder OUT')
     g.add_argument('--experiment', default=None, metavar='NAME',
-                   help='run folder name: OUT = --output/NAME (default: <timestamp>-<model>-<img-size>)')
+                   help='run folder name: OUT = --output/NAME (default: <timestamp>-<model>-<img-size>, -1, -2 ... '
+                        'if a run started in the same second took it)')
     g.add_argument('--eval-metric', default='top1', choices=('top1', 'top5', 'loss'),
-                   help='metric choosing best.pth.tar')
+                   help='metric choosing model_best.pth.tar')
+    g.add_argument('--checkpoint-hist', type=positive_int, default=10, metavar='N',
+                   help='keep the checkpoints of the N best epochs as OUT/checkpoint-<epoch>.pth.tar')
     g.add_argument('--checkpoint-interval', type=non_negative_int, default=0, metavar='N',
                    help='also write last.pth.tar every N optimizer updates (0: at epoch ends only)')
     g.add_argument('--log-interval', type=positive_int, default=50, metavar='N',
@@ -319,30 +402,3 @@ def uses_embedded_digits(args: argparse.Namespace) -> bool:
 
 def mixup_active(args: argparse.Namespace) -> bool:
     return args.mixup > 0 or args.cutmix > 0 or args.cutmix_minmax is not None
-
-
-def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    """Parse ``argv`` and fill the data-dependent defaults (timm's, or the digits recipe)."""
-    args = build_parser().parse_args(argv)
-    recipe = DIGITS_DEFAULTS if uses_embedded_digits(args) else TIMM_DEFAULTS
-    for key, value in recipe.items():
-        if key == 'threads' and os.environ.get('OMP_NUM_THREADS'):
-            continue  # an explicit OMP_NUM_THREADS wins over the recipe
-        if getattr(args, key) is None:
-            setattr(args, key, value)
-    args.amp = {'bfloat16': 'bf16', 'float16': 'fp16'}.get(args.amp, args.amp)
-    _check_combinations(args)
-    return args
-
-
-def _check_combinations(args: argparse.Namespace) -> None:
-    """What the types cannot see: flags that exclude or need each other."""
-    if args.pretrained and args.pretrained_backbone:
-        raise ValueError('pass either --pretrained or --pretrained-backbone, not both')
-    if mixup_active(args) and args.batch_size % 2:
-        raise ValueError(f'--mixup/--cutmix pair samples within a batch: --batch-size must be even, '
-                         f'got {args.batch_size}')
-    if args.scale[0] > args.scale[1]:
-        raise ValueError(f'--scale MIN MAX: MIN must not exceed MAX, got {args.scale[0]:g} {args.scale[1]:g}')
-    if args.ratio[0] > args.ratio[1]:
-        raise ValueError(f'--ratio MIN MAX: MIN must not exceed MAX, got {args.ratio[0]:g} {args.ratio[1]:g}')

@@ -5,32 +5,39 @@
   old file or the new one. A failed write (full disk, read-only folder) raises ``OSError`` naming the file.
 * ``load_training_checkpoint`` reads through ``gczoo.models.weights.read_checkpoint`` (safetensors or
   ``torch.load(weights_only=True)``, never code) and checks it is a gczoo training checkpoint.
+* ``CheckpointFiles`` keeps timm's file set: ``last.pth.tar``, ``model_best.pth.tar`` and the
+  ``--checkpoint-hist`` best epochs as ``checkpoint-<epoch>.pth.tar``, ranked as timm's
+  ``CheckpointSaver`` ranks them.
 * ``plain`` turns what goes into a checkpoint into the plain types ``weights_only`` accepts;
   ``capture_rng``/``restore_rng`` save and restore Python's, NumPy's and torch's RNG states.
 
-Why not timm's ``CheckpointSaver``: it pickles ``args`` as an ``argparse.Namespace`` (unreadable with
-``weights_only=True``), writes to a fixed ``tmp.pth.tar`` without fsync, and refreshes ``model_best``
-by unlink-then-link, so a kill in between loses it.
+Why not timm's ``CheckpointSaver`` itself: it pickles ``args`` as an ``argparse.Namespace`` (unreadable
+with ``weights_only=True``), writes to a fixed ``tmp.pth.tar`` without fsync, and refreshes
+``model_best`` by unlink-then-link, so a kill in between loses it.
 """
+import contextlib
 import os
 import random
+import secrets
+import shutil
 from pathlib import Path
-from typing import Any, Dict, Mapping
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from gczoo.errors import CheckpointError
-from gczoo.files import atomic_write
+from gczoo.files import atomic_write, fsync_dir, umask_mode
 
 __all__ = [
-    'CHECKPOINT_FORMAT', 'LAST_CHECKPOINT', 'BEST_CHECKPOINT', 'atomic_save', 'load_training_checkpoint', 'plain',
-    'capture_rng', 'restore_rng',
+    'CHECKPOINT_FORMAT', 'LAST_CHECKPOINT', 'BEST_CHECKPOINT', 'HISTORY_CHECKPOINT', 'atomic_save',
+    'load_training_checkpoint', 'CheckpointFiles', 'plain', 'capture_rng', 'restore_rng',
 ]
 
 CHECKPOINT_FORMAT = 'gczoo.train/1'
 LAST_CHECKPOINT = 'last.pth.tar'
-BEST_CHECKPOINT = 'best.pth.tar'
+BEST_CHECKPOINT = 'model_best.pth.tar'
+HISTORY_CHECKPOINT = 'checkpoint-{epoch}.pth.tar'
 
 
 def atomic_save(obj: Any, path: os.PathLike) -> Path:
@@ -43,6 +50,86 @@ def atomic_save(obj: Any, path: os.PathLike) -> Path:
         if e.filename or not e.errno:
             raise
         raise OSError(e.errno, e.strerror or str(e), str(path)) from e  # name the file the OS error is about
+
+
+class CheckpointFiles:
+    """timm's checkpoint files, written so that a kill at any moment leaves a consistent set.
+
+    Every save replaces ``last.pth.tar``; at an epoch end the checkpoint also becomes
+    ``model_best.pth.tar`` when its metric is the best so far, and ``checkpoint-<epoch>.pth.tar``
+    when it ranks among the ``max_history`` best (ties keep the earlier epoch; a worse one evicts
+    nothing), as timm's ``CheckpointSaver``. The bytes are written once, to a temporary file, and
+    hard-linked under each name (copied where the file system has no links), each name replaced in
+    one ``os.replace``; ``last.pth.tar`` comes last, so a resumed run never skips an epoch whose
+    best/history files are missing. The ranked list travels in the checkpoint (``history_files``).
+    """
+
+    def __init__(self, out_dir: Path, max_history: int = 10, decreasing: bool = False) -> None:
+        self.out_dir = Path(out_dir)
+        self.max_history = max_history
+        self.decreasing = decreasing  # a lower metric is better (--eval-metric loss)
+        self.files: List[Tuple[str, float]] = []  # (file name, metric), best first
+
+    def load(self, state: Optional[Sequence[Sequence[Any]]]) -> None:
+        """The ranked list of a resumed checkpoint, without the files that no longer exist."""
+        self.files = [(str(name), float(metric)) for name, metric in (state or [])
+                      if (self.out_dir / str(name)).is_file()]
+
+    def state(self) -> List[List[Any]]:
+        return [[name, metric] for name, metric in self.files]
+
+    def plan(self, epoch: int, metric: float) -> Tuple[List[Tuple[str, float]], List[str], bool]:
+        """The ranked list after saving ``epoch``, the files it evicts, and whether ``epoch`` is kept."""
+        better = (lambda a, b: a < b) if self.decreasing else (lambda a, b: a > b)
+        files = [f for f in self.files if f[0] != HISTORY_CHECKPOINT.format(epoch=epoch)]  # a re-run epoch
+        keep = len(files) < self.max_history or better(metric, files[-1][1])
+        if not keep:
+            return files, [], False
+        files = sorted(files + [(HISTORY_CHECKPOINT.format(epoch=epoch), metric)], key=lambda f: f[1],
+                       reverse=not self.decreasing)  # stable: among equal metrics the earlier epoch stays first
+        return files[:self.max_history], [name for name, _ in files[self.max_history:]], True
+
+    def save(self, payload: Dict[str, Any], *, epoch: Optional[int] = None, metric: Optional[float] = None,
+             best: bool = False) -> None:
+        """Write ``payload`` as last (and, at an epoch end, best / history); ``payload['history_files']`` is
+        set to the ranked list as it will be after this save."""
+        files, evicted, keep = (self.files, [], False) if epoch is None else self.plan(epoch, float(metric))
+        payload['history_files'] = [[name, value] for name, value in files]
+        names = ([BEST_CHECKPOINT] if best else []) + ([HISTORY_CHECKPOINT.format(epoch=epoch)] if keep else [])
+        if not names:
+            atomic_save(payload, self.out_dir / LAST_CHECKPOINT)
+            self.files = files
+            return
+        tmp = self.out_dir / f'.checkpoint.{os.getpid()}.{secrets.token_hex(4)}.tmp'
+        try:
+            try:
+                atomic_save(payload, tmp)
+            except OSError as e:  # name the checkpoint, not the temporary file
+                raise OSError(e.errno, e.strerror or str(e), str(self.out_dir / names[0])) from e
+            for name in names:
+                self._place(tmp, name)
+            for name in evicted:  # only files this run listed: never another run's
+                with contextlib.suppress(FileNotFoundError):
+                    (self.out_dir / name).unlink()
+            os.replace(tmp, self.out_dir / LAST_CHECKPOINT)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        fsync_dir(self.out_dir)
+        self.files = files
+
+    def _place(self, source: Path, name: str) -> None:
+        link = self.out_dir / f'.{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp'
+        try:
+            os.link(source, link)
+        except OSError:  # no hard links here (some network/FUSE file systems): a copy
+            shutil.copyfile(source, link)
+            os.chmod(link, umask_mode())
+        try:
+            os.replace(link, self.out_dir / name)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                link.unlink()
 
 
 def load_training_checkpoint(path: os.PathLike) -> Dict[str, Any]:

@@ -21,26 +21,30 @@ import torch.nn as nn
 from gczoo.files import atomic_write, atomic_write_text, fsync_dir, umask_mode
 
 __all__ = [
-    'SUMMARY_COLUMNS', 'EMA_COLUMNS', 'SUMMARY_PLOT', 'EXPORT_DIR', 'RESULTS_FILE', 'write_summary', 'plot_summary',
+    'SUMMARY_COLUMNS', 'EMA_COLUMNS', 'SUMMARY_FILE', 'SUMMARY_PLOT', 'ARGS_FILE', 'EXPORT_DIR', 'RESULTS_FILE',
+    'write_summary', 'plot_summary', 'write_args',
     'write_results', 'export_best',
 ]
 
-SUMMARY_COLUMNS = ('epoch', 'train_loss', 'val_loss', 'top1', 'top5', 'lr', 'images_per_s', 'epoch_time')
-EMA_COLUMNS = ('ema_val_loss', 'ema_top1', 'ema_top5')
-SUMMARY_PLOT = 'summary.png'
+# timm's summary.csv columns (update_summary: epoch, train_*, eval_*, lr), then gczoo's timings, then the EMA's
+SUMMARY_COLUMNS = ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5', 'lr', 'images_per_s', 'epoch_time')
+EMA_COLUMNS = ('ema_eval_loss', 'ema_eval_top1', 'ema_eval_top5')
+SUMMARY_FILE = 'summary.csv'
+SUMMARY_PLOT = 'curves.png'
+ARGS_FILE = 'args.yaml'
 EXPORT_DIR = 'export'
 RESULTS_FILE = 'results.json'
 
 
 def write_summary(out_dir: Path, history: Sequence[Mapping[str, Any]]) -> Path:
-    """``OUT/summary.csv``: one row per finished epoch (the EMA columns when the run has an EMA)."""
+    """``OUT/summary.csv``: one row per finished epoch (epoch counted from 1; the EMA columns when the run has one)."""
     columns = list(SUMMARY_COLUMNS) + [c for c in EMA_COLUMNS if history and c in history[0]]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction='ignore', lineterminator='\n')
     writer.writeheader()
     for row in history:
         writer.writerow({k: row.get(k) for k in columns})
-    return atomic_write_text(out_dir / 'summary.csv', buf.getvalue())
+    return atomic_write_text(out_dir / SUMMARY_FILE, buf.getvalue())
 
 
 def plot_summary(out_dir: Path, history: Sequence[Mapping[str, Any]]) -> Path:
@@ -52,13 +56,14 @@ def plot_summary(out_dir: Path, history: Sequence[Mapping[str, Any]]) -> Path:
     fig = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(fig)
     ax_loss, ax_acc = fig.subplots(1, 2)
-    ax_loss.plot(epochs, [r['train_loss'] for r in history], 'o-', label='train loss')
-    ax_loss.plot(epochs, [r['val_loss'] for r in history], 's-', label='val loss')
-    ax_acc.plot(epochs, [r['top1'] for r in history], 'o-', label='val top-1')
-    ax_acc.plot(epochs, [r['top5'] for r in history], 's-', label='val top-5')
-    if history and 'ema_top1' in history[0]:
-        ax_loss.plot(epochs, [r['ema_val_loss'] for r in history], '^--', label='EMA val loss')
-        ax_acc.plot(epochs, [r['ema_top1'] for r in history], '^--', label='EMA val top-1')
+    ax_loss.plot(epochs, [r['train_loss'] if r['train_loss'] is not None else math.nan for r in history], 'o-',
+                 label='train loss')
+    ax_loss.plot(epochs, [r['eval_loss'] for r in history], 's-', label='eval loss')
+    ax_acc.plot(epochs, [r['eval_top1'] for r in history], 'o-', label='eval top-1')
+    ax_acc.plot(epochs, [r['eval_top5'] for r in history], 's-', label='eval top-5')
+    if history and 'ema_eval_top1' in history[0]:
+        ax_loss.plot(epochs, [r['ema_eval_loss'] for r in history], '^--', label='EMA eval loss')
+        ax_acc.plot(epochs, [r['ema_eval_top1'] for r in history], '^--', label='EMA eval top-1')
     ax_loss.set_xlabel('epoch')
     ax_loss.set_ylabel('loss')
     ax_acc.set_xlabel('epoch')
@@ -81,6 +86,11 @@ def _non_finite_paths(value: Any, path: str = '') -> List[str]:
     if isinstance(value, (list, tuple)):
         return [p for i, v in enumerate(value) for p in _non_finite_paths(v, f'{path}[{i}]')]
     return []
+
+
+def write_args(out_dir: Path, text: str) -> Path:
+    """``OUT/args.yaml``: every setting of the run (``gczoo train -c OUT/args.yaml`` runs it again)."""
+    return atomic_write_text(out_dir / ARGS_FILE, text)
 
 
 def write_results(out_dir: Path, results: Mapping[str, Any]) -> Path:

@@ -12,17 +12,25 @@ rules for what a run may remove there.
   gczoo's own writers name ``.<name>.<random>.tmp``. A new run (no ``--resume``) refuses a folder
   that already holds a run's checkpoint instead of overwriting it.
 """
+import argparse
 import contextlib
 import os
 import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional, Tuple
 
-from gczoo.errors import GczooError
+import torch.distributed as dist
 
-__all__ = ['LOCK_FILE', 'RunFolderBusy', 'RunLock', 'make_run_dir', 'remove_stale_temporaries']
+from gczoo.errors import GczooError, one_line
+
+from .checkpoint import LAST_CHECKPOINT
+
+__all__ = [
+    'LOCK_FILE', 'RunFolderBusy', 'RunLock', 'make_run_dir', 'remove_stale_temporaries', 'experiment_name',
+    'elastic_restart_count', 'claim_run_dir',
+]
 
 LOCK_FILE = '.lock'
 
@@ -63,7 +71,8 @@ class RunLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 4096).decode('utf-8', 'replace').strip() or 'a process that has not written its pid yet'
+            holder = (os.read(fd, 4096).decode('utf-8', 'replace').strip()
+                      or 'a process that has not written its pid yet')
             os.close(fd)
             raise RunFolderBusy(
                 f'{self.path.parent} is in use by another gczoo train run ({holder}); wait for it to finish or stop '
@@ -104,3 +113,62 @@ def remove_stale_temporaries(out_dir: Path) -> int:
                 stale.unlink()
             removed += 1
     return removed
+
+
+def elastic_restart_count() -> int:
+    """Which attempt of a torchrun job with ``--max-restarts`` this is (0: the first, or no torchrun)."""
+    return int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0)
+
+
+def _elastic_run() -> bool:
+    return int(os.environ.get('TORCHELASTIC_MAX_RESTARTS', '0') or 0) > 0
+
+
+def experiment_name(args: argparse.Namespace) -> str:
+    """``--experiment``, or timm's default ``<timestamp>-<model>-<img-size>`` (torchrun's run id with restarts)."""
+    if args.experiment:
+        return args.experiment
+    slug = args.model.replace('/', '_').replace(':', '_')
+    img = args.input_size[-1] if args.input_size else (args.img_size or 'auto')
+    if _elastic_run():
+        # every attempt of a torchrun job with restarts must find the same folder: use its run id
+        return f'{slug}-{img}-elastic-{os.environ.get("TORCHELASTIC_RUN_ID", "none")}'
+    return f'{time.strftime("%Y%m%d-%H%M%S")}-{slug}-{img}'
+
+
+def _refuse_to_overwrite(args: argparse.Namespace, out_dir: Path) -> None:
+    last = out_dir / LAST_CHECKPOINT
+    if not last.is_file() or args.resume == 'auto' or elastic_restart_count() > 0:
+        return
+    if args.resume and Path(args.resume).resolve().parent == out_dir.resolve():
+        return  # going back to one of this run's own checkpoints
+    raise ValueError(
+        f'{out_dir} already holds a training run ({last.name}); continue it with --resume auto, or start the new '
+        f'run in another folder (--experiment NAME / --output DIR). Nothing was changed')
+
+
+def claim_run_dir(args: argparse.Namespace, env: Any, log: Callable[[str], None]) -> Tuple[Path, Optional[RunLock]]:
+    """Rank 0 makes OUT (a default name is never an existing folder), locks it, refuses to start a new run
+    over another's checkpoint, and removes what dead runs left half-written; every rank learns OUT, or the
+    error, so all of them stop together. Returns OUT and (rank 0) the held lock."""
+    out_dir, lock, error = Path(args.output or 'output/train'), None, None  # '' is timm's ./output/train
+    if env.is_main:
+        try:
+            out_dir = make_run_dir(out_dir, experiment_name(args), unique=not (args.experiment or _elastic_run()))
+            lock = RunLock(out_dir).acquire()
+            _refuse_to_overwrite(args, out_dir)
+            removed = remove_stale_temporaries(out_dir)
+            if removed:
+                log(f'{out_dir}: removed {removed} temporary file(s) a killed run left half-written')
+        except (GczooError, ValueError, OSError) as e:
+            error = e
+            if lock is not None:
+                lock.release()
+    shared = [str(out_dir), None if error is None else one_line(error)]
+    if env.distributed:
+        dist.broadcast_object_list(shared, src=0)
+    if error is not None:
+        raise error
+    if shared[1] is not None:
+        raise ValueError(f'rank 0 could not claim the output folder: {shared[1]}')
+    return Path(shared[0]), lock

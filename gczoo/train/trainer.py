@@ -28,47 +28,20 @@ import torch.distributed as dist
 import torch.nn as nn
 
 import gczoo.models  # noqa: F401  (registers the zoo with timm)
-from gczoo.data import ResumableDistributedSampler, SeededTransformDataset
-from gczoo.distributed import ShardSampler, distribute_bn, init_distributed
-from gczoo.errors import GczooError, one_line
-from gczoo.evaluate import EvalImageFolder, SkippingLoader, collate_skipping, validate
+from gczoo.distributed import distribute_bn, init_distributed
+from gczoo.evaluate import SkippingLoader, validate
 
 from .args import FAULT_EXIT_CODE
-from .build import ApplyTransform, FolderImages, build_datasets, create_optimization, create_train_model
-from .checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, atomic_save, load_training_checkpoint, plain
+from .build import build_datasets, create_optimization, create_train_model
+from .checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointFiles, load_training_checkpoint, plain
+from .config import args_yaml
 from .guards import any_rank, diverged, non_finite_tensors
-from .outputs import EXPORT_DIR, export_best, plot_summary, write_results, write_summary
-from .rundir import RunLock, make_run_dir, remove_stale_temporaries
+from .loaders import build_loaders, train_data_config
+from .outputs import EXPORT_DIR, export_best, plot_summary, write_args, write_results, write_summary
+from .rundir import RunLock, claim_run_dir, elastic_restart_count
 from .state import Progress, checkpoint_payload, rank_states, restore_training_state
 
 __all__ = ['Trainer', 'train']
-
-
-def _elastic_restart_count() -> int:
-    return int(os.environ.get('TORCHELASTIC_RESTART_COUNT', '0') or 0)
-
-
-def _elastic_run() -> bool:
-    return int(os.environ.get('TORCHELASTIC_MAX_RESTARTS', '0') or 0) > 0
-
-
-def _experiment_name(args: argparse.Namespace) -> str:
-    if args.experiment:
-        return args.experiment
-    slug = args.model.replace('/', '_').replace(':', '_')
-    img = args.img_size or 'auto'
-    if _elastic_run():
-        # every attempt of a torchrun job with restarts must find the same folder: use its run id
-        return f'{slug}-{img}-elastic-{os.environ.get("TORCHELASTIC_RUN_ID", "none")}'
-    return f'{time.strftime("%Y%m%d-%H%M%S")}-{slug}-{img}'
-
-
-def _broadcast(value: Any, env: Any) -> Any:
-    if not env.distributed:
-        return value
-    box = [value]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
 
 
 class Trainer:
@@ -82,12 +55,16 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.args_text = args_yaml(args)  # as parsed, before the run adds anything (as timm's args.yaml)
         self.started = time.time()
         self.lock: Optional[RunLock] = None
         use_cuda = torch.cuda.is_available() if args.device is None else args.device.startswith('cuda')
         if args.sync_bn and int(os.environ.get('WORLD_SIZE', '1')) > 1 and not use_cuda:
             raise ValueError('--sync-bn: torch\'s SyncBatchNorm runs on GPUs only, and this is a multi-process CPU '
                              'run; drop --sync-bn (each rank normalizes its own batch) or use --freeze-bn-stats')
+        if args.local_rank is not None and args.local_rank != int(os.environ.get('LOCAL_RANK', '0')):
+            raise ValueError(f'--local-rank {args.local_rank} disagrees with $LOCAL_RANK '
+                             f'{os.environ.get("LOCAL_RANK", "(unset)")}: launch with torchrun (scripts/train.sh)')
         if args.threads:
             torch.set_num_threads(args.threads)
         self.env = init_distributed(args.device)
@@ -109,25 +86,48 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         elif self.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True
-        self.amp_dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(args.amp)
+        self.amp_dtype = (torch.bfloat16 if args.amp_dtype == 'bfloat16' else torch.float16) if args.amp else None
+        if args.sync_bn and self.env.distributed:
+            args.dist_bn = ''  # SyncBatchNorm's statistics are the same on every rank already (timm does the same)
         self.show_progress = self.env.is_main and not args.no_progress
 
-        self.out_dir = self._claim_output_dir()
+        self.out_dir, self.lock = claim_run_dir(args, self.env, self.log)
+        if self.env.is_main:
+            write_args(self.out_dir, self.args_text)
+            if getattr(args, 'config_ignored', None):
+                self.log(f'--config {args.config}: timm train.py settings at their defaults, which gczoo does not '
+                         f'have, ignored: {", ".join(args.config_ignored)}')
         self.resume_path, ckpt = self._read_resume_checkpoint()
         random_seed(args.seed, 0)  # same init on every rank (DDP broadcasts rank 0's weights anyway)
         self._build_data_and_model()
         self._build_optimization()
         self.progress = Progress()
         self.process_started = time.time()
+        self.checkpoint_files = CheckpointFiles(self.out_dir, args.checkpoint_hist,
+                                                decreasing=args.eval_metric == 'loss')
         if ckpt is not None:
             self.progress = restore_training_state(self, ckpt, self.resume_path)
+            self.checkpoint_files.load(ckpt.get('history_files'))
             self.log(f'resumed from {self.resume_path}: epoch {self.progress.epoch + 1}, batch '
                      f'{self.progress.batches_done}/{self.batches_per_epoch}, update {self.progress.num_updates}')
         else:
             random_seed(args.seed, self.env.rank)  # per-rank streams for mixup, dropout, drop-path (as timm)
+        if args.start_epoch is not None:
+            self._start_at(args.start_epoch)
         if self.env.is_main:  # the files always agree with the checkpoint the run continues from
             write_summary(self.out_dir, self.progress.history)
         self._wrap_model()
+
+    def _start_at(self, epoch: int) -> None:
+        """``--start-epoch`` (timm's: counted from 0, it overrides the resumed epoch; the schedule starts there)."""
+        p = self.progress
+        p.epoch, p.batches_done, p.loss_sum, p.loss_count = epoch, 0, 0.0, 0
+        p.num_updates = epoch * self.updates_per_epoch
+        p.history = [row for row in p.history if row['epoch'] <= epoch]
+        if self.scheduler is not None:
+            self.scheduler.step(epoch)
+            self.scheduler.step_update(p.num_updates)
+        self.log(f'--start-epoch {epoch}: training starts at epoch {epoch + 1} of {self.num_epochs}')
 
     def close(self) -> None:
         """Release the output folder's lock (rank 0)."""
@@ -141,44 +141,9 @@ class Trainer:
         if self.env.is_main:
             print(*msg, flush=True)
 
-    def _claim_output_dir(self) -> Path:
-        """Rank 0 makes OUT (a default name is never an existing folder), locks it, refuses to start a new run
-        over another's checkpoint, and removes what dead runs left half-written; every rank learns OUT or the
-        error, so all of them stop together."""
-        args, error = self.args, None
-        out_dir = Path(args.output)
-        if self.env.is_main:
-            try:
-                explicit = bool(args.experiment) or _elastic_run()
-                out_dir = make_run_dir(Path(args.output), _experiment_name(args), unique=not explicit)
-                self.lock = RunLock(out_dir).acquire()
-                self._refuse_to_overwrite(out_dir)
-                removed = remove_stale_temporaries(out_dir)
-                if removed:
-                    self.log(f'{out_dir}: removed {removed} temporary file(s) a killed run left half-written')
-            except (GczooError, ValueError, OSError) as e:
-                error = e
-        shared = _broadcast((str(out_dir), None if error is None else one_line(error)), self.env)
-        if error is not None:
-            raise error
-        if shared[1] is not None:
-            raise ValueError(f'rank 0 could not claim the output folder: {shared[1]}')
-        return Path(shared[0])
-
-    def _refuse_to_overwrite(self, out_dir: Path) -> None:
-        last = out_dir / LAST_CHECKPOINT
-        if not last.is_file() or self.args.resume == 'auto' or _elastic_restart_count() > 0:
-            return
-        resume = Path(self.args.resume).resolve() if self.args.resume else None
-        if resume is not None and resume.parent == out_dir.resolve():
-            return  # going back to one of this run's own checkpoints
-        raise ValueError(
-            f'{out_dir} already holds a training run ({last.name}); continue it with --resume auto, or start the new '
-            f'run in another folder (--experiment NAME / --output DIR). Nothing was changed')
-
     def _read_resume_checkpoint(self) -> Tuple[Optional[Path], Optional[Dict[str, Any]]]:
         resume = self.args.resume
-        restart = _elastic_restart_count()
+        restart = elastic_restart_count()
         if resume is None and restart > 0:
             resume = 'auto'  # a torchrun restart continues from the last checkpoint
             self.log(f'torchrun restart {restart}: resuming from {self.out_dir / LAST_CHECKPOINT} if present')
@@ -190,10 +155,7 @@ class Trainer:
         return None, None
 
     def _build_data_and_model(self) -> None:
-        from timm.data import create_transform, resolve_data_config
         from timm.layers import convert_sync_batchnorm
-        from torch.utils.data import DataLoader
-
         args, env = self.args, self.env
         train_ds, val_ds, self.class_names, self.data_what = build_datasets(args, env)
         self.num_classes = len(self.class_names)
@@ -201,40 +163,12 @@ class Trainer:
             raise ValueError(f'--num-classes {args.num_classes} does not match the data: {self.data_what} has '
                              f'{self.num_classes} classes')
         self.model = create_train_model(args, self.num_classes, log=self.log)
-
-        self.data_config = resolve_data_config(
-            {k: getattr(args, k) for k in ('img_size', 'mean', 'std', 'crop_pct', 'interpolation') if getattr(args, k)},
-            model=self.model)
-        train_config = {k: v for k, v in self.data_config.items() if k not in ('crop_pct', 'crop_mode')}
-        train_config['interpolation'] = args.train_interpolation or self.data_config['interpolation']
-        train_transform = create_transform(
-            **train_config, is_training=True, no_aug=args.no_aug, scale=tuple(args.scale), ratio=tuple(args.ratio),
-            hflip=args.hflip, vflip=args.vflip, color_jitter=args.color_jitter, auto_augment=args.aa,
-            re_prob=args.reprob, re_mode=args.remode, re_count=args.recount)
-        self.train_set = SeededTransformDataset(train_ds, train_transform, seed=args.seed)
-        val_transform = create_transform(**self.data_config, is_training=False)
-        if isinstance(val_ds, FolderImages):  # an unreadable image is skipped and counted, never replaced
-            self.val_set: Any = EvalImageFolder(val_ds.samples, val_transform, on_bad_image='skip')
-        else:
-            self.val_set = ApplyTransform(val_ds, val_transform)
-
-        # the order of an epoch is f(seed, epoch); a dedicated generator keeps DataLoader off the global RNG
-        self.sampler = ResumableDistributedSampler(self.train_set, num_replicas=env.world_size, rank=env.rank,
-                                                   shuffle=True, seed=args.seed)
-        self.loader_generator = torch.Generator()
-        self.loader_generator.manual_seed(args.seed + env.rank)
-        pin = args.pin_mem and self.device.type == 'cuda'
-        self.train_loader = DataLoader(self.train_set, batch_size=args.batch_size, sampler=self.sampler,
-                                       num_workers=args.workers, drop_last=True, pin_memory=pin,
-                                       generator=self.loader_generator)
-        self.val_loader = DataLoader(self.val_set, batch_size=args.validation_batch_size or args.batch_size,
-                                     sampler=ShardSampler(len(self.val_set), env.rank, env.world_size),
-                                     num_workers=args.workers, pin_memory=pin, collate_fn=collate_skipping)
-        self.batches_per_epoch = self.sampler.num_samples // args.batch_size
-        if self.batches_per_epoch == 0:
-            raise ValueError(
-                f'{self.data_what}: the training split has {len(self.train_set)} images, fewer than one global batch '
-                f'(--batch-size {args.batch_size} x {env.world_size} processes); lower --batch-size')
+        self.data_config = train_data_config(args, self.model)
+        loaders = build_loaders(args, env, self.device, train_ds, val_ds, self.data_config, self.data_what)
+        self.train_set, self.val_set, self.sampler = loaders.train_set, loaders.val_set, loaders.sampler
+        self.loader_generator, self.train_loader, self.val_loader = (loaders.generator, loaders.train_loader,
+                                                                     loaders.val_loader)
+        self.batches_per_epoch = loaders.batches_per_epoch
 
         self.model.to(self.device)
         if args.channels_last:
@@ -258,23 +192,23 @@ class Trainer:
     def _wrap_model(self) -> None:
         from torch.nn.parallel import DistributedDataParallel
         self.train_model: nn.Module = self.model
-        if self.args.compile:
-            self.train_model = torch.compile(self.model, backend=self.args.compile)
+        if self.args.torchcompile:
+            self.train_model = torch.compile(self.model, backend=self.args.torchcompile,
+                                             mode=self.args.torchcompile_mode)
         if self.env.distributed:
             device_ids = [self.device.index] if self.device.type == 'cuda' else None
             self.train_model = DistributedDataParallel(self.train_model, device_ids=device_ids)
 
     # -- checkpoints and guards --------------------------------------------------------------
 
-    def save_checkpoint(self, best: bool = False) -> None:
-        """Write ``last.pth.tar`` (and ``best.pth.tar``) atomically; every rank must call it."""
+    def save_checkpoint(self, metric: Optional[float] = None, best: bool = False) -> None:
+        """Write ``last.pth.tar``; with an epoch's ``metric`` also ``model_best.pth.tar`` (if ``best``) and
+        ``checkpoint-<epoch>.pth.tar`` (if it ranks). Every rank must call it."""
         ranks = rank_states(self)
         if not self.env.is_main:
             return
-        payload = checkpoint_payload(self, ranks)
-        if best:
-            atomic_save(payload, self.out_dir / BEST_CHECKPOINT)
-        atomic_save(payload, self.out_dir / LAST_CHECKPOINT)
+        epoch = self.progress.epoch if metric is not None else None
+        self.checkpoint_files.save(checkpoint_payload(self, ranks), epoch=epoch, metric=metric, best=best)
 
     def _where(self, after_update: bool = False) -> str:
         p, batches = self.progress, self.batches_per_epoch
@@ -391,7 +325,7 @@ class Trainer:
             lr = self.optimizer.param_groups[0]['lr']
             bar.set_postfix(loss=f'{p.loss_sum / max(p.loss_count, 1):.4f}', lr=f'{lr:.3g}')
             if (args.fail_at_step == p.num_updates and env.rank == args.fail_rank
-                    and _elastic_restart_count() == 0):
+                    and elastic_restart_count() == 0):
                 print(f'--fail-at-step {args.fail_at_step}: rank {env.rank} exits with status {FAULT_EXIT_CODE} '
                       f'(simulated crash)', file=sys.stderr, flush=True)
                 os._exit(FAULT_EXIT_CODE)
@@ -439,12 +373,12 @@ class Trainer:
         metrics = self._validate(self.model, 'validate')
         row: Dict[str, Any] = {
             'epoch': epoch + 1, 'train_loss': float(totals[0] / totals[1]) if totals[1] > 0 else None,
-            'val_loss': metrics['loss'], 'top1': metrics['top1'], 'top5': metrics['top5'], 'lr': lr,
+            'eval_loss': metrics['loss'], 'eval_top1': metrics['top1'], 'eval_top5': metrics['top5'], 'lr': lr,
             'images_per_s': float(totals[2]) / train_time if train_time > 0 else None, 'epoch_time': 0.0}
         chosen = metrics
         if self.model_ema is not None:
             chosen = self._validate(self.model_ema.module, 'validate EMA')
-            row.update(ema_val_loss=chosen['loss'], ema_top1=chosen['top1'], ema_top5=chosen['top5'])
+            row.update(ema_eval_loss=chosen['loss'], ema_eval_top1=chosen['top1'], ema_eval_top5=chosen['top5'])
         row['epoch_time'] = time.time() - epoch_start
         self.val_counts = {'evaluated': int(metrics['count']), 'skipped': len(metrics['skipped']),
                            'skipped_files': metrics['skipped'][:20]}
@@ -457,20 +391,28 @@ class Trainer:
         is_best = p.best is None or (metric < p.best['metric'] if args.eval_metric == 'loss'
                                      else metric > p.best['metric'])
         if is_best:
-            p.best = {'epoch': epoch + 1, 'metric': metric, 'eval_metric': args.eval_metric, 'top1': chosen['top1'],
-                      'top5': chosen['top5'], 'val_loss': chosen['loss'], 'ema': self.model_ema is not None}
+            p.best = self._epoch_result(row)
         p.history.append(row)
         p.epoch, p.batches_done, p.loss_sum, p.loss_count = epoch + 1, 0, 0.0, 0
-        self.save_checkpoint(best=is_best)
+        self.save_checkpoint(metric=metric, best=is_best)
         if self.env.is_main:
             write_summary(self.out_dir, p.history)
             plot_summary(self.out_dir, p.history)
-            ema = f"  EMA top-1 {row['ema_top1']:.2f}" if self.model_ema is not None else ''
+            ema = f"  EMA top-1 {row['ema_eval_top1']:.2f}" if self.model_ema is not None else ''
             speed = f"{row['images_per_s']:.0f} img/s  " if row['images_per_s'] is not None else ''
             train_loss = row['train_loss'] if row['train_loss'] is not None else float('nan')
-            print(f"epoch {epoch + 1}/{self.num_epochs}  train_loss {train_loss:.4f}  val_loss "
-                  f"{row['val_loss']:.4f}  top-1 {row['top1']:.2f}  top-5 {row['top5']:.2f}{ema}  lr {lr:.3g}  "
+            print(f"epoch {epoch + 1}/{self.num_epochs}  train_loss {train_loss:.4f}  eval_loss "
+                  f"{row['eval_loss']:.4f}  top-1 {row['eval_top1']:.2f}  top-5 {row['eval_top5']:.2f}{ema}  "
+                  f"lr {lr:.3g}  "
                   f"{speed}{row['epoch_time']:.1f} s", flush=True)
+
+    def _epoch_result(self, row: Dict[str, Any]) -> Dict[str, Any]:
+        """An epoch's tracked metrics (the EMA's under --model-ema), as results.json's best/final hold them."""
+        prefix = 'ema_eval_' if 'ema_eval_top1' in row else 'eval_'
+        result = {'epoch': row['epoch'], 'eval_metric': self.args.eval_metric, 'top1': row[prefix + 'top1'],
+                  'top5': row[prefix + 'top5'], 'eval_loss': row[prefix + 'loss'], 'ema': prefix == 'ema_eval_'}
+        result['metric'] = result['eval_loss'] if self.args.eval_metric == 'loss' else result[self.args.eval_metric]
+        return result
 
     def _finish(self) -> None:
         """Export the best weights in timm's Hub layout and write results.json (rank 0)."""
@@ -484,7 +426,8 @@ class Trainer:
                 weights = ckpt['state_dict_ema'] if use_ema else ckpt['state_dict']
                 export_dir = export_best(self.model, weights, f'{best_path}{" (EMA)" if use_ema else ""}',
                                          out_dir / EXPORT_DIR, self.data_config, self.class_names)
-            final = p.history[-1] if p.history else {}
+            final = {**self._epoch_result(p.history[-1]), 'train_loss': p.history[-1]['train_loss'],
+                     'lr': p.history[-1]['lr']} if p.history else {}
             counts = getattr(self, 'val_counts', {})
             results = {
                 'model': self.args.model, 'num_classes': self.num_classes, 'class_names': self.class_names,
@@ -496,7 +439,8 @@ class Trainer:
                 'wall_time_s': p.elapsed + time.time() - self.process_started,
                 'this_process_s': time.time() - self.started,
                 'output': str(out_dir), 'export': str(export_dir) if export_dir else None,
-                'checkpoints': {'last': str(out_dir / LAST_CHECKPOINT), 'best': str(best_path)},
+                'checkpoints': {'last': str(out_dir / LAST_CHECKPOINT), 'best': str(best_path),
+                                'history': [name for name, _ in self.checkpoint_files.files]},
                 'args': plain(vars(self.args)),
             }
             write_results(out_dir, results)

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 from _train_utils import CLASSES, assert_same_weights, metrics_of, model_weights, run_train, summary_rows, tiny_args
-from gczoo.train import BEST_CHECKPOINT, EXPORT_DIR, LAST_CHECKPOINT, load_training_checkpoint
+from gczoo.train import BEST_CHECKPOINT, EXPORT_DIR, load_training_checkpoint
 from gczoo.train.build import FolderImages
 from gczoo.train.outputs import export_best, write_results
 from gczoo.train.rundir import LOCK_FILE, RunLock
@@ -88,8 +88,8 @@ def test_a_second_run_on_a_busy_folder_fails_at_once_and_deletes_nothing(capsys,
 def test_default_run_names_never_collide(capsys, data_dir, tmp_path, monkeypatch):
     """Two runs started in the same second with the default name get two folders (as timm's get_outdir:
     NAME, NAME-1). The runs stop at --num-classes, after making their folder."""
-    import gczoo.train.trainer as trainer_module
-    monkeypatch.setattr(trainer_module.time, 'strftime', lambda fmt, *a: '20260101-000000')
+    import gczoo.train.rundir as rundir
+    monkeypatch.setattr(rundir.time, 'strftime', lambda fmt, *a: '20260101-000000')
     for _ in range(2):
         _fails(capsys, tiny_args(data_dir, tmp_path, experiment=None, num_classes=5))
     assert sorted(p.name for p in tmp_path.iterdir()) == ['20260101-000000-resnet18_gc-32',
