@@ -152,3 +152,26 @@ def test_resumable_sampler_skips_exactly_what_was_consumed():
     assert list(single) != order  # a new order every epoch
     with pytest.raises(ValueError, match=r'start must be in \[0, 5\]'):
         ranks[0].set_start(6)
+
+
+def test_resumable_sampler_epoch_samples_takes_a_new_subset_each_epoch():
+    """--train-num-samples: an epoch is the first N of its shuffled order; N = len gives torch's order exactly."""
+    data = list(range(10))
+    full = ResumableDistributedSampler(data, num_replicas=2, rank=1, seed=4, epoch_samples=10)
+    torch_order = torch.utils.data.DistributedSampler(data, num_replicas=2, rank=1, seed=4)
+    for epoch in (0, 1):
+        full.set_epoch(epoch)
+        torch_order.set_epoch(epoch)
+        assert list(full) == list(torch_order)
+    subsets = []
+    for epoch in (0, 1):
+        ranks = [ResumableDistributedSampler(data, num_replicas=2, rank=r, seed=4, epoch_samples=5) for r in range(2)]
+        for s in ranks:
+            s.set_epoch(epoch)
+        seen = list(ranks[0]) + list(ranks[1])
+        assert len(ranks[0]) == len(ranks[1]) == 3 and len(seen) == 6  # 5 samples, padded to 2 x 3
+        assert len(set(seen)) == 5
+        subsets.append(set(seen))
+    assert subsets[0] != subsets[1]
+    with pytest.raises(ValueError, match=r'epoch_samples must be in \[1, 10\]'):
+        ResumableDistributedSampler(data, epoch_samples=11)

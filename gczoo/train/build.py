@@ -263,6 +263,9 @@ def build_datasets(args: argparse.Namespace, env: Any) -> Tuple[Any, Any, List[s
         class_names = [str(c) for c in classes]
     if len(train_ds) == 0 or len(val_ds) == 0:
         raise ValueError(f'{what}: the training or validation split is empty')
+    if len(class_names) < 2:
+        raise ValueError(f'{what} has {len(class_names)} class ({", ".join(class_names)}): a classifier needs at least '
+                         f'2 (one sub-folder per class in each split)')
     return train_ds, val_ds, class_names, what
 
 

@@ -150,8 +150,13 @@ def test_resume_with_other_epochs_follows_the_new_schedule(capsys, data_dir, fin
     assert float(rows[2]['lr']) == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
 
     shorter = _copy_run(finished_run, tmp_path, 'shorter')
-    assert run_train(tiny_args(data_dir, tmp_path, 'shorter', epochs=1, resume='auto')) == 0
-    assert 'nothing left to train' in capsys.readouterr().out
+    grown = tmp_path / 'grown'  # the same classes, one more training image: said, not refused
+    shutil.copytree(data_dir, grown)
+    shutil.copy(grown / 'train' / 'circle' / '000.png', grown / 'train' / 'circle' / 'extra.png')
+    assert run_train(tiny_args(grown, tmp_path, 'shorter', epochs=1, resume='auto')) == 0
+    out = capsys.readouterr().out
+    assert 'nothing left to train' in out
+    assert 'the checkpoint trained on 24 train / 12 val images, this data has 25 / 12' in out
     assert len(summary_rows(shorter)) == 2
     assert_same_weights(model_weights(shorter), model_weights(finished_run))
 
@@ -191,3 +196,10 @@ def test_16_bit_images_are_scaled_not_clipped(tmp_path):
     pixels = np.asarray(image)
     assert image.mode == 'RGB' and target == 2
     assert pixels[0, :, 0].tolist() == [0, 64, 128, 255] and (pixels[..., 0] == pixels[..., 2]).all()
+
+
+def test_a_single_class_dataset_is_refused_with_a_clear_message(capsys, tmp_path):
+    from _train_utils import make_image_folder
+    data = make_image_folder(tmp_path / 'one', classes=('circle',))
+    err = _fails(capsys, tiny_args(data, tmp_path, 'one', epochs=1))
+    assert 'has 1 class (circle): a classifier needs at least 2' in err
