@@ -36,7 +36,6 @@ import difflib
 import io
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -47,7 +46,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from gczoo.args import ArgumentParser, positive_int
 from gczoo.errors import UsageError
-from gczoo.files import atomic_write_text
+from gczoo.files import atomic_write_text, check_output_dir, write_files
 from gczoo.models import ZOO_MODELS  # importing gczoo.models registers the zoo with timm
 
 __all__ = [
@@ -290,24 +289,14 @@ def _json_text(rows: Sequence[Dict[str, Any]]) -> str:
     return json.dumps(payload, indent=2) + '\n'
 
 
-def _write(path: Path, text: str) -> Path:
-    """The whole file or none (``gczoo.files.atomic_write_text``); an error names ``path``, not the temporary file."""
-    try:
-        return atomic_write_text(path, text)
-    except OSError as e:
-        if e.errno is None:
-            raise
-        raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from e
-
-
 def write_csv(rows: Sequence[Dict[str, Any]], path: Union[str, Path]) -> Path:
     """``complexity_table`` rows as CSV (written whole or not at all)."""
-    return _write(Path(path), _csv_text(rows))
+    return atomic_write_text(Path(path), _csv_text(rows))
 
 
 def write_json(rows: Sequence[Dict[str, Any]], path: Union[str, Path]) -> Path:
     """``complexity_table`` rows as JSON ``{convention, counter, models: {name: row}}`` (written whole or not at all)."""
-    return _write(Path(path), _json_text(rows))
+    return atomic_write_text(Path(path), _json_text(rows))
 
 
 def _parser() -> ArgumentParser:
@@ -338,10 +327,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         raise UsageError(f'--img-size takes N or H W, got {len(args.img_size)} numbers')
     img_size = args.img_size[0] if len(args.img_size) == 1 else tuple(args.img_size)
     csv_path, json_path = Path(f'{args.output}.csv'), Path(f'{args.output}.json')
-    csv_path.parent.mkdir(parents=True, exist_ok=True)  # an unusable --output fails before the counting
+    check_output_dir(csv_path.parent, '--output')  # an unusable --output fails before the counting
     rows = complexity_table(models, img_size, baseline=None if args.no_baseline else BASELINE_MODEL, progress=True)
-    for path, text in ((csv_path, _csv_text(rows)), (json_path, _json_text(rows))):  # both rendered first
-        _write(path, text)
+    csv_text, json_text = _csv_text(rows), _json_text(rows)
+    write_files({csv_path: lambda f: f.write(csv_text.encode()), json_path: lambda f: f.write(json_text.encode())})
     print(markdown_table(rows))
     print(f'\nwrote {csv_path} and {json_path}')
     return 0

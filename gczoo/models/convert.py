@@ -56,7 +56,7 @@ import re
 import sys
 from collections import Counter, OrderedDict
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 import timm
 import torch
@@ -387,12 +387,7 @@ def convert_checkpoint(
     metadata = {'format': 'pt', 'gczoo_model': model_name, 'gczoo_layout': layout,
                 'gczoo_source': src_path.name, 'num_classes': str(num_classes)}
     # whole or not at all: a full disk must not leave a truncated .safetensors that looks converted
-    try:
-        atomic_write(out_path, lambda f: f.write(safetensors_save(converted, metadata=metadata)))
-    except OSError as e:  # name the file asked for (atomic_write's error is about its temporary file)
-        if e.errno is None:
-            raise
-        raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(out_path)) from e
+    atomic_write(out_path, lambda f: f.write(safetensors_save(converted, metadata=metadata)))
     return ConversionReport(
         layout=layout, model_name=model_name, source=str(src_path), output=str(out_path),
         num_tensors=len(converted), num_classes=num_classes, dropped=dropped, filled=filled, notes=notes)

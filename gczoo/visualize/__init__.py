@@ -11,7 +11,7 @@ different queries. This package makes both the pictures and the measurement for 
 * ``metrics``  -- the query-independence measure (cosine distance, Jensen-Shannon divergence).
 * ``analysis`` -- the measure over a set of images, per block, and its CSV/JSON/PNG.
 * ``plots``    -- the figures (map grid, bar chart); ``pictures`` -- one PNG per image.
-* ``outputs``  -- files written whole or not at all; ``cli`` -- ``gczoo visualize`` and ``gczoo analyze-attention``.
+* ``cli`` -- ``gczoo visualize`` and ``gczoo analyze-attention`` (files written with ``gczoo.files``).
 """
 from .analysis import CSV_COLUMNS, analyze_attention, write_analysis
 from .capture import (

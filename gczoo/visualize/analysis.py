@@ -32,7 +32,7 @@ from .capture import capture_block_inputs, grid_query_points, points_to_cells, s
 from .images import data_transform, image_batches
 from .loading import LoadedModel
 from .metrics import criss_cross_effective_maps, mean_pairwise_distances, uniform_cross_effective_maps
-from .outputs import check_output_dir, write_files
+from gczoo.files import check_output_dir, write_files
 from .plots import DPI, analysis_figure
 
 __all__ = ['CSV_COLUMNS', 'analyze_attention', 'write_analysis']
@@ -184,7 +184,7 @@ def write_analysis(
         stem: str = 'attention_analysis',
 ) -> Dict[str, Path]:
     """Write ``<stem>.csv``, ``<stem>.json`` (rows + config) and ``<stem>.png`` (bar chart) into ``out_dir``:
-    all three or, on a failure such as a full disk, none (``gczoo.visualize.outputs.write_files``)."""
+    all three or, on a failure such as a full disk, none (``gczoo.files.write_files``)."""
     out = check_output_dir(out_dir, 'out_dir')
     paths = {ext: out / f'{stem}.{ext}' for ext in ('csv', 'json', 'png')}
     csv_bytes = _csv_text(rows).encode()

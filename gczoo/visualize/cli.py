@@ -15,7 +15,7 @@ from . import images
 from .analysis import analyze_attention, write_analysis
 from .images import find_image_files, load_images, sample_images
 from .loading import load_model
-from .outputs import check_output_dir
+from gczoo.files import check_output_dir
 from .pictures import visualize
 
 __all__ = ['main', 'analyze_main', 'visualize_parser', 'analyze_parser']

@@ -2,7 +2,7 @@
 
 Each image goes through timm's eval transform for the model, one forward with the blocks' inputs
 captured (``gczoo.visualize.capture``), and a grid of the maps over the input
-(``gczoo.visualize.plots``). Each PNG is written whole or not at all (``gczoo.visualize.outputs``).
+(``gczoo.visualize.plots``). Each PNG is written whole or not at all (``gczoo.files``).
 """
 import os
 from pathlib import Path
@@ -12,7 +12,7 @@ import torch.nn as nn
 
 from .capture import capture_attention, grid_query_points, select_blocks
 from .images import data_transform, to_display
-from .outputs import check_output_dir, write_files
+from gczoo.files import check_output_dir, write_files
 from .plots import DPI, attention_figure
 
 if TYPE_CHECKING:

@@ -1,7 +1,7 @@
 """The figures: a grid of attention maps over the input image, and the query-independence bar chart.
 
 Both are matplotlib ``Figure`` objects built without pyplot (no global state, no display needed);
-writing them is the caller's job (see ``gczoo.visualize.outputs``). matplotlib is imported inside the
+writing them is the caller's job (see ``gczoo.files``). matplotlib is imported inside the
 functions: it comes with the ``viz`` extra, and the command line names the extra when it is missing.
 
 Every grid cell is ``CELL_INCHES`` square at ``DPI``, plus a ``HEADER_INCHES`` title strip: multiples
