@@ -27,6 +27,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'bench': ('gczoo.bench:main', 'throughput/memory benchmarks: `bench layers` or `bench models`'),
     'convert': ('gczoo.models.convert:main', 'convert official CBAM/BAM/GCNet checkpoints to gczoo safetensors'),
     'publish': ('gczoo.hub:main', 'write a Hub repository folder from a training output and upload it'),
+    'export': ('gczoo.export:main', 'ONNX or torch.export .pt2 of a model with dynamic axes, checked in ONNX Runtime, '
+                                    'preprocessing as metadata'),
     'cards': ('gczoo.cards:main', 'generate model_cards/ and the README model table from the registry'),
     'visualize': ('gczoo.visualize:main', 'PNG grids of what each attention block of a model attends to'),
     'analyze-attention': ('gczoo.visualize:analyze_main', "GCNet's query-independence analysis (CSV + PNG)"),

@@ -145,6 +145,10 @@ def test_cli_commands_refuse_in_one_line(kind, files, tmp_path, capsys):
         'convert': ['convert', str(files[kind]), str(tmp_path / 'out.safetensors')],
         'publish': ['publish', str(files[kind]), '--model', MODEL, '--tag', 't', '--dry-run',
                     '--local-dir', str(tmp_path / 'hub')],
+        'visualize': ['visualize', MODEL, '--checkpoint', str(files[kind]), '--out', str(tmp_path / 'vis'),
+                      '--img-size', '32', '--no-progress'],
+        'analyze-attention': ['analyze-attention', MODEL, '--checkpoint', str(files[kind]), '--out',
+                              str(tmp_path / 'an'), '--img-size', '32', '--max-images', '2', '--no-progress'],
     }
     for name, argv in commands.items():
         rc = cli_main(argv)
@@ -154,3 +158,4 @@ def test_cli_commands_refuse_in_one_line(kind, files, tmp_path, capsys):
         if kind == 'payload':
             _assert_refused_payload(err, files)
     assert not (tmp_path / 'out.safetensors').exists() and not (tmp_path / 'hub' / 'model.safetensors').exists()
+    assert not list((tmp_path / 'vis').glob('*.png')) if (tmp_path / 'vis').exists() else True

@@ -83,7 +83,7 @@ class SelfAttention2d(nn.Module):
         val = self.h(x).flatten(2).transpose(1, 2).unsqueeze(1)
         out = _attention.softmax_attention(q, k, val, 1.0)
         out = out[:, 0].transpose(1, 2).reshape(batch, channels, height, width)
-        return self.gamma * self.v(out) + x
+        return x + self.gamma * self.v(out)  # x first: the result keeps x's memory layout
 
     def attention_maps(self, x: torch.Tensor, queries: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """``'query'``: (B, K, H, W), the rows beta_{j, .} of the query positions ``queries``
