@@ -11,6 +11,7 @@ from typing import Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
+from timm.utils import distribute_bn as timm_distribute_bn
 from torch.utils.data import Sampler
 
 __all__ = [
@@ -93,7 +94,6 @@ def distribute_bn(module: torch.nn.Module, mode: str, device: torch.device) -> b
         raise ValueError(f"--dist-bn must be one of {', '.join(repr(m) for m in DIST_BN_MODES)}, got {mode!r}")
     if not mode or not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return False
-    from timm.utils import distribute_bn as timm_distribute_bn
     world_size = dist.get_world_size()
     stats = [buf for name, buf in module.named_buffers() if 'running_mean' in name or 'running_var' in name]
     if all(buf.device == device for buf in stats):

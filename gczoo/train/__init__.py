@@ -21,6 +21,8 @@ Errors are raised, never printed here: ``gczoo.cli.run`` turns them into one lin
 import argparse
 from typing import List, Optional
 
+from gczoo.distributed import cleanup_distributed
+
 from .args import DIGITS_DEFAULTS, FAULT_EXIT_CODE, TIMM_DEFAULTS, build_parser
 from .build import attention_param_groups, create_train_model
 from .checkpoint import (
@@ -45,7 +47,6 @@ __all__ = [
 def main(argv: Optional[List[str]] = None) -> int:
     """``gczoo train`` / ``python -m gczoo.train``: parse, train, return 0. Errors propagate to
     ``gczoo.cli.run`` (one line, exit 2); the process group is left in every case."""
-    from gczoo.distributed import cleanup_distributed
     try:
         args: argparse.Namespace = parse_args(argv)
         return train(args)

@@ -10,6 +10,8 @@ with the reason, in ``gczoo.train.timm_flags``.
 import argparse
 from typing import Any, Callable, Dict
 
+from timm.utils import ParseKwargs
+
 from gczoo.args import (
     ArgumentParser, device_name, finite_float, fraction, non_negative_float, non_negative_int, positive_float,
     positive_int,
@@ -123,7 +125,6 @@ def _interpolation(text: str) -> str:
 
 def build_parser() -> ArgumentParser:
     """The command line of ``python -m gczoo.train`` / ``gczoo train`` / ``scripts/train.sh``."""
-    from timm.utils import ParseKwargs
     p = ArgumentParser(
         prog='gczoo train', description=(
             'Train or fine-tune a gczoo (or any timm) model: one CPU process, 8 GPUs, or several nodes, with timm '

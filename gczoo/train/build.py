@@ -8,13 +8,21 @@ import functools
 import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
+import timm
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from PIL import Image
+from timm.data import Mixup, create_dataset, create_reader
+from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2, param_groups_layer_decay, param_groups_weight_decay
+from timm.scheduler import create_scheduler_v2, scheduler_kwargs
+from timm.utils import ModelEmaV3, NativeScaler
 
 from gczoo.data import check_image_folder, prepare_digits
-from gczoo.evaluate import BadImageError, decode_image
+from gczoo.evaluate import BadImageError, decode_image, read_class_map
 from gczoo.models import ZOO_MODELS, attention_modules
+from gczoo.models.hub_folder import create_model
 from gczoo.models.weights import format_keys, load_weights
 
 from .args import mixup_active, uses_embedded_digits
@@ -28,7 +36,6 @@ IMAGE_MODES = {1: 'L', 3: 'RGB', 4: 'RGBA'}  # --in-chans -> how images are read
 
 
 def _check_model_name(name: str) -> None:
-    import timm
     if name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(name):
         return
     candidates = timm.list_models()
@@ -47,7 +54,6 @@ def create_train_model(args: argparse.Namespace, num_classes: int, log: Callable
     """timm train.py's ``create_model`` call through ``gczoo.models.hub_folder.create_model`` (timm's, with
     gczoo's checks on pretrained files: no pickles, keys and shapes first); ``--initial-checkpoint``
     through ``gczoo.models.weights.load_weights`` (a classifier of another size is left at init, as timm)."""
-    from gczoo.models.hub_folder import create_model
     _check_model_name(args.model)
     kwargs: Dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans_of(args), drop_rate=args.drop,
                                   drop_path_rate=args.drop_path, drop_block_rate=args.drop_block,
@@ -94,7 +100,6 @@ def attention_param_groups(
     """timm's parameter groups (weight decay, and layer decay if asked), each split into backbone and
     attention-block parameters; the attention groups' ``lr_scale`` is multiplied by ``attn_lr_scale``
     (timm's schedulers apply ``lr_scale``)."""
-    from timm.optim import param_groups_layer_decay, param_groups_weight_decay
     attn_ids = {id(p) for _, m in attention_modules(model) for p in m.parameters()}
     if not attn_ids:
         raise ValueError(f'--attn-lr-scale {attn_lr_scale:g} needs a model with gczoo attention blocks; '
@@ -149,12 +154,6 @@ def create_optimization(
         device: torch.device, amp_dtype: Optional[torch.dtype], log: Callable[[str], None] = print,
 ) -> Optimization:
     """timm train.py's optimizer, scheduler, ``NativeScaler``, ``ModelEmaV3``, ``Mixup`` and losses for ``args``."""
-    from timm.data import Mixup
-    from timm.loss import BinaryCrossEntropy, LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2, scheduler_kwargs
-    from timm.utils import ModelEmaV3, NativeScaler
-
     lr = resolve_lr(args, world_size)
     opt_kwargs: Dict[str, Any] = {}
     if args.opt_eps is not None:
@@ -216,8 +215,6 @@ def create_optimization(
 
 def build_datasets(args: argparse.Namespace, env: Any) -> Tuple[Any, Any, List[str], str]:
     """(train, val) datasets without transforms, the class names, and a description of the data."""
-    from timm.data import create_dataset, create_reader
-
     if uses_embedded_digits(args):
         if env.local_rank == 0:
             root = prepare_digits()
@@ -272,7 +269,6 @@ def build_datasets(args: argparse.Namespace, env: Any) -> Tuple[Any, Any, List[s
 def _class_map(path: str, train_classes: List[str], val_classes: List[str]) -> Dict[str, int]:
     """``--class-map``: every class folder must be in it (timm's reader would silently drop the others), and its
     indices must be 0..K-1 (K outputs)."""
-    from gczoo.evaluate import read_class_map
     mapping = read_class_map(path)
     if not mapping:
         raise ValueError(f'--class-map {path!r} holds no classes')
@@ -303,7 +299,6 @@ class FolderImages(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> Tuple[Any, int]:
-        from PIL import Image
         path, target = self.samples[index]
         try:
             return decode_image(path, self.mode), target

@@ -28,6 +28,7 @@ import torch
 
 from gczoo.errors import CheckpointError
 from gczoo.files import atomic_write, fsync_dir, umask_mode
+from gczoo.models.weights import read_checkpoint
 
 __all__ = [
     'CHECKPOINT_FORMAT', 'LAST_CHECKPOINT', 'BEST_CHECKPOINT', 'HISTORY_CHECKPOINT', 'atomic_save',
@@ -137,7 +138,6 @@ def load_training_checkpoint(path: os.PathLike) -> Dict[str, Any]:
 
     Raises ``CheckpointError`` for a missing, truncated/corrupt or foreign file.
     """
-    from gczoo.models.weights import read_checkpoint
     path = Path(path)
     if path.suffix == '.safetensors':
         raise CheckpointError(

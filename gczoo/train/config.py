@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any, Collection, Dict, List, Optional, Sequence, Set, Tuple
 
+from timm.utils import ParseKwargs
+
 from gczoo.errors import UsageError
 
 from .args import AMP_DTYPES, DIGITS_DEFAULTS, TIMM_DEFAULTS, build_parser, mixup_active, uses_embedded_digits
@@ -33,7 +35,6 @@ def _config_path(argv: Sequence[str]) -> str:
 
 def _check_value(action: argparse.Action, key: str, value: Any, where: str) -> Any:
     """A value from the file, checked and converted as the flag's own would be."""
-    from timm.utils import ParseKwargs
     bad = f'{where}: {key}: '
     if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
         if not isinstance(value, bool):
@@ -84,7 +85,7 @@ def read_config(path: str, parser: argparse.ArgumentParser,
                 skip: Collection[str] = ()) -> Tuple[Dict[str, Any], List[str]]:
     """The settings in a YAML file as parser defaults, checked; and the timm-only keys ignored (at their default).
     Settings in ``skip`` (given on the command line, which wins) are left out."""
-    import yaml
+    import yaml  # the train extra, imported where used: gczoo.cli names a missing extra
     where = f'--config {path!r}'
     if not Path(path).is_file():
         raise UsageError(f'{where} does not exist (a YAML file of settings, e.g. a run\'s OUT/args.yaml)')
@@ -192,6 +193,6 @@ def _check_combinations(args: argparse.Namespace) -> None:
 
 def args_yaml(args: argparse.Namespace) -> str:
     """The run's settings as YAML (timm's args.yaml: ``yaml.safe_dump`` of the args, sorted keys)."""
-    import yaml
+    import yaml  # the train extra (see read_config)
     settings = {k: v for k, v in vars(args).items() if k not in NOT_IN_ARGS_YAML and k != 'config_ignored'}
     return yaml.safe_dump(plain(settings), default_flow_style=False)

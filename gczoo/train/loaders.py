@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any, Dict
 
 import torch
+from timm.data import create_transform, resolve_data_config
 from torch.utils.data import DataLoader
 
 from gczoo.data import ResumableDistributedSampler, SeededTransformDataset
@@ -26,7 +27,6 @@ __all__ = ['Loaders', 'train_data_config', 'build_loaders']
 
 def train_data_config(args: argparse.Namespace, model: torch.nn.Module) -> Dict[str, Any]:
     """timm's resolve_data_config of the flags and the model, with the channels --in-chans asks for."""
-    from timm.data import resolve_data_config
     keys = ('img_size', 'input_size', 'in_chans', 'mean', 'std', 'crop_pct', 'interpolation')
     config = resolve_data_config({k: getattr(args, k) for k in keys if getattr(args, k)}, model=model)
     chans = in_chans_of(args)
@@ -54,7 +54,6 @@ class Loaders:
 def build_loaders(args: argparse.Namespace, env: Any, device: torch.device, train_ds: Any, val_ds: Any,
                   data_config: Dict[str, Any], what: str) -> Loaders:
     """Transforms (timm's ``create_transform`` with the flags), datasets, samplers and loaders of one rank."""
-    from timm.data import create_transform
     train_config = {k: v for k, v in data_config.items() if k not in ('crop_pct', 'crop_mode')}
     # timm: the eval interpolation when --no-aug or no --train-interpolation
     train_config['interpolation'] = (data_config['interpolation'] if args.no_aug or not args.train_interpolation

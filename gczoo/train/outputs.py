@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 
 from gczoo.files import atomic_write, atomic_write_text, fsync_dir, umask_mode
+from gczoo.models.hub_folder import save_pretrained
+from gczoo.models.weights import load_weights
 
 __all__ = [
     'SUMMARY_COLUMNS', 'EMA_COLUMNS', 'SUMMARY_FILE', 'SUMMARY_PLOT', 'ARGS_FILE', 'EXPORT_DIR', 'RESULTS_FILE',
@@ -49,6 +51,7 @@ def write_summary(out_dir: Path, history: Sequence[Mapping[str, Any]]) -> Path:
 
 def plot_summary(out_dir: Path, history: Sequence[Mapping[str, Any]]) -> Path:
     """Loss and accuracy curves per epoch as a PNG (matplotlib's Agg canvas: no display needed)."""
+    # the train extra, imported where used: gczoo.cli names a missing extra
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -125,8 +128,6 @@ def export_best(model: nn.Module, weights: Mapping[str, torch.Tensor], source: s
     The weights go through ``gczoo.models.weights.load_weights`` (keys, shapes, dtypes, finiteness)
     into a CPU copy of ``model``; ``gczoo.models.hub_folder.save_pretrained`` writes the files.
     """
-    from gczoo.models.hub_folder import save_pretrained
-    from gczoo.models.weights import load_weights
     export_model = copy.deepcopy(model).cpu()
     if any(isinstance(m, nn.SyncBatchNorm) for m in export_model.modules()):
         export_model = _revert_sync_batchnorm(export_model)

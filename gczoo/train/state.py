@@ -14,6 +14,7 @@ from typing import Any, Dict, List, Optional
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from timm.scheduler import PlateauLRScheduler
 
 from gczoo.errors import CheckpointError
 from gczoo.models.weights import format_keys, load_weights
@@ -162,7 +163,6 @@ def restore_training_state(trainer: Any, ckpt: Dict[str, Any], path: Path) -> Pr
 def _restore_schedule(trainer: Any, ckpt: Dict[str, Any], progress: Progress) -> None:
     """The lr schedule comes from this run's args (as timm's train.py): stepped to where the run is. Only a
     plateau schedule, whose state is the metric history, is loaded from the checkpoint."""
-    from timm.scheduler import PlateauLRScheduler
     scheduler = trainer.scheduler
     if scheduler is None:
         return

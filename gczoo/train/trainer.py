@@ -26,6 +26,9 @@ from typing import Any, Dict, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 import torch.nn as nn
+from timm.layers import convert_sync_batchnorm
+from timm.utils import dispatch_clip_grad, random_seed
+from torch.nn.parallel import DistributedDataParallel
 
 import gczoo.models  # noqa: F401  (registers the zoo with timm)
 from gczoo.distributed import distribute_bn, init_distributed
@@ -76,7 +79,6 @@ class Trainer:
             raise
 
     def _setup(self) -> None:
-        from timm.utils import random_seed
         args = self.args
         if args.fail_rank < 0:
             args.fail_rank = self.env.world_size - 1
@@ -155,7 +157,6 @@ class Trainer:
         return None, None
 
     def _build_data_and_model(self) -> None:
-        from timm.layers import convert_sync_batchnorm
         args, env = self.args, self.env
         train_ds, val_ds, self.class_names, self.data_what = build_datasets(args, env)
         self.num_classes = len(self.class_names)
@@ -190,7 +191,6 @@ class Trainer:
             setattr(self, name, getattr(parts, name))
 
     def _wrap_model(self) -> None:
-        from torch.nn.parallel import DistributedDataParallel
         self.train_model: nn.Module = self.model
         if self.args.torchcompile:
             self.train_model = torch.compile(self.model, backend=self.args.torchcompile,
@@ -254,7 +254,6 @@ class Trainer:
 
     def _backward(self, loss: torch.Tensor, need_update: bool) -> None:
         """timm train.py's backward: ``NativeScaler`` (backward, unscale, clip, step) under float16, else plain."""
-        from timm.utils import dispatch_clip_grad
         args = self.args
         if self.loss_scaler is not None:
             self.loss_scaler(loss, self.optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
@@ -268,7 +267,7 @@ class Trainer:
 
     def train_epoch(self) -> int:
         """The rest of the current epoch (all of it unless resumed mid-epoch); returns this rank's image count."""
-        from tqdm import tqdm
+        from tqdm import tqdm  # the train extra, imported where used: gczoo.cli names a missing extra
 
         args, env, p = self.args, self.env, self.progress
         epoch = p.epoch

@@ -101,23 +101,23 @@ def test_export_is_replaced_in_one_step(finished_run, tmp_path, monkeypatch):
     temporary folder; a finished write replaces it in one rename."""
     import timm
     from timm.data import resolve_data_config
-    import gczoo.models.hub_folder as hub_folder
+    import gczoo.train.outputs as outputs
     run_dir = _copy_run(finished_run, tmp_path, 'run')
     old = {p.name: p.read_bytes() for p in (run_dir / EXPORT_DIR).iterdir()}
     ckpt = load_training_checkpoint(run_dir / BEST_CHECKPOINT)
     model = timm.create_model('resnet18_gc', num_classes=3)
-    real_save = hub_folder.save_pretrained
+    real_save = outputs.save_pretrained
 
     def full_disk(model, out_dir, **kwargs):
         (Path(out_dir) / 'config.json').write_text('{"half": ')
         raise OSError(errno.ENOSPC, 'No space left on device', str(Path(out_dir) / 'model.safetensors'))
-    monkeypatch.setattr(hub_folder, 'save_pretrained', full_disk)
+    monkeypatch.setattr(outputs, 'save_pretrained', full_disk)
     with pytest.raises(OSError):
         export_best(model, ckpt['state_dict'], 'best', run_dir / EXPORT_DIR, resolve_data_config(model=model), None)
     assert {p.name: p.read_bytes() for p in (run_dir / EXPORT_DIR).iterdir()} == old
     assert not [p for p in run_dir.iterdir() if p.name.startswith('.export')]
 
-    monkeypatch.setattr(hub_folder, 'save_pretrained', real_save)
+    monkeypatch.setattr(outputs, 'save_pretrained', real_save)
     new_weights = {k: v + 1 if v.is_floating_point() else v for k, v in ckpt['state_dict'].items()}
     export_best(model, new_weights, 'best', run_dir / EXPORT_DIR, resolve_data_config(model=model), list(CLASSES))
     exported = timm.create_model(f'local-dir:{run_dir / EXPORT_DIR}', pretrained=True)
