@@ -24,10 +24,11 @@ from gczoo.layers import attention_modules
 
 from .errors import CheckpointError, explain_download_errors
 from .weights import (
-    StateDict, StateDictMismatch, check_state_dict, classifier_names, read_state_dict, unwrap_state_dict,
+    StateDict, StateDictMismatch, check_state_dict, classifier_names, first_conv_names, read_state_dict,
+    unwrap_state_dict,
 )
 
-__all__ = ['LoadReport', 'first_conv_names', 'init_from_resnet', 'transplant_state_dict']
+__all__ = ['LoadReport', 'init_from_resnet', 'transplant_state_dict']
 
 
 @dataclasses.dataclass
@@ -44,15 +45,6 @@ class LoadReport:
                 f'classifier tensors skipped: {self.skipped_classifier or "none"}; '
                 f'source tensors ignored: {self.ignored or "none"}'
                 + (f'; adapted to the input channels: {", ".join(self.adapted)}' if self.adapted else ''))
-
-
-def first_conv_names(model: nn.Module) -> Tuple[str, ...]:
-    """The input conv module name(s) of a timm model, from its pretrained cfg (``('conv1',)`` by default)."""
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    name = cfg.get('first_conv') if isinstance(cfg, Mapping) else None
-    if not name:
-        return ('conv1',)
-    return (name,) if isinstance(name, str) else tuple(name)
 
 
 def _resolve_source(source: Union[str, os.PathLike, Mapping[str, torch.Tensor], nn.Module]) -> Tuple[StateDict, str]:

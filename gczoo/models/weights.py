@@ -30,6 +30,7 @@ from gczoo.errors import CheckpointError
 
 __all__ = [
     'StateDict', 'StateDictMismatch', 'PICKLE_SUFFIXES', 'WEIGHTS_NAME', 'check_state_dict', 'classifier_names',
+    'first_conv_names',
     'compare_state_dicts', 'format_keys', 'pickle_refusal', 'unpickling_refused', 'load_weights', 'read_checkpoint', 'read_safetensors_shapes',
     'read_state_dict', 'unwrap_state_dict',
 ]
@@ -94,13 +95,22 @@ def compare_state_dicts(
     return StateDictMismatch(missing, unexpected, mis_shaped)
 
 
+def _cfg_module_names(model: nn.Module, key: str, default: str) -> Tuple[str, ...]:
+    cfg = getattr(model, 'pretrained_cfg', None) or {}
+    name = cfg.get(key) if isinstance(cfg, Mapping) else None
+    if not name:
+        return (default,)
+    return (name,) if isinstance(name, str) else tuple(name)
+
+
 def classifier_names(model: nn.Module) -> Tuple[str, ...]:
     """The classifier module name(s) of a timm model, from its pretrained cfg (``('fc',)`` by default)."""
-    cfg = getattr(model, 'pretrained_cfg', None) or {}
-    name = cfg.get('classifier') if isinstance(cfg, Mapping) else None
-    if not name:
-        return ('fc',)
-    return (name,) if isinstance(name, str) else tuple(name)
+    return _cfg_module_names(model, 'classifier', 'fc')
+
+
+def first_conv_names(model: nn.Module) -> Tuple[str, ...]:
+    """The input conv module name(s) of a timm model, from its pretrained cfg (``('conv1',)`` by default)."""
+    return _cfg_module_names(model, 'first_conv', 'conv1')
 
 
 # ----------------------------------------------------------------------------------------------
