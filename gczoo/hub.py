@@ -60,7 +60,7 @@ CARD_NAME = 'README.md'
 HUB_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
 
 # checkpoint file names looked for in a training output folder, best first
-_CHECKPOINT_NAMES = ('best.pth.tar', 'model_best.pth.tar', 'best.pth', 'checkpoint_best.pth', 'model_best.pth',
+_CHECKPOINT_NAMES = ('model_best.pth.tar', 'best.pth.tar', 'best.pth', 'checkpoint_best.pth', 'model_best.pth',
                      'last.pth.tar', 'last.pth', 'checkpoint_last.pth', 'checkpoint.pth.tar', 'checkpoint.pth')
 _DATA_ARG_KEYS = ('input_size', 'img_size', 'in_chans', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std')
 
@@ -103,6 +103,17 @@ def _read_label_names(path: PathLike) -> List[str]:
     return names
 
 
+def _read_yaml(path: Path, what: str) -> Dict[str, Any]:
+    import yaml  # timm's own dependency
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ValueError(f'{what} file {str(path)!r} is not valid YAML: {" ".join(str(e).split())}') from e
+    if not isinstance(data, dict):
+        raise ValueError(f'{what} file {str(path)!r} must hold a mapping of flag names to values')
+    return data
+
+
 def _checkpoint_args(path: Path) -> Dict[str, Any]:
     """The ``args`` a training checkpoint carries, if it can be read without unpickling code."""
     try:
@@ -126,7 +137,7 @@ def load_training_output(
     From a training output folder: ``OUT/export/{model.safetensors,config.json}`` (the best model,
     with its data config and label names) unless ``checkpoint`` names another file (e.g.
     ``OUT/last.pth.tar``); ``OUT/results.json`` (``best``/``final`` top-1/top-5, ``class_names``,
-    ``args``) for the card; ``OUT/args.json`` or the checkpoint's ``args`` if results.json has none.
+    ``args``) for the card; ``OUT/args.yaml`` (``args.json``), or else results.json's or the checkpoint's ``args``.
     From a checkpoint file (``.safetensors``, or ``.pth``/``.pth.tar`` read with
     ``torch.load(weights_only=True)``, EMA weights preferred as in gczoo train's export):
     ``model_name`` or the args' ``model`` gives the architecture, the classifier's shape the class
@@ -143,7 +154,9 @@ def load_training_output(
         results = _read_json(out_dir / 'results.json', 'results') if (out_dir / 'results.json').is_file() else {}
     results = dict(results)
     args: Dict[str, Any] = {}
-    if (out_dir / 'args.json').is_file():
+    if (out_dir / 'args.yaml').is_file():  # what gczoo train (and timm's train.py) write to every run
+        args = _read_yaml(out_dir / 'args.yaml', 'training args')
+    elif (out_dir / 'args.json').is_file():
         args = _read_json(out_dir / 'args.json', 'training args')
     elif isinstance(results.get('args'), Mapping):  # gczoo train keeps its args in results.json
         args = dict(results['args'])

@@ -515,3 +515,35 @@ def test_published_card_says_where_the_weights_come_from(trained, tmp_path):
     assert transplanted['datasets'] == ['imagenet-1k', 'food101']
     assert hub.card_origin(hub.TrainedWeights(trained, MODEL, {}, None, {}, {'dataset': 'torch/cifar10'}, 'x')) == (
         None, ['cifar10'])
+
+
+def test_saved_hub_folder_follows_the_umask(tmp_path):
+    from gczoo.models.hub_folder import save_pretrained as save
+    old = os.umask(0o022)
+    try:
+        save(timm.create_model('resnet18_gc', num_classes=3), tmp_path / 'out')
+    finally:
+        os.umask(old)
+    for name in ('model.safetensors', 'config.json'):
+        assert (tmp_path / 'out' / name).stat().st_mode & 0o777 == 0o644, name  # not safetensors' 0600
+
+
+def test_overlay_file_with_other_in_chans_is_adapted_as_timm_does(tmp_path):
+    from safetensors.torch import save_file
+    from gczoo.models.hub_folder import create_model as checked_create_model
+    source = timm.create_model('resnet18_gc', num_classes=3)
+    save_file(source.state_dict(), str(tmp_path / 'w.safetensors'))
+    model = checked_create_model('resnet18_gc', pretrained=True, num_classes=3, in_chans=1,
+                                 pretrained_cfg_overlay=dict(file=str(tmp_path / 'w.safetensors')))
+    assert model.conv1.weight.shape == (64, 1, 7, 7)
+    torch.testing.assert_close(model.conv1.weight, source.conv1.weight.sum(dim=1, keepdim=True))
+
+
+def test_publish_reads_the_runs_args_yaml(tmp_path):
+    from gczoo.hub import load_training_output
+    out = tmp_path / 'run'
+    out.mkdir()
+    torch.save({'state_dict': timm.create_model('resnet18_gc', num_classes=4).state_dict()}, out / 'model_best.pth.tar')
+    (out / 'args.yaml').write_text('model: resnet18_gc\nimg_size: 32\n')
+    weights = load_training_output(out)
+    assert weights.model_name == 'resnet18_gc' and weights.data_config['input_size'][-1] == 32

@@ -31,11 +31,13 @@ import torch
 import torch.nn as nn
 
 from gczoo.errors import CheckpointError, PretrainedWeightsError
+from gczoo.files import umask_mode
 
 from .errors import download_error_types
 from .gczoo import ZOO_MODELS
 from .weights import (
-    PICKLE_SUFFIXES, WEIGHTS_NAME, check_state_dict, classifier_names, load_weights, read_safetensors_shapes,
+    PICKLE_SUFFIXES, WEIGHTS_NAME, check_state_dict, classifier_names, first_conv_names, load_weights,
+    read_safetensors_shapes,
     pickle_refusal,
 )
 
@@ -97,6 +99,8 @@ def save_pretrained(
     if tag is not None:
         config['pretrained_cfg']['tag'] = tag
     config_path.write_text(json.dumps(config, indent=2))
+    for name in (WEIGHTS_NAME, CONFIG_NAME):  # safetensors writes 0600 whatever the umask
+        os.chmod(out / name, umask_mode())
     return out
 
 
@@ -312,7 +316,10 @@ def create_model(
             meta_model = timm.create_model(model_name, pretrained=False, device='meta', **build_kwargs)
             classifiers = classifier_names(meta_model)
             # timm drops the classifier itself when num_classes differs from the file's cfg
-            verify_weights(meta_model, shapes, repr(str(file)), tolerate_prefixes=tuple(f'{c}.' for c in classifiers))
+            tolerated = tuple(f'{c}.' for c in classifiers)
+            if build_kwargs.get('in_chans', 3) != 3:  # timm adapts the first conv to in_chans itself
+                tolerated += tuple(f'{c}.' for c in first_conv_names(meta_model))
+            verify_weights(meta_model, shapes, repr(str(file)), tolerate_prefixes=tolerated)
         elif not file.is_file():
             raise CheckpointError(f'pretrained_cfg_overlay file {str(file)!r} does not exist')
         elif not allow_pickle:
