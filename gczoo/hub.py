@@ -77,13 +77,17 @@ class TrainedWeights:
     source: str
 
 
-def _read_json(path: Path, what: str) -> Dict[str, Any]:
+def _read_mapping(path: Path, what: str) -> Dict[str, Any]:
+    """A JSON or (``.yaml``) YAML file holding a mapping; ``ValueError`` naming the file otherwise."""
+    import yaml  # timm's own dependency
     try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ValueError(f'{what} {str(path)!r} is not readable JSON: {e}') from e
+        text = path.read_text()
+        value = yaml.safe_load(text) if path.suffix in ('.yaml', '.yml') else json.loads(text)
+    except (OSError, ValueError, yaml.YAMLError) as e:
+        raise ValueError(f'{what} {str(path)!r} is not readable {path.suffix.lstrip(".").upper() or "JSON"}: '
+                         f'{" ".join(str(e).split())}') from e
     if not isinstance(value, dict):
-        raise ValueError(f'{what} {str(path)!r} must hold a JSON object, got {type(value).__name__}')
+        raise ValueError(f'{what} {str(path)!r} must hold a mapping, got {type(value).__name__}')
     return value
 
 
@@ -101,17 +105,6 @@ def _read_label_names(path: PathLike) -> List[str]:
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ValueError(f'label_names file {str(path)!r} must hold one name per line or a JSON list of strings')
     return names
-
-
-def _read_yaml(path: Path, what: str) -> Dict[str, Any]:
-    import yaml  # timm's own dependency
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise ValueError(f'{what} file {str(path)!r} is not valid YAML: {" ".join(str(e).split())}') from e
-    if not isinstance(data, dict):
-        raise ValueError(f'{what} file {str(path)!r} must hold a mapping of flag names to values')
-    return data
 
 
 def _checkpoint_args(path: Path) -> Dict[str, Any]:
@@ -151,13 +144,13 @@ def load_training_output(
     ckpt = Path(checkpoint) if checkpoint is not None else (None if source.is_dir() else source)
 
     if results is None:
-        results = _read_json(out_dir / 'results.json', 'results') if (out_dir / 'results.json').is_file() else {}
+        results = _read_mapping(out_dir / 'results.json', 'results') if (out_dir / 'results.json').is_file() else {}
     results = dict(results)
     args: Dict[str, Any] = {}
     if (out_dir / 'args.yaml').is_file():  # what gczoo train (and timm's train.py) write to every run
-        args = _read_yaml(out_dir / 'args.yaml', 'training args')
+        args = _read_mapping(out_dir / 'args.yaml', 'training args')
     elif (out_dir / 'args.json').is_file():
-        args = _read_json(out_dir / 'args.json', 'training args')
+        args = _read_mapping(out_dir / 'args.json', 'training args')
     elif isinstance(results.get('args'), Mapping):  # gczoo train keeps its args in results.json
         args = dict(results['args'])
     if label_names is None and isinstance(results.get('class_names'), list):
@@ -477,7 +470,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     """``gczoo publish``: see ``gczoo publish --help`` (errors are printed by ``gczoo.cli.run``)."""
     args = _parser().parse_args(argv)
     label_names = _read_label_names(args.label_names) if args.label_names else None
-    results = _read_json(Path(args.results), 'results') if args.results else None
+    results = _read_mapping(Path(args.results), 'results') if args.results else None
     result = publish(
         args.source, model_name=args.model, tag=args.tag, repo_id=args.repo_id, checkpoint=args.checkpoint,
         label_names=label_names, results=results, local_dir=args.local_dir, dry_run=args.dry_run,
