@@ -89,7 +89,7 @@ def build_parser() -> ArgumentParser:
     models.add_argument('--batch', type=positive_int, nargs='+', default=[8], help='batch size(s)')
     models.add_argument('--img-size', type=positive_int, default=224)
     models.add_argument('--steps', type=positive_int, default=3,
-                        help='timed rounds per mode (3 keeps the default run near 10 min on 2 busy cores)')
+                        help='timed rounds per mode (3 keeps the default run near 15 min on 2 busy cores)')
     models.add_argument('--modes', nargs='+', default=['infer', 'train'], choices=MODEL_MODES,
                         help="'compile' (torch.compile'd inference, no target) compiles every model first: minutes")
     models.add_argument('--compile-backend', default='inductor', help='torch.compile backend of --modes compile')

@@ -314,7 +314,8 @@ def format_model_table(rows: Sequence[Dict[str, Any]]) -> str:
     """
     header = ['model', 'batch', 'GMACs', 'GMAC ratio', 'target', 'infer img/s', 'infer t/base', 'train img/s',
               'train t/base', 'compile t/base', 'nearest timm', 'infer t/nearest', 'train t/nearest',
-              'compile t/nearest', 'timm infer t/base', 'timm train t/base', 'A/A infer', 'A/A train', 'targets']
+              'compile t/nearest', 'timm infer t/base', 'timm train t/base', 'A/A infer', 'A/A train', 'A/A compile',
+              'targets']
     lines = [header]
     for r in rows:
         lines.append([
@@ -327,6 +328,6 @@ def format_model_table(rows: Sequence[Dict[str, Any]]) -> str:
             fmt(r['compile_time_ratio_nearest'], '.3f'),
             fmt(r['nearest_infer_time_ratio_base'], '.3f'), fmt(r['nearest_train_time_ratio_base'], '.3f'),
             fmt(r['infer_time_ratio_control'], '.3f'), fmt(r['train_time_ratio_control'], '.3f'),
-            verdict(r),
+            fmt(r['compile_time_ratio_control'], '.3f'), verdict(r),
         ])
     return markdown(lines)
