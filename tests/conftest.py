@@ -12,3 +12,26 @@ if 'OMP_NUM_THREADS' not in os.environ:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def disk_full_at(monkeypatch):
+    """``disk_full_at(n)``: the n-th fsync of a regular file fails with ENOSPC, as a full disk does when
+    the data reaches it (folder fsyncs are not counted). Every gczoo output goes through
+    ``gczoo.files.atomic_write``, which fsyncs each file before moving it into place."""
+    import errno
+    import stat
+
+    def arm(n: int) -> None:
+        real_fsync = os.fsync
+        calls = []
+
+        def fsync_until_full(fd):
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                calls.append(fd)
+                if len(calls) == n:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real_fsync(fd)
+
+        monkeypatch.setattr(os, 'fsync', fsync_until_full)
+    return arm

@@ -17,8 +17,6 @@ What each paper counts (details in ``gczoo.papers.PAPERS[key].reported``):
   so ours (+0.06%) is 0.2% off it; the 3-decimal CBAM figures and BAM's +0.08 G agree much closer.
 """
 import errno
-import os
-import stat
 import tempfile
 
 import pytest
@@ -172,21 +170,11 @@ def test_command_read_only_file_system_is_one_line(tmp_path, capsys, monkeypatch
     assert not list(tmp_path.iterdir())
 
 
-def test_command_full_disk_leaves_nothing_half_written(tmp_path, capsys, monkeypatch):
+def test_command_full_disk_leaves_nothing_half_written(tmp_path, capsys, disk_full_at):
     """ENOSPC when the JSON reaches the disk (the CSV fit): the two files are written together or not at all,
     so the previous run's JSON stays whole and no new CSV appears beside it; no temporary file is left."""
     (tmp_path / 'cx.json').write_text('{"models": {}}\n')  # a previous run's
-    real_fsync = os.fsync
-    calls = []
-
-    def fsync_until_full(fd):
-        if stat.S_ISREG(os.fstat(fd).st_mode):  # files, not the folder entries
-            calls.append(fd)
-            if len(calls) == 2:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_fsync(fd)
-
-    monkeypatch.setattr(os, 'fsync', fsync_until_full)
+    disk_full_at(2)
     assert cli_main(['complexity', 'resnet18_gc', '--img-size', '32', '--output', str(tmp_path / 'cx')]) == 2
     err = _one_error_line(capsys)
     assert 'No space left on device' in err and "cx.json'" in err and 'free some disk space' in err

@@ -5,7 +5,6 @@ checkpoint of another model, and out-of-range flags.
 """
 import errno
 import os
-import stat
 import tempfile
 
 import numpy as np
@@ -133,19 +132,9 @@ def test_visualize_full_disk_leaves_only_whole_pngs(tmp_path, capsys, monkeypatc
         assert img.format == 'PNG'
 
 
-def test_analysis_full_disk_writes_none_of_its_files(tmp_path, capsys, monkeypatch):
+def test_analysis_full_disk_writes_none_of_its_files(tmp_path, capsys, disk_full_at):
     """ENOSPC when the JSON is flushed to disk: the CSV already written is not left alone without it."""
-    real_fsync = os.fsync
-    calls = []
-
-    def fsync_until_full(fd):
-        if stat.S_ISREG(os.fstat(fd).st_mode):  # files, not the folder entries
-            calls.append(fd)
-            if len(calls) == 2:
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real_fsync(fd)
-
-    monkeypatch.setattr(os, 'fsync', fsync_until_full)
+    disk_full_at(2)
     out = tmp_path / 'analysis'
     line = _fails(capsys, 'analyze-attention', MODEL, '--img-size', SIZE, '--max-images', 1, '--out', out)
     assert 'No space left on device' in line and 'attention_analysis.json' in line
