@@ -24,7 +24,7 @@ from gczoo.layers import attention_modules
 
 from .errors import CheckpointError, explain_download_errors
 from .weights import (
-    StateDict, StateDictMismatch, check_state_dict, classifier_names, first_conv_names, read_state_dict,
+    StateDict, StateDictMismatch, classifier_names, first_conv_names, load_weights, read_state_dict,
     unwrap_state_dict,
 )
 
@@ -173,8 +173,7 @@ def init_from_resnet(
     # the model's own tensors need no loading (nor checking): load only what comes from the source
     loaded = set(report.loaded)
     to_load = {k: v for k, v in state.items() if k in loaded}
-    check_state_dict(model, to_load, where, strict=False)  # dtypes and finite values
-    model.load_state_dict(to_load, strict=False)
+    load_weights(model, to_load, what=where, strict=False)  # checked: dtypes and finite values
     if verbose:
         print(f'init_from_resnet({where}): {report}')
     return report
