@@ -15,6 +15,8 @@ import torch
 import torch.fx
 import torch.nn.functional as F
 
+from ._chunked_attention import chunked_path_applies, chunked_softmax_attention
+
 __all__ = ['at_least_float32', 'autocast_on', 'einsum_float32', 'matmul_float32', 'softmax_attention']
 
 
@@ -51,6 +53,11 @@ def einsum_float32(equation: str, a: torch.Tensor, b: torch.Tensor) -> torch.Ten
     return torch.einsum(equation, operands)
 
 
+@torch.jit.unused
+def _chunked(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    return chunked_softmax_attention(q, k, v, scale)
+
+
 @torch.fx.wrap  # a leaf for FX tracing: it branches on the head sizes
 def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     """softmax(q k^T * scale) v for q (B, H, N, d), k (B, H, M, d), v (B, H, M, e) -> (B, H, N, e).
@@ -62,7 +69,15 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     after slicing, the output) and made contiguous. ``scale`` is always passed explicitly. The
     inputs are 4-D because the ONNX (dynamo) exporter only translates 4-D attention. The fused
     kernels accumulate the logits and the softmax in float32 for float16/bfloat16 inputs.
+
+    Unequal head sizes on the CPU in eager float32/float64 (SAGAN's C/8-wide keys) take
+    ``chunked_softmax_attention`` instead: the padding would multiply the logits' cost (see
+    ``_chunked_attention``). Graph capture (TorchScript, tracing, ``torch.compile``/``torch.export``)
+    and CUDA keep SDPA.
     """
+    if not torch.jit.is_scripting():
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and chunked_path_applies(q, k, v):
+            return _chunked(q, k, v, scale)
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     d_qk = q.shape[-1]
     d_v = v.shape[-1]

@@ -20,7 +20,8 @@ Pairwise functions ``f`` and normalisations ``C(x)`` (Sec. 3.2), with M key posi
 * ``'concatenation'``:      f = ReLU(w_f^T [theta_i, phi_j]), C = M.
 
 Cost: nothing N x M is materialised by ``forward`` in the softmax modes (fused
-``F.scaled_dot_product_attention``), nor in ``'dot_product'`` (associativity:
+``F.scaled_dot_product_attention``; the Gaussian mode, whose keys are wider than its values, runs in
+query chunks on the CPU, see ``_chunked_attention``), nor in ``'dot_product'`` (associativity:
 theta (phi^T g) / M costs O(N * inner^2)). ``'concatenation'`` splits w_f^T [theta_i, phi_j] =
 a_i + b_j and processes the queries in chunks, so inference holds at most one chunk x M block of
 pairwise weights at a time (under autograd the ReLU outputs of every chunk are kept for backward);

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 from torch.profiler import ProfilerActivity, profile
 
+from gczoo.layers import _chunked_attention
 from gczoo.layers.non_local import NonLocal, NonLocal1d, NonLocal2d, NonLocal3d
 
 MODES = ('gaussian', 'embedded_gaussian', 'dot_product', 'concatenation')
@@ -233,8 +234,10 @@ def test_auto_chunk_bounds_pairwise_block():
 
 @pytest.mark.parametrize('mode', MODES)
 @pytest.mark.parametrize('channels_last', [False, True])
-def test_no_n_by_n_allocation(mode, channels_last):
+def test_no_n_by_n_allocation(mode, channels_last, monkeypatch):
     # N = 1600 positions: a (B, N, N) float32 matrix would be 20 MB; q, k, v, g are ~0.1 MB each.
+    # The Gaussian mode's keys (C) are wider than its values (C/2): chunked attention, 1 MB chunks here.
+    monkeypatch.setattr(_chunked_attention, 'CHUNK_ELEMENTS', 2 ** 18)
     block = NonLocal2d(16, mode=mode, chunk_size=100).eval()
     x = torch.randn(2, 16, 40, 40)
     if channels_last:
@@ -249,8 +252,10 @@ def test_no_n_by_n_allocation(mode, channels_last):
     assert biggest > 0  # the profiler did record allocations
     keys = {e.name for e in events}
     assert not any('attention_math' in k for k in keys), keys  # SDPA did not fall back to the math path
-    if mode in ('gaussian', 'embedded_gaussian'):
+    if mode == 'embedded_gaussian':  # equal head sizes: SDPA's fused kernel
         assert any('scaled_dot_product' in k for k in keys), keys
+    if mode == 'gaussian':  # keys wider than values: chunked attention, no SDPA and its padding
+        assert not any('scaled_dot_product' in k for k in keys), keys
 
 
 # ---------------------------------------------------------------------------------------------

@@ -84,7 +84,8 @@ def test_layout():
 # ------------------------------------------------------- pitfall: SDPA must take its O(N) kernel
 
 def test_sdpa_gets_contiguous_equal_width_inputs(monkeypatch):
-    """A transposed view, or q/k narrower than v, silently falls back to SDPA's N x N math path."""
+    """Where SDPA runs (autocast, half precision, graph capture, CUDA): a transposed view, or q/k
+    narrower than v, would silently fall back to SDPA's N x N math path."""
     seen = []
     sdpa = F.scaled_dot_product_attention
 
@@ -95,7 +96,8 @@ def test_sdpa_gets_contiguous_equal_width_inputs(monkeypatch):
     monkeypatch.setattr(F, 'scaled_dot_product_attention', spy)
     block = make(dtype=torch.float32)
     for memory_format in (torch.contiguous_format, torch.channels_last):
-        block(torch.randn(2, C, 6, 5).contiguous(memory_format=memory_format))
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            block(torch.randn(2, C, 6, 5).contiguous(memory_format=memory_format))
     assert len(seen) == 2
     for q, k, v, kwargs in seen:
         assert kwargs.get('scale') == 1.0
@@ -105,6 +107,38 @@ def test_sdpa_gets_contiguous_equal_width_inputs(monkeypatch):
         choice = getattr(torch, '_fused_sdp_choice', None)
         if choice is not None:  # private API: 0 is the math (N x N) backend
             assert choice(q, k, v, scale=1.0) != 0
+
+
+@pytest.mark.parametrize('grad', [False, True], ids=['inference', 'training'])
+def test_float32_cpu_takes_the_chunked_path_and_builds_no_n_by_n_tensor(monkeypatch, grad):
+    """Eager float32 on the CPU: q/k at their own C/8 width, in chunks (no padding to C, no SDPA,
+    no tensor of N x N logits in forward or backward)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from gczoo.layers import _chunked_attention
+
+    class LargestOutput(TorchDispatchMode):
+        largest = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            for t in out if isinstance(out, (tuple, list)) else [out]:
+                if isinstance(t, torch.Tensor):
+                    LargestOutput.largest = max(LargestOutput.largest, t.numel())
+            return out
+
+    monkeypatch.setattr(F, 'scaled_dot_product_attention', None)  # any SDPA call fails
+    positions = 8 * 8
+    monkeypatch.setattr(_chunked_attention, 'CHUNK_ELEMENTS', positions * positions // 8)
+    block = make(dtype=torch.float32)
+    x = torch.randn(2, C, 8, 8, requires_grad=grad)
+    ref = reference(copy.deepcopy(block).double(), x.detach().double())[0]
+    with torch.set_grad_enabled(grad), LargestOutput():
+        y = block(x)
+        if grad:
+            y.square().sum().backward()
+    assert LargestOutput.largest < positions * positions  # x itself is 2 x 16 x 64 = 2048 < 4096
+    torch.testing.assert_close(y.detach().double(), ref, rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------ pitfall: gamma must be a real Parameter
