@@ -24,6 +24,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import create_act_layer
 
+from ._fused_gate import (GateGraphs, dense_layout, graph_capture, records_a_graph, weighted_channel_sum,
+                          weighted_position_sum)
 from ._validate import check_choice, check_input, check_positive_int, resolve_rd_channels
 from .norm import BatchNormAnyBatch1d, BatchNormAnyBatch2d
 
@@ -96,7 +98,7 @@ class _ConvBnAct(nn.Module):
 
 
 class _ChannelGate(nn.Module):
-    """Global average pool -> MLP with BN; returns the logits ``M_c`` as ``(B, C)``."""
+    """MLP with BN on the globally average-pooled ``(B, C)``; returns the logits ``M_c`` as ``(B, C)``."""
 
     def __init__(self, channels: int, rd_channels: int, num_layers: int, act_layer, device=None, dtype=None):
         super().__init__()
@@ -105,8 +107,7 @@ class _ChannelGate(nn.Module):
             [_FcBnAct(channels if i == 0 else rd_channels, rd_channels, act_layer, **dd) for i in range(num_layers)])
         self.proj = nn.Linear(rd_channels, channels, **dd)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = x.mean((2, 3))  # over all H*W positions, square or not
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
             y = layer(y)
         return self.proj(y)
@@ -130,6 +131,54 @@ class _SpatialGate(nn.Module):
         for layer in self.dilated:
             y = layer(y)
         return self.proj(y)
+
+
+class _BAMFunction(torch.autograd.Function):
+    """``x * (1 + sigmoid(combine(M_c, M_s)))`` with a backward of two full-size buffers (besides
+    the spatial branch's own); saves ``x`` and the gate. ``params`` are the block's parameters."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, block: 'BAM', *params: torch.Tensor) -> torch.Tensor:
+        graphs = GateGraphs(params)
+        pooled = x.mean((2, 3)).requires_grad_()
+        x_leaf = x.detach().requires_grad_(x.requires_grad)  # the spatial branch's input
+        with torch.enable_grad():  # the two branches as small graphs (the spatial one is C/r wide)
+            m_c = graphs.call(block.channel_gate, pooled)
+            m_s = graphs.call(block.spatial_gate, x_leaf)
+        gate = block._gate(m_c.detach()[:, :, None, None], m_s.detach())
+        ctx.save_for_backward(x, gate)
+        ctx.graphs = (pooled, m_c, x_leaf, m_s)
+        ctx.gate_graphs = graphs
+        ctx.combine = block.combine
+        return torch.addcmul(x, x, gate)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        x, gate = ctx.saved_tensors
+        pooled, m_c, x_leaf, m_s = ctx.graphs
+        # d logits = dz * x * t * (1 - t), in one buffer
+        d_logits = torch.mul(grad_out, x)
+        d_logits.mul_(gate)
+        d_logits.addcmul_(d_logits, gate, value=-1)
+        if ctx.combine == 'mul':  # logits = M_c * M_s
+            d_m_c = weighted_position_sum(d_logits, m_s.detach())
+            d_m_s = weighted_channel_sum(d_logits, m_c.detach())
+        else:
+            d_m_c = d_logits.sum((2, 3))
+            d_m_s = d_logits.sum(1, keepdim=True)
+        del d_logits
+        (d_pooled,) = ctx.gate_graphs.backward(m_c, [pooled], d_m_c)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            (grad_x,) = ctx.gate_graphs.backward(m_s, [x_leaf], d_m_s)  # fresh: accumulated into in place
+            grad_x = grad_x.to(grad_out.dtype)
+            grad_x.add_(grad_out).addcmul_(grad_out, gate)  # dz * (1 + t)
+            grad_x.add_((d_pooled / (x.shape[2] * x.shape[3])).to(grad_x.dtype)[:, :, None, None])
+            grad_x = grad_x.to(x.dtype)
+        else:
+            ctx.gate_graphs.backward(m_s, [], d_m_s)
+        return (grad_x, None, *ctx.gate_graphs.param_grads())
 
 
 class BAM(nn.Module):
@@ -201,13 +250,23 @@ class BAM(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.channels, 4, 'BAM')
-        m_c = self.channel_gate(x)[:, :, None, None]
+        if not torch.jit.is_scripting():
+            if not graph_capture() and records_a_graph(x, self) and dense_layout(x):
+                return self._forward_fused(x)
+        return self._forward_ops(x)
+
+    def _forward_ops(self, x: torch.Tensor) -> torch.Tensor:
+        m_c = self.channel_gate(x.mean((2, 3)))[:, :, None, None]  # pooled over all H*W, square or not
         m_s = self.spatial_gate(x)
-        if self.combine == 'mul':
-            gate = torch.sigmoid(m_c * m_s)
-        else:
-            gate = torch.sigmoid(m_c + m_s)
-        return torch.addcmul(x, x, gate)  # x * (1 + gate) without another full-size temporary
+        return torch.addcmul(x, x, self._gate(m_c, m_s))  # x * (1 + gate) without another full-size temporary
+
+    def _gate(self, m_c: torch.Tensor, m_s: torch.Tensor) -> torch.Tensor:
+        """sigmoid(combine(M_c, M_s)) of ``(B, C, 1, 1)`` and ``(B, 1, H, W)`` logits: ``(B, C, H, W)``."""
+        return torch.sigmoid(m_c * m_s) if self.combine == 'mul' else torch.sigmoid(m_c + m_s)
+
+    @torch.jit.unused
+    def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
+        return _BAMFunction.apply(x, self, *self.parameters())
 
     def attention_maps(self, x: torch.Tensor, queries: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
         """``'channel'``: ``sigmoid(M_c)`` ``(B, C)``; ``'spatial'``: ``sigmoid(M_s)`` ``(B, 1, H, W)``.
@@ -220,7 +279,7 @@ class BAM(nn.Module):
         check_input(x, self.channels, 4, 'BAM')
         saved = [b.clone() for b in self.buffers()]
         try:
-            m_c = self.channel_gate(x)
+            m_c = self.channel_gate(x.mean((2, 3)))
             m_s = self.spatial_gate(x)
         finally:
             with torch.no_grad():

@@ -28,8 +28,9 @@ import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import create_act_layer
-from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
+from ._fused_gate import (GateGraphs, channel_dots, dense_layout, graph_capture, has_parameters, records_a_graph,
+                          weighted_channel_sum)
 from ._validate import as_tuple, check_input, check_positive_int, resolve_rd_channels
 from .norm import BatchNormAnyBatch2d, batch_norm_any_batch
 
@@ -140,7 +141,8 @@ class _CBAMFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, block: 'CBAM', *params: torch.Tensor) -> torch.Tensor:
         cg, sg = block.channel_gate, block.spatial_gate
-        leaf = {id(p): p.detach().requires_grad_(p.requires_grad) for p in params}
+        graphs = GateGraphs(params)
+        leaf = graphs.leaf
         flat = x.flatten(2)  # a view: x is contiguous or channels_last (checked by the caller)
         pooled, max_index = [], None
         for pid in cg.pool_ids:  # computed without a graph, then leaves of the gate's small graph
@@ -150,8 +152,7 @@ class _CBAMFunction(torch.autograd.Function):
                 values, max_index = flat.max(-1)
                 pooled.append(values.requires_grad_())
         with torch.enable_grad():
-            g = cg.gate(pooled, leaf[id(cg.fc1.weight)], leaf[id(cg.fc1.bias)],
-                        leaf[id(cg.fc2.weight)], leaf[id(cg.fc2.bias)])
+            g = cg.gate(pooled, leaf(cg.fc1.weight), leaf(cg.fc1.bias), leaf(cg.fc2.weight), leaf(cg.fc2.bias))
         g_full = g.detach().to(torch.promote_types(x.dtype, g.dtype))[:, :, None, None]
         out = x * g_full  # x1; becomes the output in place below
         s = c_pooled = c_index = None
@@ -159,13 +160,12 @@ class _CBAMFunction(torch.autograd.Function):
             c_max, c_index = out.max(1, keepdim=True)
             c_pooled = [c_max.requires_grad_(), out.mean(1, keepdim=True).requires_grad_()]
             with torch.enable_grad():
-                s = sg.gate(torch.cat(c_pooled, 1), leaf[id(sg.conv.weight)], leaf[id(sg.bn.weight)],
-                            leaf[id(sg.bn.bias)])
+                s = sg.gate(torch.cat(c_pooled, 1), leaf(sg.conv.weight), leaf(sg.bn.weight), leaf(sg.bn.bias))
             out.mul_(s.detach().to(out.dtype))
         ctx.save_for_backward(x, g_full, max_index, c_index)
         ctx.graphs = (pooled, g, c_pooled, s)
+        ctx.gate_graphs = graphs
         ctx.pool_ids = list(cg.pool_ids)
-        ctx.leaves = [leaf[id(p)] for p in params]
         return out
 
     @staticmethod
@@ -173,25 +173,13 @@ class _CBAMFunction(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):
         x, g_full, max_index, c_index = ctx.saved_tensors
         pooled, g, c_pooled, s = ctx.graphs
-        leaves = ctx.leaves
-        wanted = [p for p in leaves if p.requires_grad]
-        param_grads = {}
-
-        def small_backward(output, inputs, grad):
-            # retain_graph: the outer backward may be run again (retain_graph=True); these graphs are small
-            grads = torch.autograd.grad(output, inputs + wanted, grad.to(output.dtype), allow_unused=True,
-                                        retain_graph=True)
-            for p, pg in zip(wanted, grads[len(inputs):]):
-                if pg is not None:
-                    param_grads[id(p)] = pg if id(p) not in param_grads else param_grads[id(p)] + pg
-            return grads[:len(inputs)]
-
+        small_backward = ctx.gate_graphs.backward
         c = x.shape[1]
         grad = torch.empty_like(x, dtype=g_full.dtype)  # x's layout, so flatten(2) is a view
         if s is not None:
             # d out / d s: sum over C of grad_out * x1 = sum over C of (grad_out * x) * M_c, a matrix product
             torch.mul(grad_out, x, out=grad)
-            grad_s = torch.einsum('bc,bchw->bhw', g_full[:, :, 0, 0], grad).unsqueeze(1)
+            grad_s = weighted_channel_sum(grad, g_full[:, :, 0, 0])
             d_max, d_mean = small_backward(s, c_pooled, grad_s)
             # d x1 = grad_out * M_s + the channel pool's: mean (broadcast) and max (one scatter)
             torch.addcmul(d_mean / c, grad_out, s.detach().to(grad.dtype), out=grad)
@@ -199,7 +187,7 @@ class _CBAMFunction(torch.autograd.Function):
         else:
             grad.copy_(grad_out)
         # d M_c: sum over H, W of d x1 * x, a batched dot product
-        grad_g = torch.einsum('bchw,bchw->bc', grad, x)
+        grad_g = channel_dots(grad, x)
         d_pooled = small_backward(g, pooled, grad_g)
         grad_x = None
         if ctx.needs_input_grad[0]:
@@ -214,7 +202,7 @@ class _CBAMFunction(torch.autograd.Function):
                 if pid == 1:
                     grad.flatten(2).scatter_add_(2, max_index.unsqueeze(-1), d.to(grad.dtype).unsqueeze(-1))
             grad_x = grad.to(x.dtype)
-        return (grad_x, None, *[param_grads.get(id(p)) if p.requires_grad else None for p in leaves])
+        return (grad_x, None, *ctx.gate_graphs.param_grads())
 
 
 class CBAM(nn.Module):
@@ -284,8 +272,7 @@ class CBAM(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.channels, 4, 'CBAM')
         if not torch.jit.is_scripting():
-            if is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling():
-                # graph capture: the plain ops, the same whether or not grad is enabled
+            if graph_capture():  # the plain ops, the same whether or not grad is enabled
                 return self._forward_ops(x, inplace=False, index_max=False)
             if self._fused_backward_applies(x):
                 return self._forward_fused(x)
@@ -308,13 +295,9 @@ class CBAM(nn.Module):
     def _fused_backward_applies(self, x: torch.Tensor) -> bool:
         """Whether ``_CBAMFunction`` can run this call: a graph is recorded, avg/max pooling, no
         activation parameters, a dense NCHW or channels_last input, no torch.func transform."""
-        if not torch.is_grad_enabled() or getattr(torch._C, '_are_functorch_transforms_active', lambda: True)():
+        if not records_a_graph(x, self) or any(pid > 1 for pid in self.channel_gate.pool_ids):
             return False
-        if not (x.requires_grad or any(p.requires_grad for p in self.parameters())):
-            return False
-        if any(pid > 1 for pid in self.channel_gate.pool_ids) or any(True for _ in self.channel_gate.act.parameters()):
-            return False
-        return x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)
+        return not has_parameters([self.channel_gate.act]) and dense_layout(x)
 
     @torch.jit.unused
     def _forward_fused(self, x: torch.Tensor) -> torch.Tensor:
