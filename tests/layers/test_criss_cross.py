@@ -271,3 +271,58 @@ def test_wrong_input_channels_and_ndim():
         block(torch.randn(1, C, 2, 4, 4))
     with pytest.raises(ValueError, match='channels'):
         block.attention_maps(torch.randn(1, C - 1, 4, 4))
+
+
+# ------------------------------------------------------------- the hand-laid-out sum over the cross
+def _cross_inputs(batch=2, channels=3, height=4, width=5, requires_grad=True):
+    gen = torch.Generator().manual_seed(3)
+    a = torch.softmax(torch.randn(batch, height, width, height + width, generator=gen, dtype=torch.float64), -1)
+    a_h, a_w = a[..., :height].clone(), a[..., height:].clone()
+    v = torch.randn(batch, channels, height, width, generator=gen, dtype=torch.float64)
+    return [t.requires_grad_(requires_grad) for t in (a_h, a_w, v)]
+
+
+@pytest.mark.parametrize('layout', [torch.contiguous_format, torch.channels_last])
+def test_cross_sum_equals_einsum_with_gradients(layout):
+    from gczoo.layers.criss_cross import _cross_sum, _cross_sum_explicit
+    a_h, a_w, v = _cross_inputs()
+    v = v.detach().contiguous(memory_format=layout).requires_grad_()
+    out, ref = _cross_sum(a_h, a_w, v), _cross_sum_explicit(a_h, a_w, v)
+    assert type(out.grad_fn).__name__ == '_CrossSumBackward'
+    torch.testing.assert_close(out, ref, rtol=1e-12, atol=1e-12)
+    weight = torch.randn_like(ref)
+    for g, g_ref in zip(torch.autograd.grad((out * weight).sum(), (a_h, a_w, v)),
+                        torch.autograd.grad((ref * weight).sum(), (a_h, a_w, v))):
+        torch.testing.assert_close(g, g_ref, rtol=1e-12, atol=1e-12)
+
+
+def test_cross_sum_gradcheck_second_order_partial_grads_and_empty_batch():
+    from gczoo.layers.criss_cross import _CrossSum, _cross_sum, _cross_sum_explicit
+    inputs = _cross_inputs(batch=1, channels=2, height=3, width=2)
+    assert torch.autograd.gradcheck(_CrossSum.apply, inputs)
+    assert torch.autograd.gradgradcheck(_CrossSum.apply, inputs)
+    a_h, a_w, v = _cross_inputs()
+    a_h = a_h.detach()  # only a_w and v need gradients
+    grads = torch.autograd.grad(_cross_sum(a_h, a_w, v).sum(), (a_w, v))
+    refs = torch.autograd.grad(_cross_sum_explicit(a_h, a_w, v).sum(), (a_w, v))
+    for g, g_ref in zip(grads, refs):
+        torch.testing.assert_close(g, g_ref)
+    with torch.no_grad():
+        torch.testing.assert_close(_cross_sum(a_h, a_w, v), _cross_sum_explicit(a_h, a_w, v))
+    empty = [t[:0].detach().requires_grad_() for t in _cross_inputs()]
+    out = _cross_sum(*empty)
+    assert out.shape == (0, 3, 4, 5)
+    out.sum().backward()
+
+
+@pytest.mark.filterwarnings('ignore::torch.jit.TracerWarning', 'ignore:.*trace_method.*:FutureWarning')
+def test_block_graph_capture_and_torch_func_use_einsum():
+    block = CrissCrossAttention(16, dtype=torch.float64)
+    with torch.no_grad():
+        block.gamma.fill_(0.5)
+    x = torch.randn(2, 16, 4, 5, dtype=torch.float64, requires_grad=True)
+    traced = torch.jit.trace(block, (x,))
+    assert 'einsum' in str(traced.graph) and 'CrossSum' not in str(traced.graph)
+    torch.testing.assert_close(traced(x), block(x))
+    grad = torch.func.grad(lambda t: block(t).square().sum())(x.detach())
+    torch.testing.assert_close(grad, torch.autograd.grad(block(x).square().sum(), x)[0])
