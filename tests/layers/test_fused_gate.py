@@ -135,3 +135,21 @@ def test_reductions_match_their_definitions(layout):
     torch.testing.assert_close(channel_dots(a, b), (a * b).sum((2, 3)))
     torch.testing.assert_close(weighted_position_sum(a, w_pos), (a * w_pos).sum((2, 3)))
     torch.testing.assert_close(weighted_channel_sum(a, w_ch), (a * w_ch[:, :, None, None]).sum(1, keepdim=True))
+
+
+@pytest.mark.parametrize('name', ['se', 'bam', 'cbam', 'cc', 'sa'])
+@pytest.mark.parametrize('use_reentrant', [False, True])
+def test_hand_written_backwards_under_activation_checkpointing(name, use_reentrant):
+    """timm's --grad-checkpointing re-runs the forward in backward: the Functions give autograd's gradients."""
+    from torch.utils.checkpoint import checkpoint
+
+    from gczoo.layers import create_attn
+    block = _randomise(create_attn(name, C).double()).train()
+    ref = copy.deepcopy(block)
+    x = torch.randn(2, C, 6, 5, dtype=D)
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    checkpoint(block, xa, use_reentrant=use_reentrant).square().sum().backward()
+    ref(xb).square().sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad)
+    for (n, a), b in zip(block.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, msg=lambda m: f'{n}: {m}')
