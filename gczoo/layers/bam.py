@@ -16,6 +16,10 @@ Differences from the official code, none of which changes a result it produces: 
 the whole map for any ``H, W`` (the official ``avg_pool2d(x, H)`` breaks for ``H != W``, issue #50), and a
 train-mode batch of one works (see ``BAM``). ``OFFICIAL_KEY_MAP`` renames the official keys to ours.
 The paper places BAM between ResNet stages (after layer1, layer2, layer3), not inside every block.
+
+Training speed: when a graph is recorded, ``_BAMFunction`` computes the gate's gradient in one
+full-size buffer and adds every contribution to x's gradient in place (the two branches stay small
+autograd graphs, see ``_fused_gate``); graph capture, TorchScript and inference use the plain ops.
 """
 from typing import Callable, Dict, Optional, Union
 
