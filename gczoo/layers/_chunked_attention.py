@@ -17,9 +17,11 @@ FlashAttention does (Dao et al., arXiv:2205.14135, Sec. 3.1):
 Its backward is itself differentiable (gradient penalties of GAN discriminators need that): under
 ``create_graph=True`` it differentiates the explicit formula through autograd instead.
 """
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Tuple
 
 import torch
+
+from ._fused_gate import torch_func_active
 
 __all__ = ['CHUNK_ELEMENTS', 'ChunkedSoftmaxAttention', 'chunked_path_applies', 'chunked_softmax_attention']
 
@@ -127,5 +129,4 @@ def chunked_path_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> b
         return False
     if torch.is_autocast_enabled('cpu'):
         return False
-    functorch_active: Optional[bool] = getattr(torch._C, '_are_functorch_transforms_active', lambda: True)()
-    return not functorch_active
+    return not torch_func_active()

@@ -20,7 +20,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = [
     'GateGraphs', 'channel_dots', 'dense_layout', 'graph_capture', 'has_parameters', 'records_a_graph',
-    'weighted_channel_sum', 'weighted_position_sum',
+    'torch_func_active', 'weighted_channel_sum', 'weighted_position_sum',
 ]
 
 
@@ -29,10 +29,16 @@ def graph_capture() -> bool:
     return is_fx_symbolic_tracing() or torch.jit.is_tracing() or torch.compiler.is_compiling()
 
 
+def torch_func_active() -> bool:
+    """Is a torch.func transform (grad, vmap, ...) running? Autograd Functions without vmap/jvp rules
+    cannot run under one (private API; assumed active where it is missing, so the plain ops run)."""
+    return getattr(torch._C, '_are_functorch_transforms_active', lambda: True)()
+
+
 def records_a_graph(x: torch.Tensor, module: nn.Module) -> bool:
     """Does this eager call record an autograd graph through ``x`` or ``module``'s parameters, outside
     any torch.func transform (which an autograd Function without vmap/jvp rules cannot run under)?"""
-    if not torch.is_grad_enabled() or getattr(torch._C, '_are_functorch_transforms_active', lambda: True)():
+    if not torch.is_grad_enabled() or torch_func_active():
         return False
     return x.requires_grad or any(p.requires_grad for p in module.parameters())
 

@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _attention
-from ._fused_gate import graph_capture
+from ._fused_gate import graph_capture, torch_func_active
 from ._validate import check_input, check_positive_int, query_index, resolve_rd_channels
 
 __all__ = ['CrissCrossAttention']
@@ -109,7 +109,7 @@ def _cross_sum_fast_applies(a_h: torch.Tensor, v: torch.Tensor) -> bool:
         return False
     if a_h.dtype != v.dtype or torch.is_autocast_enabled('cpu'):
         return False
-    return not getattr(torch._C, '_are_functorch_transforms_active', lambda: True)()
+    return not torch_func_active()
 
 
 @torch.jit.unused
