@@ -16,6 +16,7 @@ import torch.fx
 import torch.nn.functional as F
 
 from ._chunked_attention import chunked_path_applies, chunked_softmax_attention
+from ._fused_gate import graph_capture
 
 __all__ = ['at_least_float32', 'autocast_on', 'einsum_float32', 'matmul_float32', 'softmax_attention']
 
@@ -76,7 +77,7 @@ def softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: 
     and CUDA keep SDPA.
     """
     if not torch.jit.is_scripting():
-        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and chunked_path_applies(q, k, v):
+        if not graph_capture() and chunked_path_applies(q, k, v):
             return _chunked(q, k, v, scale)
     dtype = torch.promote_types(torch.promote_types(q.dtype, k.dtype), v.dtype)
     d_qk = q.shape[-1]

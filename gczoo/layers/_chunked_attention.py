@@ -21,7 +21,7 @@ from typing import Iterator, Tuple
 
 import torch
 
-from ._fused_gate import torch_func_active
+from ._fused_gate import plain_float_tensors
 
 __all__ = ['CHUNK_ELEMENTS', 'ChunkedSoftmaxAttention', 'chunked_path_applies', 'chunked_softmax_attention']
 
@@ -120,13 +120,8 @@ def chunked_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def chunked_path_applies(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
     """Whether the chunked path should run (eager only; the caller checks for graph capture): CPU (or
-    meta) float32/float64 tensors of unequal head sizes, autocast off, no torch.func transform."""
-    if q.shape[-1] == v.shape[-1] or q.device.type not in ('cpu', 'meta'):
-        return False  # equal sizes: SDPA's fused kernel is faster; CUDA: its fused kernels are
-    # 'meta' (shapes only, as ``gczoo complexity`` runs): the products counted are the block's own,
-    # not the zero-padding SDPA would need
-    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float32, torch.float64):
-        return False
-    if torch.is_autocast_enabled('cpu'):
-        return False
-    return not torch_func_active()
+    meta) float32/float64 tensors of unequal head sizes, autocast off, no torch.func transform.
+    Equal sizes keep SDPA's fused kernel (faster here); CUDA keeps its fused kernels. On 'meta'
+    (shapes only, as ``gczoo complexity`` runs) the products counted are the block's own, not the
+    zero-padding SDPA would need."""
+    return q.shape[-1] != v.shape[-1] and plain_float_tensors(q, k, v, devices=('cpu', 'meta'))

@@ -1,4 +1,5 @@
-"""What the gating blocks' hand-written backwards share (CBAM, SE, BAM).
+"""What the blocks' eager-only fast paths share: the gates' hand-written backwards (CBAM, SE, BAM), and
+the checks that also decide the chunked attention (SAGAN) and criss-cross sums.
 
 A gate ``x * g(x)`` is cheap in FLOPs and limited by memory traffic: autograd's generic backward of
 it allocates a full-size tensor per elementwise step (the broadcast products, the pooling's expanded
@@ -20,7 +21,7 @@ from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 
 __all__ = [
     'GateGraphs', 'channel_dots', 'dense_layout', 'graph_capture', 'has_parameters', 'records_a_graph',
-    'torch_func_active', 'weighted_channel_sum', 'weighted_position_sum',
+    'plain_float_tensors', 'torch_func_active', 'weighted_channel_sum', 'weighted_position_sum',
 ]
 
 
@@ -33,6 +34,18 @@ def torch_func_active() -> bool:
     """Is a torch.func transform (grad, vmap, ...) running? Autograd Functions without vmap/jvp rules
     cannot run under one (private API; assumed active where it is missing, so the plain ops run)."""
     return getattr(torch._C, '_are_functorch_transforms_active', lambda: True)()
+
+
+def plain_float_tensors(*tensors: torch.Tensor, devices: Tuple[str, ...] = ('cpu',)) -> bool:
+    """Do ``tensors`` share one dtype, float32 or float64, on one of ``devices``, with autocast off and
+    no torch.func transform running? (What the explicit-product fast paths handle; half precision and
+    autocast keep the kernels that accumulate in float32.)"""
+    dtype, device = tensors[0].dtype, tensors[0].device.type
+    if dtype not in (torch.float32, torch.float64) or device not in devices:
+        return False
+    if any(t.dtype != dtype or t.device.type != device for t in tensors[1:]):
+        return False
+    return not torch.is_autocast_enabled('cpu') and not torch_func_active()
 
 
 def records_a_graph(x: torch.Tensor, module: nn.Module) -> bool:

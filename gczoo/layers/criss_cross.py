@@ -33,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import _attention
-from ._fused_gate import graph_capture, torch_func_active
+from ._fused_gate import graph_capture, plain_float_tensors
 from ._validate import check_input, check_positive_int, query_index, resolve_rd_channels
 
 __all__ = ['CrissCrossAttention']
@@ -105,11 +105,7 @@ def _cross_sum(a_h: torch.Tensor, a_w: torch.Tensor, v: torch.Tensor) -> torch.T
 @torch.jit.unused
 def _cross_sum_fast_applies(a_h: torch.Tensor, v: torch.Tensor) -> bool:
     """Eager CPU float32/float64 without autocast or torch.func transforms; graph capture keeps einsum."""
-    if graph_capture() or v.device.type != 'cpu' or v.dtype not in (torch.float32, torch.float64):
-        return False
-    if a_h.dtype != v.dtype or torch.is_autocast_enabled('cpu'):
-        return False
-    return not torch_func_active()
+    return not graph_capture() and plain_float_tensors(a_h, v)
 
 
 @torch.jit.unused

@@ -7,7 +7,8 @@ Paper: `Squeeze-and-Excitation Networks`, Jie Hu, Li Shen, Gang Sun, CVPR 2018 -
 
 Training speed: the gate is limited by memory traffic. When a graph is recorded, ``_SEFunction``
 writes the input's gradient in one full-size pass, ``dx = dz * g + (dL/ds) / HW``, with ``dL/dg`` a
-per-channel dot product of ``dz`` and ``x``, where autograd allocates three full-size tensors (see ``_fused_gate``). Graph capture, TorchScript and inference use the plain ops.
+per-channel dot product of ``dz`` and ``x``, where autograd allocates three full-size tensors (see
+``_fused_gate``). Graph capture, TorchScript and inference use the plain ops.
 """
 from typing import Callable, Dict, Optional, Union
 
