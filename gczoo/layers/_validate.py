@@ -18,7 +18,7 @@ __all__ = ['as_tuple', 'check_input', 'check_choice', 'check_positive_int', 'que
 
 def check_input(x: torch.Tensor, channels: int, ndim: int, block: str) -> None:
     """Raise ``ValueError`` unless ``x`` has ``ndim`` dimensions, ``channels`` channels (dim 1) and no
-    spatial size 0. A batch of 0 passes (the blocks return an empty batch, as convolutions do).
+    spatial size 0, and ``TypeError`` unless it is floating-point (integer images fail inside a conv). A batch of 0 passes (the blocks return an empty batch, as convolutions do).
 
     Skipped while torch.fx traces symbolically (the shapes are proxies then, and FX feature
     extraction must be able to trace through every block). Under ``torch.jit.trace`` (the
@@ -43,6 +43,8 @@ def _check_input(x: torch.Tensor, channels: int, ndim: int, block: str) -> None:
             f'{block}: input x must be a {ndim}-D tensor (N, C, ...), got {x.dim()}-D with shape {list(x.shape)}')
     if x.shape[1] != channels:
         raise ValueError(f'{block}: input x must have {channels} channels (dim 1), got {x.shape[1]}')
+    if not x.is_floating_point():
+        raise TypeError(f'{block}: input x must be a floating-point tensor, got {x.dtype} (convert it with .float())')
     for dim in range(2, ndim):
         if x.shape[dim] == 0:
             raise ValueError(

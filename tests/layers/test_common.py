@@ -260,6 +260,18 @@ def test_wrong_channels_and_ndim_raise(name):
 
 
 @pytest.mark.parametrize('name', NAMES)
+def test_integer_input_raises_own_error(name):
+    """An integer tensor (an image not converted) is named as such, not a conv's dtype error."""
+    block = make(name).train()
+    for dtype in (torch.uint8, torch.int64, torch.bool):
+        x = torch.ones(2, CHANNELS, 6, 5, dtype=dtype)
+        with pytest.raises(TypeError, match=r'input x must be a floating-point tensor, got torch\.'):
+            block(x)
+        with pytest.raises(TypeError, match='floating-point'):
+            block.attention_maps(x)
+
+
+@pytest.mark.parametrize('name', NAMES)
 def test_plugs_into_timm_resnet(name):
     """timm passes device=/dtype= to attn_layer: the block class must take them."""
     from gczoo.layers import get_attn
