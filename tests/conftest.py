@@ -35,3 +35,15 @@ def disk_full_at(monkeypatch):
 
         monkeypatch.setattr(os, 'fsync', fsync_until_full)
     return arm
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` skip, with the reason, where no CUDA device is present (CI, the CPU
+    machines); ``scripts/gpu_check.sh`` runs them where one is."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU (torch.cuda.is_available() is False); '
+                                   'run scripts/gpu_check.sh on a GPU machine')
+    for item in items:
+        if 'cuda' in item.keywords:
+            item.add_marker(skip)
