@@ -11,6 +11,7 @@ from .weights import (
 from .pretrained import LoadReport, init_from_resnet
 from .gczoo import HUB_ORG, ZOO_MODELS, Placement, ZooModel, ZooResNet, create_zoo_model, list_zoo_models
 from .hub_folder import check_hub_folder, create_model, load_pretrained_weights, save_pretrained
+from .sources import fetch_from_hub, fetch_url
 from .convert import LAYOUTS, ConversionReport, convert_checkpoint, convert_state_dict, detect_layout
 
 __all__ = [
@@ -18,5 +19,6 @@ __all__ = [
     'compare_state_dicts', 'load_weights', 'read_checkpoint', 'read_state_dict', 'unwrap_state_dict', 'LoadReport',
     'init_from_resnet', 'HUB_ORG', 'ZOO_MODELS', 'Placement', 'ZooModel', 'ZooResNet', 'attention_modules',
     'create_zoo_model', 'list_zoo_models', 'LAYOUTS', 'ConversionReport', 'convert_checkpoint', 'convert_state_dict',
-    'detect_layout', 'check_hub_folder', 'create_model', 'load_pretrained_weights', 'save_pretrained',
+    'detect_layout', 'check_hub_folder', 'create_model', 'load_pretrained_weights', 'save_pretrained', 'fetch_url',
+    'fetch_from_hub',
 ]

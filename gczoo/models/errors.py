@@ -5,20 +5,10 @@ from typing import Iterator
 
 from gczoo.errors import CheckpointError, PretrainedWeightsError
 
+from .sources import download_error_types
 from .weights import unpickling_refused
 
 __all__ = ['CheckpointError', 'PretrainedWeightsError', 'download_error_types', 'explain_download_errors']
-
-
-def download_error_types() -> tuple:
-    """The exception types a failed download raises (huggingface_hub's and the OS's)."""
-    types: list = [OSError]  # offline cache misses and connection failures are OSErrors
-    try:
-        from huggingface_hub import errors as hf_errors
-        types += [hf_errors.HfHubHTTPError, hf_errors.LocalEntryNotFoundError, hf_errors.OfflineModeIsEnabled]
-    except ImportError:  # pragma: no cover - huggingface_hub is a dependency
-        pass
-    return tuple(types)
 
 
 @contextlib.contextmanager

@@ -33,8 +33,8 @@ import torch.nn as nn
 from gczoo.errors import CheckpointError, PretrainedWeightsError
 from gczoo.files import umask_mode
 
-from .errors import download_error_types
 from .gczoo import ZOO_MODELS
+from .sources import hub_cache_dir, hub_download_error, is_download_error
 from .weights import (
     PICKLE_SUFFIXES, WEIGHTS_NAME, check_state_dict, classifier_names, first_conv_names, load_weights,
     read_safetensors_shapes,
@@ -70,13 +70,22 @@ def save_pretrained(
         data_config: Optional[Dict[str, Any]] = None,
         label_names: Optional[Sequence[str]] = None,
         tag: Optional[str] = None,
+        origin: Optional[str] = None,
+        license: Optional[str] = None,
 ) -> Path:
     """Write ``model.safetensors`` + ``config.json`` in timm's Hub layout (``local-dir:`` loads it).
 
     Uses timm's own ``save_for_hf`` (safetensors only, no pickle), then fixes up the config:
-    ``model_args`` keeps only architecture arguments, ``pretrained_cfg.hf_hub_filename`` pins the
-    safetensors file for Hub loading, and ``pretrained_cfg.tag`` is ``tag`` when given (the
-    training recipe; otherwise the source cfg's tag is kept).
+
+    * ``model_args`` keeps only architecture arguments and never ``num_classes`` (it is the config's
+      top-level ``num_classes``; transformers' ``TimmWrapper`` passes ``num_classes=num_labels``
+      together with ``**model_args``, so a copy there fails with "multiple values");
+    * ``pretrained_cfg`` describes the weights in this folder, not the tag the model was built from:
+      the source's ``tag``, ``description``, ``notes``, ``license`` and ``origin_url`` are dropped;
+      ``tag`` (the recipe), ``origin`` (one line on where these weights come from, e.g. "trained
+      from scratch by gczoo train" or "fine-tuned from resnet50_gc.a1_in1k_identity") and
+      ``license`` set them when given;
+    * ``pretrained_cfg.hf_hub_filename`` pins the safetensors file for Hub loading.
     """
     from timm.models import save_for_hf
     if not hasattr(model, 'pretrained_cfg'):
@@ -95,13 +104,37 @@ def save_pretrained(
     config = json.loads(config_path.read_text())
     # save_for_hf starts from the model's recorded factory kwargs, so drop the non-architecture ones here
     config['model_args'] = {k: v for k, v in config.get('model_args', {}).items() if k not in _NON_ARCH_ARGS}
+    config['model_args'].pop('num_classes', None)
+    config['pretrained_cfg'] = _describe_weights(config['pretrained_cfg'], config['architecture'], tag=tag,
+                                                 origin=origin, license=license)
     config['pretrained_cfg']['hf_hub_filename'] = WEIGHTS_NAME
-    if tag is not None:
-        config['pretrained_cfg']['tag'] = tag
     config_path.write_text(json.dumps(config, indent=2))
     for name in (WEIGHTS_NAME, CONFIG_NAME):  # safetensors writes 0600 whatever the umask
         os.chmod(out / name, umask_mode())
     return out
+
+
+# the pretrained_cfg fields that describe a tag's source weights (timm's filter_pretrained_cfg already drops
+# the source's url/file/hf_hub_id): an export of other weights must not carry them
+_SOURCE_DESCRIPTION_KEYS = ('tag', 'description', 'notes', 'license', 'origin_url')
+
+
+def _describe_weights(cfg: Dict[str, Any], architecture: str, *, tag: Optional[str], origin: Optional[str],
+                      license: Optional[str]) -> Dict[str, Any]:
+    """``cfg`` without the source tag's description, with the exported weights' own (see ``save_pretrained``)."""
+    cfg = {k: v for k, v in cfg.items() if k not in _SOURCE_DESCRIPTION_KEYS}
+    if tag is not None:
+        cfg['tag'] = tag
+    zoo = ZOO_MODELS.get(architecture)
+    parts = [zoo.summary] if zoo is not None else []
+    parts += [origin] if origin else []
+    if parts:
+        cfg['description'] = '; '.join(parts)
+    if origin:
+        cfg['notes'] = [origin]
+    if license is not None:
+        cfg['license'] = license
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,51 +254,6 @@ def check_hub_folder(folder: PathLike, *, allow_pickle: bool = False) -> Dict[st
     return config
 
 
-def _hub_cache_dir(cache_dir: Optional[PathLike]) -> str:
-    from huggingface_hub import constants
-    return os.path.abspath(str(cache_dir or constants.HF_HUB_CACHE))
-
-
-def _is_offline() -> bool:
-    from huggingface_hub import constants
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def _hub_download_error(
-        repo_id: str,
-        files: Sequence[str],
-        cache_dir: Optional[PathLike],
-        cause: BaseException,
-        requested: str,
-) -> PretrainedWeightsError:
-    """One error for a failed Hub download: what was looked for, where, and what to do."""
-    from huggingface_hub import try_to_load_from_cache
-    from timm.models._hub import hf_split
-    repo, revision = hf_split(repo_id)
-    cache = _hub_cache_dir(cache_dir)
-    try:
-        not_cached = [f for f in files
-                      if not isinstance(try_to_load_from_cache(repo, f, cache_dir=cache, revision=revision), str)]
-    except ValueError:  # an invalid repo id: say so below through the cause
-        not_cached = list(files)
-    offline = _is_offline()
-    mode = 'HF_HUB_OFFLINE=1, so nothing was downloaded' if offline else 'online; the download failed'
-    reason = f'{type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ""}'.rstrip(': ')
-    return PretrainedWeightsError(
-        f'Could not load {requested!r}: looked for {", ".join(files)} of the Hub repo {repo!r} '
-        f'(revision {revision or "main"}) in the Hub cache {cache!r} ({mode}); not in the cache: '
-        f'{", ".join(not_cached) or "none"} ({reason}). What to do: online, check the repo id and your access '
-        f'(`hf auth login` or HF_TOKEN for private repos); offline, fill the cache on a connected machine '
-        f'(`hf download {repo}` with the same HF_HOME, then copy HF_HOME); or load a copied folder '
-        f'directly with timm.create_model("local-dir:DIR", pretrained=True) or '
-        f'pretrained_cfg_overlay=dict(file="model.safetensors"); '
-        f'or train your own weights with scripts/train.sh.')
-
-
-def _is_download_error(e: BaseException) -> bool:
-    return isinstance(e, download_error_types())
-
-
 def create_model(
         model_name: str,
         pretrained: bool = False,
@@ -351,8 +339,8 @@ def create_model(
         return model
     except PretrainedWeightsError as e:
         # the zoo's entrypoint explains download errors in general terms; name the repo and cache here
-        if hub_repo is not None and e.__cause__ is not None and _is_download_error(e.__cause__):
-            raise _hub_download_error(hub_repo, hub_files, cache_dir, e.__cause__, model_name) from e.__cause__
+        if hub_repo is not None and e.__cause__ is not None and is_download_error(e.__cause__):
+            raise hub_download_error(hub_repo, hub_files, cache_dir, e.__cause__, repr(model_name)) from e.__cause__
         raise
     except SafetensorError as e:
         where = ''
@@ -360,7 +348,7 @@ def create_model(
             from huggingface_hub import try_to_load_from_cache
             from timm.models._hub import hf_split
             repo, revision = hf_split(hub_repo)
-            cached = try_to_load_from_cache(repo, hub_files[-1], cache_dir=_hub_cache_dir(cache_dir), revision=revision)
+            cached = try_to_load_from_cache(repo, hub_files[-1], cache_dir=hub_cache_dir(cache_dir), revision=revision)
             where = f' (the cached file {cached!r}; delete it, or run `hf cache delete`, and download again)' \
                 if isinstance(cached, str) else ''
         raise CheckpointError(f'the weights of {model_name!r} are not a readable safetensors file{where}: {e}') from e
@@ -377,6 +365,6 @@ def create_model(
             raise CheckpointError(f'the weights of {model_name!r} do not fit the model: {message}') from e
         raise
     except Exception as e:
-        if hub_repo is not None and _is_download_error(e):
-            raise _hub_download_error(hub_repo, hub_files, cache_dir, e, model_name) from e
+        if hub_repo is not None and is_download_error(e):
+            raise hub_download_error(hub_repo, hub_files, cache_dir, e, repr(model_name)) from e
         raise

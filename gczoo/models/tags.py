@@ -33,11 +33,8 @@ A tag appears in ``timm.list_pretrained()`` only through a row here, so no tag w
 listed. Cards and the README table render from :data:`TAGS` (``Tag`` fields, ``tags_for``, ``get_tag``).
 """
 import dataclasses
-import os
 from typing import Any, Dict, Mapping, Optional, Tuple
-from urllib.parse import urlparse
 
-import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import get_pretrained_cfg
@@ -47,9 +44,10 @@ from gczoo.layers import attention_modules
 from gczoo.papers import get_paper
 
 from .depths import get_depth
-from .errors import PretrainedWeightsError, download_error_types
+from .errors import PretrainedWeightsError
 from .pretrained import transplant_state_dict
-from .weights import StateDict, check_state_dict, classifier_names, unwrap_state_dict
+from .sources import fetch_from_hub, fetch_url, url_file_name
+from .weights import WEIGHTS_NAME, StateDict, check_state_dict, classifier_names, unwrap_state_dict
 
 __all__ = [
     'HUB_ORG', 'IDENTITY', 'TRANSPLANT', 'SAME_ARCHITECTURE', 'DETECTION_BACKBONE', 'GCZOO', 'KINDS', 'Metric',
@@ -72,7 +70,6 @@ TIMM_RESULTS = ('https://github.com/huggingface/pytorch-image-models/blob/'
 MMDET_GCNET = ('https://github.com/open-mmlab/mmdetection/blob/'
                '0ed37e3b9c3c57d0751472879b7cb2b734f3cf71/configs/gcnet/metafile.yml')
 MMDET_V2_GCNET = 'https://download.openmmlab.com/mmdetection/v2.0/gcnet'
-HF_WEIGHTS = 'model.safetensors'  # every Hub source has one; timm never falls back to a pickled .bin
 
 
 @dataclasses.dataclass(frozen=True)
@@ -305,7 +302,8 @@ def get_tag(name: str) -> Tag:
 
 
 def _cfg(row: Tag, zoo: Any) -> Dict[str, Any]:
-    source = dict(url=row.source) if row.is_url else dict(hf_hub_id=row.source, hf_hub_filename=HF_WEIGHTS)
+    # every Hub source has a model.safetensors: pinned, so timm never falls back to a pickled .bin
+    source = dict(url=row.source) if row.is_url else dict(hf_hub_id=row.source, hf_hub_filename=WEIGHTS_NAME)
     return {
         **row.data_config(), **source,
         'license': row.license, 'origin_url': row.origin_url,
@@ -406,52 +404,6 @@ def _first_convs(cfg: Mapping[str, Any]) -> Tuple[str, ...]:
 # fetching: one clear error when the source cannot be had
 
 
-def _hub_cache(cache_dir: Optional[Any]) -> str:
-    from huggingface_hub import constants
-    return str(cache_dir) if cache_dir else constants.HF_HUB_CACHE
-
-
-def _url_cache(cache_dir: Optional[Any]) -> str:
-    return str(cache_dir) if cache_dir else os.path.join(torch.hub.get_dir(), 'checkpoints')
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f'{type(e).__name__}: {text[0] if text else ""}'.rstrip(': ')
-
-
-def _fetch_from_hub(name: str, hub_id: str, filename: str, cache_dir: Optional[Any]) -> None:
-    from huggingface_hub import constants, hf_hub_download
-    repo, _, revision = hub_id.partition('@')
-    try:
-        hf_hub_download(repo, filename, revision=revision or None, cache_dir=cache_dir)
-    except download_error_types() as e:
-        cache = _hub_cache(cache_dir)
-        offline = ' (HF_HUB_OFFLINE=1: no download tried)' if constants.HF_HUB_OFFLINE else ''
-        raise PretrainedWeightsError(
-            f'pretrained weights for {name!r} are the file {filename} of the Hub repo {repo!r}, which is not in the '
-            f'Hub cache {cache!r}{offline} and could not be downloaded ({_first_line(e)}). Download it once where '
-            f'the Hub is reachable (python -c "import timm, gczoo; timm.create_model({name!r}, pretrained=True)") '
-            f'and copy that cache here (HF_HOME or HF_HUB_CACHE), or pass '
-            f'pretrained_cfg_overlay=dict(file="path/to/{filename}").') from e
-
-
-def _fetch_url(name: str, url: str, cache_dir: Optional[Any]) -> None:
-    folder = _url_cache(cache_dir)
-    path = os.path.join(folder, os.path.basename(urlparse(url).path))
-    if os.path.exists(path):
-        return
-    try:
-        os.makedirs(folder, exist_ok=True)
-        torch.hub.download_url_to_file(url, path, hash_prefix=None, progress=False)
-    except (OSError, ValueError) as e:  # URLError/HTTPError are OSErrors
-        raise PretrainedWeightsError(
-            f'pretrained weights for {name!r} are the file {url}, which is not in torch\'s checkpoint cache '
-            f'{folder!r} and could not be downloaded ({_first_line(e)}). Download it where the URL is reachable '
-            f'and put it there under the same name ({path}; TORCH_HOME moves the cache), or pass '
-            f'pretrained_cfg_overlay=dict(file="path/to/{os.path.basename(path)}").') from e
-
-
 def check_weights_available(
         variant: str,
         zoo: Any,
@@ -472,10 +424,12 @@ def check_weights_available(
         return
     if cfg.hf_hub_id:
         if cfg.hf_hub_filename:  # without it timm tries model.safetensors, then pytorch_model.bin
-            _fetch_from_hub(name, cfg.hf_hub_id, cfg.hf_hub_filename, cache_dir)
+            fetch_from_hub(cfg.hf_hub_id, cfg.hf_hub_filename, what=f'pretrained weights for {name!r}',
+                           cache_dir=cache_dir)
         return
     if cfg.url:
-        _fetch_url(name, cfg.url, cache_dir)
+        fetch_url(cfg.url, what=f'pretrained weights for {name!r}', cache_dir=cache_dir,
+                  hint=f'pass pretrained_cfg_overlay=dict(file="path/to/{url_file_name(cfg.url)}")')
         return
     tags = ', '.join(t.name for t in tags_for(variant)) or 'none yet'
     raise PretrainedWeightsError(
