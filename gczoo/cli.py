@@ -1,22 +1,18 @@
-"""The ``gczoo`` command and the one runner every command goes through.
+"""The ``gczoo`` command: every subcommand goes through the one runner, ``gczoo.runner.run``.
 
 Each subcommand is a call into one job's ``main(argv)``, which owns its flags (``gczoo train --help``
-is ``python -m gczoo.train --help``). ``run`` is the only place that turns a failure into what a
-person sees: a ``GczooError``, ``ValueError`` or ``OSError`` (a bad flag, file, image or checkpoint, a
-full disk, a read-only folder) becomes one line on stderr naming what failed and what to do, and exit
-status 2. ``GCZOO_DEBUG=1`` re-raises it with its traceback instead.
+is ``python -m gczoo.train --help``). ``run`` (``gczoo.runner``, re-exported here) is the only place
+that turns a failure into what a person sees: a ``GczooError``, ``ValueError`` or ``OSError`` (a bad
+flag, file, image or checkpoint, a full disk, a read-only folder) becomes one line on stderr naming
+what failed and what to do, and exit status 2. ``GCZOO_DEBUG=1`` re-raises it with its traceback.
 """
 import importlib
-import os
 import sys
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from gczoo.errors import GczooError, one_line
+from gczoo.runner import DEBUG_ENV, EXIT_USER_ERROR, one_line, run  # the runner is a foundation (re-exported)
 
 __all__ = ['COMMANDS', 'DEBUG_ENV', 'EXIT_USER_ERROR', 'main', 'one_line', 'run', 'run_command']
-
-DEBUG_ENV = 'GCZOO_DEBUG'
-EXIT_USER_ERROR = 2
 
 # subcommand -> ('module:function' taking argv and returning an exit code, one-line help)
 COMMANDS: Dict[str, Tuple[str, str]] = {
@@ -33,32 +29,6 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'visualize': ('gczoo.visualize:main', 'PNG grids of what each attention block of a model attends to'),
     'analyze-attention': ('gczoo.visualize:analyze_main', "GCNet's query-independence analysis (CSV + PNG)"),
 }
-
-# the optional extra (pyproject.toml) that brings each package a job may need
-_EXTRAS = {
-    'torchmetrics': 'train', 'sklearn': 'train', 'yaml': 'train', 'matplotlib': 'train',
-    'skimage': 'viz', 'onnx': 'onnx', 'onnxruntime': 'onnx', 'onnxscript': 'onnx', 'tqdm': 'train',
-}
-
-def run(main_fn: Callable[[List[str]], Optional[int]], argv: Sequence[str], prog: str) -> int:
-    """``main_fn(argv)`` with gczoo's error handling: see the module docstring."""
-    try:
-        return int(main_fn(list(argv)) or 0)
-    except (GczooError, ValueError, OSError) as e:
-        if os.environ.get(DEBUG_ENV, '') not in ('', '0'):
-            raise
-        print(f'{prog}: error: {one_line(e)}', file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
-    except ModuleNotFoundError as e:  # an optional extra that is not installed
-        root = (e.name or '').split('.')[0]
-        if root not in _EXTRAS or os.environ.get(DEBUG_ENV, '') not in ('', '0'):
-            raise
-        print(f"{prog}: error: this command needs the package {root!r}, which is not installed: "
-              f"pip install 'gczoo[{_EXTRAS[root]}]'", file=sys.stderr, flush=True)
-        return EXIT_USER_ERROR
-    except KeyboardInterrupt:
-        print(f'{prog}: interrupted', file=sys.stderr, flush=True)
-        return 130
 
 
 def list_main(argv: Optional[List[str]] = None) -> int:

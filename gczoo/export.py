@@ -244,7 +244,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    import sys
-
-    from gczoo.cli import run_command
-    sys.exit(run_command('export'))
+    from gczoo.runner import run_main
+    run_main(main, 'gczoo export')

@@ -490,7 +490,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    import sys
-
-    from gczoo.cli import run_command
-    sys.exit(run_command('publish'))
+    from gczoo.runner import run_main
+    run_main(main, 'gczoo publish')

@@ -1,24 +1,26 @@
 """The package's shape: dependencies run one way, with no cycle and no reach into another module's
 private names, and ``import gczoo`` needs no job's extras.
 
-Layers, lowest first: foundations (errors, argument types, atomic files, the papers table) ->
+Layers, lowest first: foundations (errors, the one-line error runner, argument types, atomic files, the
+papers table) ->
 blocks (``gczoo.layers``) -> models (``gczoo.models``) -> jobs (data, distributed, train, evaluate,
 complexity, visualize, bench, export) -> cards -> hub (publishing) -> cli. A module may import its
-own layer or lower ones. Every ``import`` statement counts, inside functions too; only entry points
-(``__main__.py`` files and ``if __name__ == '__main__':`` blocks) may import the CLI.
+own layer or lower ones. Every ``import`` statement counts, inside functions, ``__main__.py`` files and
+``if __name__ == '__main__':`` blocks too: entry points run through ``gczoo.runner`` (a foundation),
+never through the CLI.
 """
 import ast
 import subprocess
 import sys
 from pathlib import Path
-from typing import Dict, Iterator, List, Set, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / 'gczoo'
 
 LAYERS: List[Tuple[str, ...]] = [
-    ('gczoo.errors', 'gczoo.args', 'gczoo.files', 'gczoo.papers'),
+    ('gczoo.errors', 'gczoo.runner', 'gczoo.args', 'gczoo.files', 'gczoo.papers'),
     ('gczoo.layers',),
     ('gczoo.models', 'gczoo'),  # the package root imports layers and models, nothing else
     ('gczoo.data', 'gczoo.distributed', 'gczoo.train', 'gczoo.evaluate', 'gczoo.complexity', 'gczoo.visualize',
@@ -47,24 +49,12 @@ def _layer(module: str) -> int:
     return best
 
 
-def _is_main_block(node: ast.AST) -> bool:
-    test = getattr(node, 'test', None)
-    return (isinstance(node, ast.If) and isinstance(test, ast.Compare) and isinstance(test.left, ast.Name)
-            and test.left.id == '__name__')
-
-
 def _imports(path: Path) -> Iterator[Tuple[int, str, List[str]]]:
-    """``(line, imported module, imported names)`` for every import outside entry-point blocks."""
+    """``(line, imported module, imported names)`` for every import, ``__main__`` blocks included."""
     module = _module_name(path)
     package = module if path.name == '__init__.py' else module.rpartition('.')[0]
     tree = ast.parse(path.read_text(), filename=str(path))
-    skipped: Set[int] = set()
     for node in ast.walk(tree):
-        if _is_main_block(node):
-            skipped |= {id(n) for n in ast.walk(node)}
-    for node in ast.walk(tree):
-        if id(node) in skipped:
-            continue
         if isinstance(node, ast.Import):
             for alias in node.names:
                 yield node.lineno, alias.name, []
@@ -84,7 +74,7 @@ def _imports(path: Path) -> Iterator[Tuple[int, str, List[str]]]:
 
 
 def _sources() -> Dict[str, Path]:
-    return {_module_name(p): p for p in sorted(PACKAGE.rglob('*.py')) if p.name != '__main__.py'}
+    return {_module_name(p): p for p in sorted(PACKAGE.rglob('*.py'))}
 
 
 def _resolve(target: str, modules: Dict[str, Path]) -> str:
@@ -170,3 +160,21 @@ def test_import_gczoo_needs_no_job_extras():
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == '[]', f'import gczoo pulled in optional packages: {out.stdout}'
+
+
+def test_main_blocks_and_main_files_are_walked(tmp_path, monkeypatch):
+    """An upward import in an ``if __name__ == '__main__':`` block or a ``__main__.py`` counts."""
+    package = tmp_path / 'gczoo'
+    (package / 'models').mkdir(parents=True)
+    (package / 'models' / 'tool.py').write_text(
+        "import sys\n\nif __name__ == '__main__':\n    from gczoo.cli import run_command\n"
+        "    sys.exit(run_command('tool'))\n")
+    (package / 'models' / '__main__.py').write_text("from gczoo.hub import main\n")
+    for name in ('cli.py', 'hub.py', '__init__.py', 'models/__init__.py'):
+        (package / name).write_text('')
+    monkeypatch.setattr(sys.modules[__name__], 'PACKAGE', package)
+    assert [t for _, t, _ in _imports(package / 'models' / 'tool.py')] == ['sys', 'gczoo.cli']
+    assert 'gczoo.models.__main__' in _sources()
+    with pytest.raises(AssertionError, match=r'gczoo\.models\.__main__ -> gczoo\.hub(.|\n)*'
+                                             r'gczoo\.models\.tool -> gczoo\.cli \(gczoo/models/tool\.py:4\)'):
+        test_no_upward_imports()

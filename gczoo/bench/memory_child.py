@@ -9,5 +9,5 @@ import sys
 
 if __name__ == '__main__':
     from gczoo.bench.memory import probe_main
-    from gczoo.cli import run
+    from gczoo.runner import run
     sys.exit(run(probe_main, sys.argv[1:], 'gczoo.bench.memory_child'))

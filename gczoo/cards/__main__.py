@@ -1,7 +1,5 @@
 """``python -m gczoo.cards`` is ``gczoo cards``."""
-import sys
-
-from gczoo.cli import run_command
-
 if __name__ == '__main__':
-    sys.exit(run_command('cards'))
+    from gczoo.cards import main
+    from gczoo.runner import run_main
+    run_main(main, 'gczoo cards')

@@ -1,6 +1,5 @@
 """``python -m gczoo.evaluate`` = ``gczoo eval`` (what scripts/eval.sh runs under torchrun)."""
-import sys
-
-from gczoo.cli import run_command
-
-sys.exit(run_command('eval'))
+if __name__ == '__main__':
+    from gczoo.evaluate import main
+    from gczoo.runner import run_main
+    run_main(main, 'gczoo eval')

@@ -53,7 +53,6 @@ import functools
 import json
 import os
 import re
-import sys
 from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
@@ -420,5 +419,5 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    from gczoo.cli import run_command
-    sys.exit(run_command('convert'))
+    from gczoo.runner import run_main
+    run_main(main, 'gczoo convert')

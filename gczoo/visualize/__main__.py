@@ -1,6 +1,5 @@
-"""``python -m gczoo.visualize``: the same as ``gczoo visualize``, through the one CLI runner."""
-import sys
-
+"""``python -m gczoo.visualize``: the same as ``gczoo visualize``, through the one runner."""
 if __name__ == '__main__':
-    from gczoo.cli import run_command
-    sys.exit(run_command('visualize'))
+    from gczoo.runner import run_main
+    from gczoo.visualize import main
+    run_main(main, 'gczoo visualize')
