@@ -44,3 +44,32 @@ def _entrypoint(name: str):
 
 for _name in _ZOO_MODELS:
     globals()[_name] = _entrypoint(_name)
+
+
+# --- video models (issue 19): gczoo.video's table, outside timm's image registry -------------------------
+from gczoo.video import VIDEO_MODELS as _VIDEO_MODELS  # noqa: E402
+from gczoo.video import create_video_model as _create_video_model  # noqa: E402
+from gczoo.video import video_tags_for as _video_tags_for  # noqa: E402
+
+
+def _video_entrypoint(name: str):
+    tags, paper = _video_tags_for(name), _get_paper(_VIDEO_MODELS[name].paper)
+
+    def entrypoint(pretrained: bool = False, **kwargs):
+        return _create_video_model(name, pretrained=pretrained, **kwargs)
+
+    entrypoint.__name__ = name
+    entrypoint.__doc__ = (
+        f'{_VIDEO_MODELS[name].summary}.\n\n'
+        f'Paper: {paper.title} (arXiv:{paper.arxiv}).\n\n'
+        f'Args:\n'
+        f'    pretrained: load {tags[0].name if tags else "(no weights)"} (mmaction2\'s Kinetics-400 checkpoint, by URL\n'
+        f'        into torch\'s checkpoint cache, converted on load).\n'
+        f'    **kwargs: gczoo.video.create_video_model keywords, e.g. num_classes=10.\n'
+        f'Input: clips (B, 3, T, H, W), e.g. 32 frames of 224x224.\n'
+    )
+    return entrypoint
+
+
+for _name in _VIDEO_MODELS:
+    globals()[_name] = _video_entrypoint(_name)

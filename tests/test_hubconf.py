@@ -21,7 +21,8 @@ def _hubconf():
 def test_hub_list_has_every_model_and_dependencies():
     module = _hubconf()
     entrypoints = [f for f in dir(module) if callable(getattr(module, f)) and not f.startswith('_')]
-    assert sorted(entrypoints) == sorted(ZOO_MODELS)
+    from gczoo.video import VIDEO_MODELS  # the video models' entrypoints (issue 19)
+    assert sorted(entrypoints) == sorted([*ZOO_MODELS, *VIDEO_MODELS])
     assert module.dependencies == ['torch', 'timm']
 
 

@@ -153,3 +153,15 @@ def test_torch_export_matches_eager():
     exported = torch.export.export(model, (x,))
     with torch.no_grad():
         assert torch.allclose(exported.module()(x), model(x), atol=1e-6)
+
+
+def test_hub_entrypoints_build_the_video_models():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[2] / 'hubconf.py'
+    spec = importlib.util.spec_from_file_location('hubconf_video', path)
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    assert 'Non-local' in hubconf.i3d_r50_nl.__doc__ and 'i3d_r50_nl.mmaction2_k400' in hubconf.i3d_r50_nl.__doc__
+    model = torch.hub.load(str(path.parent), 'i3d_r50', source='local', num_classes=3)
+    assert isinstance(model, ResNet3d) and model.fc.out_features == 3
