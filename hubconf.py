@@ -73,3 +73,33 @@ def _video_entrypoint(name: str):
 
 for _name in _VIDEO_MODELS:
     globals()[_name] = _video_entrypoint(_name)
+
+
+# --- segmentation models (issue 18): gczoo.seg's table, outside timm's image registry -------------------
+from gczoo.seg import SEGMENTORS as _SEGMENTORS  # noqa: E402
+from gczoo.seg import create_segmentor as _create_segmentor  # noqa: E402
+from gczoo.seg import seg_tags_for as _seg_tags_for  # noqa: E402
+
+
+def _seg_entrypoint(name: str):
+    tag, paper = _seg_tags_for(name)[0], _get_paper(_SEGMENTORS[name].paper)
+
+    def entrypoint(pretrained: bool = False, **kwargs):
+        return _create_segmentor(name, pretrained=pretrained, **kwargs)
+
+    entrypoint.__name__ = name
+    entrypoint.__doc__ = (
+        f'{name}: mmseg\'s ResNetV1c-{_SEGMENTORS[name].depth}-D8 (timm resnet{_SEGMENTORS[name].depth}c, output '
+        f'stride 8) with the {_SEGMENTORS[name].system} head, as mmsegmentation builds it.\n\n'
+        f'Paper: {paper.title} (arXiv:{paper.arxiv}).\n\n'
+        f'Args:\n'
+        f'    pretrained: load {tag.name} (mmseg\'s checkpoint by URL into torch\'s checkpoint cache, converted\n'
+        f'        on load; mmseg\'s published mIoU {tag.metrics[0].value}); other tags: gczoo.seg.create_segmentor.\n'
+        f'    **kwargs: gczoo.seg.create_segmentor keywords, e.g. num_classes=5, checkpoint_path=...\n'
+        f'Input: (B, 3, H, W) normalised with mmseg\'s mean/std; output: logits (B, K, H, W).\n'
+    )
+    return entrypoint
+
+
+for _name in _SEGMENTORS:
+    globals()[_name] = _seg_entrypoint(_name)

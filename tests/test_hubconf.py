@@ -22,7 +22,8 @@ def test_hub_list_has_every_model_and_dependencies():
     module = _hubconf()
     entrypoints = [f for f in dir(module) if callable(getattr(module, f)) and not f.startswith('_')]
     from gczoo.video import VIDEO_MODELS  # the video models' entrypoints (issue 19)
-    assert sorted(entrypoints) == sorted([*ZOO_MODELS, *VIDEO_MODELS])
+    from gczoo.seg import SEGMENTORS  # the segmentors' entrypoints (issue 18)
+    assert sorted(entrypoints) == sorted([*ZOO_MODELS, *VIDEO_MODELS, *SEGMENTORS])
     assert module.dependencies == ['torch', 'timm']
 
 

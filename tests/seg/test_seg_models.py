@@ -159,3 +159,12 @@ def test_bad_checkpoints_fail_with_one_message(references, tmp_path, monkeypatch
 
 def _no_network(url, dst, *args, **kwargs):
     raise OSError(f'no network in the tests: {url}')
+
+
+def test_torch_hub_entrypoint():
+    from pathlib import Path
+    repo = str(Path(__file__).resolve().parents[2])
+    model = torch.hub.load(repo, 'gcnet_r50_d8', source='local', num_classes=3).eval()
+    assert isinstance(model, type(create_segmentor('gcnet_r50_d8')))
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 33, 47)).shape == (1, 3, 33, 47)
