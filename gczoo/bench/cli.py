@@ -19,6 +19,7 @@ from gczoo.models import ZOO_MODELS
 from .layers import LAYER_BLOCKS, bench_layers, format_layer_table
 from .memory import MEMORY_MODES
 from .models import MODEL_MODES, bench_models, format_model_table
+from .nonlocal3d import add_nl3d_parser, bench_nl3d, format_nl3d_table
 from .report import environment, write_outputs
 from .timing import CLOCKS
 
@@ -48,7 +49,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog='gczoo bench', description='Speed and memory benchmarks of gczoo against naive code and timm.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = parser.add_subparsers(dest='what', required=True, metavar='{layers,models}')
+    sub = parser.add_subparsers(dest='what', required=True, metavar='{layers,models,nl3d}')
     layers = sub.add_parser(
         'layers', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help='every block vs a naive baseline and timm: time and peak extra memory',
@@ -100,6 +101,7 @@ def build_parser() -> ArgumentParser:
     models.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=None,
                         help='channels_last memory format (default: on for CUDA, off for CPU)')
     _common_args(models)
+    add_nl3d_parser(sub, _common_args)  # the video models' NonLocal3d (gczoo.bench.nonlocal3d)
     return parser
 
 
@@ -135,6 +137,13 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'\ngczoo bench layers ({device}, {torch.get_num_threads()} threads, {args.clock} clock; ratios '
               f'gczoo / other, < 1 = gczoo faster or smaller; medians over the interleaved rounds, see the '
               f'rounds column; t/self (A/A) = an identical copy: the noise floor)')
+    elif args.what == 'nl3d':
+        rows = bench_nl3d(args.batch, args.channels, args.frames, args.size, rounds=args.repeats, warmup=args.warmup,
+                          min_time=args.min_time, memory=args.memory, device=device, clock=args.clock, seed=args.seed)
+        table = format_nl3d_table(rows)
+        paths = write_outputs(rows, {'environment': environment(device), 'args': settings}, args.output_dir, 'nl3d')
+        print(f'\ngczoo bench nl3d ({device}, {torch.get_num_threads()} threads, {args.clock} clock; ratios gczoo / '
+              f'naive, < 1 = gczoo faster or smaller; the naive block builds the THW x THW\' matrix)')
     else:
         rows, raw = bench_models(
             args.models, args.batch, args.img_size, steps=args.steps, warmup=args.warmup, modes=args.modes,
