@@ -18,8 +18,11 @@ class CheckpointError(GczooError, ValueError):
     or does not fit the model."""
 
 
-class PretrainedWeightsError(GczooError, RuntimeError):
-    """Pretrained weights were asked for but cannot be had; the message says which and what to do."""
+class PretrainedWeightsError(GczooError, LookupError):
+    """Pretrained weights were asked for but cannot be had; the message says which and what to do.
+
+    Not a ``RuntimeError``: timm's ``validate.py`` (``_try_run``) takes any ``RuntimeError`` for
+    out-of-memory and retries it at smaller batch sizes, which cannot bring missing weights."""
 
 
 class UsageError(GczooError, ValueError):

@@ -43,8 +43,8 @@ from gczoo.errors import GczooError
 from gczoo.models import HUB_ORG, ZOO_MODELS, CheckpointError, read_checkpoint, read_state_dict
 from gczoo.models.errors import download_error_types
 from gczoo.models.hub_folder import (  # noqa: F401  (re-exported: the loading half of the Hub layout)
-    CONFIG_NAME, WEIGHTS_NAME, check_hub_folder, create_model, load_pretrained_weights, read_weights_shapes,
-    save_pretrained, verify_weights,
+    CONFIG_NAME, WEIGHTS_NAME, check_hub_folder, create_model, export_metadata, load_pretrained_weights,
+    read_weights_shapes, save_pretrained, verify_weights,
 )
 from gczoo.models.weights import classifier_names
 
@@ -75,6 +75,8 @@ class TrainedWeights:
     results: Dict[str, Any]
     args: Dict[str, Any]
     source: str
+    # what the Hub folder's config.json says about the weights (save_pretrained's origin/license)
+    metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _read_mapping(path: Path, what: str) -> Dict[str, Any]:
@@ -166,7 +168,10 @@ def load_training_output(
         data_keys = _DATA_ARG_KEYS + ('test_input_size', 'test_crop_pct')
         data_config = {k: cfg[k] for k in data_keys if cfg.get(k) is not None}
         labels = list(label_names) if label_names is not None else cfg.get('label_names')
-        return TrainedWeights(model, name, data_config, list(labels) if labels else None, results, args, str(export))
+        notes = cfg.get('notes') or [f'weights from the export of {out_dir.name}']  # what the export said of them
+        metadata = {'origin': notes[0], 'license': cfg.get('license')}
+        return TrainedWeights(model, name, data_config, list(labels) if labels else None, results, args, str(export),
+                              metadata)
 
     if ckpt is None:
         found = [out_dir / n for n in _CHECKPOINT_NAMES if (out_dir / n).is_file()]
@@ -198,7 +203,9 @@ def load_training_output(
     data_args = {k: args[k] for k in _DATA_ARG_KEYS if args.get(k) not in (None, '', [])}  # '' = model default
     data_config = resolve_data_config(data_args, model=model)
     labels = list(label_names) if label_names is not None else None
-    return TrainedWeights(model, name, data_config, labels, results, args, str(ckpt))
+    metadata = export_metadata(args, model.pretrained_cfg) if args.get('model') else \
+        {'origin': f'weights from the checkpoint {ckpt.name}'}
+    return TrainedWeights(model, name, data_config, labels, results, args, str(ckpt), metadata)
 
 
 def default_repo_id(model_name: str, tag: str) -> str:
@@ -253,8 +260,8 @@ def _repo_section(weights: TrainedWeights, repo_id: str, tag: str) -> str:
                      f'std {tuple(cfg.get("std", ()))} (pretrained_cfg in config.json)')
     if isinstance(best.get('top1'), (int, float)):
         epochs = weights.results.get('epochs')
-        facts.append(f'- **Checkpoint:** best validation epoch {best.get("epoch")}'
-                     + (f' of {epochs}' if epochs else '') + f': top-1 {best["top1"]:.2f}'
+        facts.append(f'- **Checkpoint:** best validation epoch {best.get("epoch")} (counted from 0, as in '
+                     f'summary.csv' + (f', of {epochs} epochs' if epochs else '') + f'): top-1 {best["top1"]:.2f}'
                      + (f', top-5 {best["top5"]:.2f}' if isinstance(best.get('top5'), (int, float)) else ''))
     if isinstance(final.get('top1'), (int, float)) and final.get('epoch') != best.get('epoch'):
         facts.append(f'- **Last epoch ({final.get("epoch")}):** top-1 {final["top1"]:.2f}'
@@ -329,7 +336,7 @@ def write_hub_folder(
     staging = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=str(out.parent)))
     try:
         save_pretrained(weights.model, staging, data_config=weights.data_config, label_names=weights.label_names,
-                        tag=tag)
+                        tag=tag, **weights.metadata)
         (staging / CARD_NAME).write_text(card, encoding='utf-8')
         check_hub_folder(staging)
         out.mkdir(exist_ok=True)

@@ -115,7 +115,7 @@ def test_defaults_follow_timm_for_your_data_and_the_recipe_for_the_digits(monkey
 
 def test_run_writes_checkpoints_summary_plot_results(reference_run):
     rows = summary_rows(reference_run)
-    assert [r['epoch'] for r in rows] == ['1', '2']
+    assert [r['epoch'] for r in rows] == ['0', '1']  # from 0, as timm's summary.csv
     assert tuple(rows[0]) == SUMMARY_COLUMNS
     for row in rows:
         assert 0.0 <= float(row['eval_top1']) <= float(row['eval_top5']) <= 100.0
@@ -283,7 +283,7 @@ def bn_ddp_run(data_dir, tmp_path_factory):
 def _assert_best_checkpoint_gives_the_logged_metrics(run_dir, data_dir, ema):
     rows = summary_rows(run_dir)
     best = json.loads((run_dir / 'results.json').read_text())['best']
-    row = rows[best['epoch'] - 1]
+    row = rows[best['epoch']]  # epochs count from 0, as the rows
     ckpt = load_training_checkpoint(run_dir / BEST_CHECKPOINT)
     measured = evaluate_alone(run_dir, ckpt['state_dict'], data_dir)
     assert measured['top1'] == pytest.approx(float(row['eval_top1']), abs=1e-4)

@@ -42,8 +42,8 @@ from .weights import (
 )
 
 __all__ = [
-    'WEIGHTS_NAME', 'CONFIG_NAME', 'save_pretrained', 'read_weights_shapes', 'verify_weights',
-    'load_pretrained_weights', 'check_hub_folder', 'create_model',
+    'WEIGHTS_NAME', 'CONFIG_NAME', 'save_pretrained', 'export_metadata', 'file_name', 'read_weights_shapes',
+    'verify_weights', 'load_pretrained_weights', 'check_hub_folder', 'create_model',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -135,6 +135,37 @@ def _describe_weights(cfg: Dict[str, Any], architecture: str, *, tag: Optional[s
     if license is not None:
         cfg['license'] = license
     return cfg
+
+
+def file_name(value: Any) -> str:
+    """A local file's name without its folder: a public config never shows where it sat on the training machine."""
+    return Path(str(value)).name or str(value)
+
+
+def export_metadata(args: Mapping[str, Any], pretrained_cfg: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+    """What an export of a run's weights says about them (``save_pretrained``'s ``origin`` and ``license``),
+    from the run's args (``vars(args)``, or an ``args.yaml`` read back) and the model's ``pretrained_cfg``:
+    trained from scratch (no source tag, no licence), fine-tuned from a checkpoint or weights file (named),
+    or fine-tuned from a pretrained tag (named; its licence carries over)."""
+    model = str(args.get('model') or '')
+    arch, _, name_tag = model.partition('.')
+    license = None
+    if args.get('initial_checkpoint'):
+        start = f'fine-tuned from the checkpoint {file_name(args["initial_checkpoint"])}'
+    elif args.get('pretrained_path'):
+        start = f'fine-tuned from the weights file {file_name(args["pretrained_path"])}'
+    elif args.get('pretrained'):
+        tag = name_tag or (pretrained_cfg or {}).get('tag')
+        start = f'fine-tuned from {arch}.{tag}' if tag else f"fine-tuned from {arch}'s pretrained weights"
+        license = (pretrained_cfg or {}).get('license')
+    elif args.get('pretrained_backbone'):
+        backbone = str(args['pretrained_backbone'])
+        backbone = file_name(backbone) if os.sep in backbone or backbone.endswith(('.safetensors', '.pth')) \
+            else backbone
+        start = f'trained from a backbone transplanted from {backbone}'
+    else:
+        start = 'trained from scratch'
+    return {'origin': f'{start} by gczoo train', 'license': license}
 
 
 # ----------------------------------------------------------------------------------------------

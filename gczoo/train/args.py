@@ -98,7 +98,7 @@ outputs (OUT = --output/--experiment; timm train.py's names):
   OUT/args.yaml                        the run's flags: -c OUT/args.yaml reproduces it
   OUT/last.pth.tar                     training checkpoint (atomic; torch.load(weights_only=True) reads it)
   OUT/model_best.pth.tar               the best epoch's checkpoint (--eval-metric)
-  OUT/checkpoint-N.pth.tar             the --checkpoint-hist best epochs' checkpoints (N = epoch, from 1)
+  OUT/checkpoint-N.pth.tar             the --checkpoint-hist best epochs' checkpoints (N = epoch, from 0 as timm)
   OUT/summary.csv, OUT/curves.png      per epoch: train_loss, eval_loss, eval_top1, eval_top5, lr, ...; curves
   OUT/results.json                     best and final metrics, data, args
   OUT/export/                          best model in timm's Hub layout:

@@ -7,15 +7,16 @@ the way back (the last checkpoint is finite: change the flags and ``--resume``).
 """
 import argparse
 from pathlib import Path
-from typing import Iterable, List, Optional
+from typing import Callable, Iterable, List, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
 from gczoo.errors import GczooError
+from gczoo.layers import frozen_zero_init
 
-__all__ = ['TrainingDiverged', 'any_rank', 'non_finite_tensors', 'likely_cause', 'diverged']
+__all__ = ['TrainingDiverged', 'any_rank', 'non_finite_tensors', 'likely_cause', 'diverged', 'warn_frozen_attention']
 
 
 class TrainingDiverged(GczooError, ArithmeticError):
@@ -59,3 +60,15 @@ def diverged(what: str, where: str, args: argparse.Namespace, lr: float, amp_dty
     return TrainingDiverged(f'training diverged: {what} at {where}; the run stopped there and exported nothing. '
                             f'Likely cause: {likely_cause(args, lr, amp_dtype)}. {back}')
 
+
+def warn_frozen_attention(model: nn.Module, log: Callable[[str], None]) -> List[str]:
+    """At training start: one line naming the attention blocks' zero-initialised weights that are frozen
+    (``timm.layers.freeze_batch_norm_2d`` on the whole model turns the Non-local output BN into
+    ``FrozenBatchNorm2d``), which keep those blocks the identity for the whole run. Returns the names."""
+    frozen = frozen_zero_init(model)
+    if frozen:
+        log(f'warning: {len(frozen)} zero-initialised attention weight(s) are frozen, so their blocks stay the '
+            f'identity for the whole run: {", ".join(frozen[:6])}' + (' ...' if len(frozen) > 6 else '')
+            + '; freeze the backbone with gczoo.layers.freeze_backbone_bn(model) instead of '
+              'timm.layers.freeze_batch_norm_2d(model)')
+    return frozen

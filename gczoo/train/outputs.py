@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from gczoo.files import atomic_write, atomic_write_text, fsync_dir, umask_mode
-from gczoo.models.hub_folder import save_pretrained
+from gczoo.models.hub_folder import file_name, save_pretrained
 from gczoo.models.weights import load_weights
 
 __all__ = [
@@ -39,7 +39,8 @@ RESULTS_FILE = 'results.json'
 
 
 def write_summary(out_dir: Path, history: Sequence[Mapping[str, Any]]) -> Path:
-    """``OUT/summary.csv``: one row per finished epoch (epoch counted from 1; the EMA columns when the run has one)."""
+    """``OUT/summary.csv``: one row per finished epoch, ``epoch`` counted from 0 as timm's ``update_summary``
+    writes it (the EMA columns when the run has one)."""
     columns = list(SUMMARY_COLUMNS) + [c for c in EMA_COLUMNS if history and c in history[0]]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=columns, extrasaction='ignore', lineterminator='\n')
@@ -119,14 +120,17 @@ def _revert_sync_batchnorm(module: nn.Module) -> nn.Module:
 
 
 def export_best(model: nn.Module, weights: Mapping[str, torch.Tensor], source: str, export_dir: Path,
-                data_config: Dict[str, Any], class_names: Optional[List[str]]) -> Path:
+                data_config: Dict[str, Any], class_names: Optional[List[str]],
+                metadata: Optional[Mapping[str, Any]] = None) -> Path:
     """Write ``weights`` (a state dict of ``model``'s architecture) in timm's Hub layout to ``export_dir``,
     all at once: into a temporary sibling folder first, renamed into place when complete. A reader or a
     crash sees the old export or the new one, never a half-written folder; a killed run leaves
     ``.export.<pid>.<random>.tmp``, which the next run on the folder removes.
 
     The weights go through ``gczoo.models.weights.load_weights`` (keys, shapes, dtypes, finiteness)
-    into a CPU copy of ``model``; ``gczoo.models.hub_folder.save_pretrained`` writes the files.
+    into a CPU copy of ``model``; ``gczoo.models.hub_folder.save_pretrained`` writes the files, with
+    ``metadata`` (``gczoo.models.hub_folder.export_metadata``: where the weights come from) describing them
+    in ``config.json``.
     """
     export_model = copy.deepcopy(model).cpu()
     if any(isinstance(m, nn.SyncBatchNorm) for m in export_model.modules()):
@@ -138,7 +142,8 @@ def export_best(model: nn.Module, weights: Mapping[str, torch.Tensor], source: s
     tmp = export_dir.parent / f'.{export_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp'
     tmp.mkdir()  # mode from the umask, as the files save_pretrained writes
     try:
-        save_pretrained(export_model, tmp, data_config=dict(data_config), label_names=class_names)
+        save_pretrained(export_model, tmp, data_config=dict(data_config), label_names=class_names,
+                        **dict(metadata or {'origin': f'weights from {file_name(source)}'}))
         for path in tmp.iterdir():
             os.chmod(path, umask_mode())  # safetensors writes its files 0600 whatever the umask
             _fsync_file(path)

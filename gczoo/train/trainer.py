@@ -33,12 +33,13 @@ from torch.nn.parallel import DistributedDataParallel
 import gczoo.models  # noqa: F401  (registers the zoo with timm)
 from gczoo.distributed import distribute_bn, init_distributed
 from gczoo.evaluate import SkippingLoader, validate
+from gczoo.models.hub_folder import export_metadata
 
 from .args import FAULT_EXIT_CODE
 from .build import build_datasets, create_optimization, create_train_model
 from .checkpoint import BEST_CHECKPOINT, LAST_CHECKPOINT, CheckpointFiles, load_training_checkpoint, plain
 from .config import args_yaml
-from .guards import any_rank, diverged, non_finite_tensors
+from .guards import any_rank, diverged, non_finite_tensors, warn_frozen_attention
 from .loaders import build_loaders, train_data_config
 from .outputs import EXPORT_DIR, export_best, plot_summary, write_args, write_results, write_summary
 from .rundir import RunLock, claim_run_dir, elastic_restart_count
@@ -125,7 +126,7 @@ class Trainer:
         p = self.progress
         p.epoch, p.batches_done, p.loss_sum, p.loss_count = epoch, 0, 0.0, 0
         p.num_updates = epoch * self.updates_per_epoch
-        p.history = [row for row in p.history if row['epoch'] <= epoch]
+        p.history = [row for row in p.history if row['epoch'] < epoch]  # rows count epochs from 0, as timm's
         if self.scheduler is not None:
             self.scheduler.step(epoch)
             self.scheduler.step_update(p.num_updates)
@@ -164,6 +165,7 @@ class Trainer:
             raise ValueError(f'--num-classes {args.num_classes} does not match the data: {self.data_what} has '
                              f'{self.num_classes} classes')
         self.model = create_train_model(args, self.num_classes, log=self.log)
+        warn_frozen_attention(self.model, self.log)
         self.data_config = train_data_config(args, self.model)
         loaders = build_loaders(args, env, self.device, train_ds, val_ds, self.data_config, self.data_what)
         self.train_set, self.val_set, self.sampler = loaders.train_set, loaders.val_set, loaders.sampler
@@ -207,7 +209,8 @@ class Trainer:
         ranks = rank_states(self)
         if not self.env.is_main:
             return
-        epoch = self.progress.epoch if metric is not None else None
+        # checkpoint-<epoch> counts from 0 like summary.csv and timm's CheckpointSaver (progress.epoch is epochs done)
+        epoch = self.progress.epoch - 1 if metric is not None else None
         self.checkpoint_files.save(checkpoint_payload(self, ranks), epoch=epoch, metric=metric, best=best)
 
     def _where(self, after_update: bool = False) -> str:
@@ -371,7 +374,7 @@ class Trainer:
         self._check_weights_finite('before validation')
         metrics = self._validate(self.model, 'validate')
         row: Dict[str, Any] = {
-            'epoch': epoch + 1, 'train_loss': float(totals[0] / totals[1]) if totals[1] > 0 else None,
+            'epoch': epoch, 'train_loss': float(totals[0] / totals[1]) if totals[1] > 0 else None,  # from 0, as timm
             'eval_loss': metrics['loss'], 'eval_top1': metrics['top1'], 'eval_top5': metrics['top5'], 'lr': lr,
             'images_per_s': float(totals[2]) / train_time if train_time > 0 else None, 'epoch_time': 0.0}
         chosen = metrics
@@ -424,7 +427,8 @@ class Trainer:
                 use_ema = ckpt.get('state_dict_ema') is not None
                 weights = ckpt['state_dict_ema'] if use_ema else ckpt['state_dict']
                 export_dir = export_best(self.model, weights, f'{best_path}{" (EMA)" if use_ema else ""}',
-                                         out_dir / EXPORT_DIR, self.data_config, self.class_names)
+                                         out_dir / EXPORT_DIR, self.data_config, self.class_names,
+                                         export_metadata(vars(self.args), self.model.pretrained_cfg))
             final = {**self._epoch_result(p.history[-1]), 'train_loss': p.history[-1]['train_loss'],
                      'lr': p.history[-1]['lr']} if p.history else {}
             counts = getattr(self, 'val_counts', {})

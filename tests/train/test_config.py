@@ -102,7 +102,7 @@ def test_timm_flags_gczoo_lacks_are_explained(capsys, tmp_path):
 
 def test_outputs_have_timm_names(finished_run):
     names = {p.name for p in finished_run.iterdir()}
-    assert {'args.yaml', 'last.pth.tar', 'model_best.pth.tar', 'checkpoint-1.pth.tar', 'checkpoint-2.pth.tar',
+    assert {'args.yaml', 'last.pth.tar', 'model_best.pth.tar', 'checkpoint-0.pth.tar', 'checkpoint-1.pth.tar',
             'summary.csv', 'curves.png', 'results.json', 'export'} <= names
     assert 'best.pth.tar' not in names and 'summary.png' not in names
     assert tuple(summary_rows(finished_run)[0])[:6] == ('epoch', 'train_loss', 'eval_loss', 'eval_top1', 'eval_top5',
@@ -110,7 +110,7 @@ def test_outputs_have_timm_names(finished_run):
     best = json.loads((finished_run / 'results.json').read_text())['best']['epoch']
     assert_same_weights(model_weights(finished_run, BEST_CHECKPOINT),
                         model_weights(finished_run, f'checkpoint-{best}.pth.tar'))
-    assert_same_weights(model_weights(finished_run), model_weights(finished_run, 'checkpoint-2.pth.tar'))
+    assert_same_weights(model_weights(finished_run), model_weights(finished_run, 'checkpoint-1.pth.tar'))
 
 
 def test_checkpoint_history_ranks_as_timm(tmp_path):
@@ -202,11 +202,11 @@ def test_a_timm_command_line_with_the_common_flags_runs(capsys, data_dir, tmp_pa
     assert compiled == {'backend': 'inductor', 'mode': 'reduce-overhead'}
     run_dir = tmp_path / 'timm'
     rows = summary_rows(run_dir)
-    assert [r['epoch'] for r in rows] == ['2']  # --start-epoch 1: the second epoch only
+    assert [r['epoch'] for r in rows] == ['1']  # --start-epoch 1: the second epoch only (from 0, as timm)
     ckpt = load_training_checkpoint(run_dir / LAST_CHECKPOINT)
     assert ckpt['num_updates'] == 2 * 3 and ckpt['class_names'] == ['stripes', 'circle', 'square']
     assert ckpt['state_dict']['conv1.weight'].shape[1] == 1
-    assert sorted(p.name for p in run_dir.glob('checkpoint-*')) == ['checkpoint-2.pth.tar']
+    assert sorted(p.name for p in run_dir.glob('checkpoint-*')) == ['checkpoint-1.pth.tar']
     config = json.loads((run_dir / EXPORT_DIR / 'config.json').read_text())
     assert config['pretrained_cfg']['input_size'] == [1, 32, 32] and config['label_names'] == ['stripes', 'circle',
                                                                                              'square']

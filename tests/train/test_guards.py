@@ -145,7 +145,7 @@ def test_resume_with_other_epochs_follows_the_new_schedule(capsys, data_dir, fin
     out = capsys.readouterr().out
     assert "the schedule follows this run's --epochs 3" in out and '3 epochs' in out
     rows = summary_rows(longer)
-    assert [r['epoch'] for r in rows] == ['1', '2', '3']
+    assert [r['epoch'] for r in rows] == ['0', '1', '2']
     assert metrics_of(rows[:2]) == metrics_of(summary_rows(finished_run))
     assert float(rows[2]['lr']) == pytest.approx(0.05 * 0.5 * (1 + math.cos(math.pi * 2 / 3)))
 

@@ -1,0 +1,75 @@
+"""``gczoo timm SCRIPT.py [ARGS]``: run one of timm's own scripts with the zoo registered.
+
+timm's ``train.py``, ``validate.py``, ``benchmark.py`` and ``inference.py`` (from timm's repository,
+https://github.com/huggingface/pytorch-image-models; they are not in the ``timm`` wheel) build their
+model with ``timm.create_model(args.model)``, which knows ``resnet50_gc`` only once ``gczoo`` has been
+imported. This runs the script as ``python SCRIPT.py ARGS`` would -- as ``__main__``, with
+``sys.argv`` and ``sys.path[0]`` set as Python sets them -- after ``import gczoo``::
+
+    gczoo timm validate.py /data/imagenet --model resnet50_gc --pretrained
+    torchrun --nproc-per-node 8 --no-python gczoo timm train.py /data/imagenet --model resnet50_gc ...
+
+A script that is missing, not a ``.py`` file, or not one of timm's (it never imports timm) ends in one
+line and exit status 2; the script's own exit status is returned.
+"""
+import os
+import re
+import runpy
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+from gczoo.errors import UsageError
+
+__all__ = ['USAGE', 'check_script', 'run_script', 'main']
+
+_IMPORTS_TIMM = re.compile(r'^\s*(?:import\s[^#\n]*\btimm\b|from\s+timm\b)', re.MULTILINE)
+
+USAGE = ('usage: gczoo timm SCRIPT.py [ARGS ...]\n\n'
+         "Runs one of timm's scripts (train.py, validate.py, benchmark.py, inference.py from timm's repository)\n"
+         'with the gczoo models registered, as `python SCRIPT.py ARGS` would. Under torchrun:\n'
+         '  torchrun --nproc-per-node N --no-python gczoo timm train.py ARGS')
+
+
+def check_script(path: str) -> Path:
+    """``path`` as a readable Python file that imports timm, or ``UsageError`` saying what is wrong."""
+    script = Path(path)
+    if script.suffix != '.py':
+        raise UsageError(f'{path!r} is not a Python script (.py); give one of timm\'s scripts, e.g. validate.py '
+                         f'from https://github.com/huggingface/pytorch-image-models')
+    if not script.is_file():
+        raise UsageError(f'script {path!r} does not exist; timm\'s train.py, validate.py, benchmark.py and '
+                         f'inference.py are in timm\'s repository (git clone '
+                         f'https://github.com/huggingface/pytorch-image-models), not in the timm package')
+    text = script.read_text(encoding='utf-8', errors='replace')
+    if not _IMPORTS_TIMM.search(text):
+        raise UsageError(f'{path!r} does not import timm, so it is not one of timm\'s scripts; run it with '
+                         f'python directly (import gczoo in it to use the zoo)')
+    return script
+
+
+def run_script(script: Path, args: List[str]) -> int:
+    """Run ``script`` as ``__main__`` with ``args`` after ``import gczoo``; its exit status."""
+    import gczoo  # noqa: F401  (registers the zoo models with timm before the script asks for one)
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    sys.argv = [str(script)] + list(args)
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python SCRIPT.py` sets sys.path[0]
+    try:
+        runpy.run_path(str(script), run_name='__main__')
+    except SystemExit as e:  # the script's own sys.exit / argparse's exit
+        if e.code is None or isinstance(e.code, int):
+            return int(e.code or 0)
+        print(e.code, file=sys.stderr)
+        return 1
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    """``gczoo timm SCRIPT.py ARGS``: see the module docstring."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ('-h', '--help'):
+        print(USAGE)
+        return 0 if argv else 2
+    return run_script(check_script(argv[0]), argv[1:])

@@ -1,0 +1,272 @@
+"""gczoo in the ecosystem around timm (issue 20, part A): timm's own scripts, transformers, honest export
+metadata, BatchNorm freezing for detection fine-tuning, timm's retry logic, timm's summary.csv epochs.
+
+timm's ``validate.py`` is in ``tests/timm_scripts/`` (copied unchanged from timm's repository, Apache-2.0;
+see the README there): the timm wheel does not ship its scripts, and CI has no GitHub access.
+"""
+import importlib.util
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+
+import gczoo  # noqa: F401  (registers the zoo)
+from gczoo.cli import main as gczoo_main
+from gczoo.errors import GczooError, PretrainedWeightsError
+from gczoo.layers import NonLocal2d, freeze_backbone_bn, frozen_zero_init
+from gczoo.models.hub_folder import export_metadata, save_pretrained
+from gczoo.train.guards import warn_frozen_attention
+
+from _train_utils import make_image_folder, run_train, subprocess_env, summary_rows, tiny_args
+
+VALIDATE_PY = Path(__file__).resolve().parent / 'timm_scripts' / 'validate.py'
+
+
+@pytest.fixture(scope='module')
+def tiny_folder(tmp_path_factory):
+    """A 3-class ImageFolder (val split only is used) and a checkpoint of resnet18_gc for it."""
+    root = make_image_folder(tmp_path_factory.mktemp('eco'), train_per_class=1, val_per_class=2, size=24)
+    model = timm.create_model('resnet18_gc', num_classes=3)
+    torch.save(model.state_dict(), root / 'weights.pth')
+    return root
+
+
+def _random_weights(model: nn.Module) -> nn.Module:
+    """Weights that are nobody's tag (every block far from the identity), so the logits test something."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. timm's scripts with the zoo registered: gczoo timm SCRIPT.py ARGS
+
+
+@pytest.mark.slow
+def test_gczoo_timm_runs_timms_validate_py(tiny_folder, tmp_path, capsys):
+    results = tmp_path / 'results.csv'
+    code = gczoo_main(['timm', str(VALIDATE_PY), str(tiny_folder / 'val'), '--model', 'resnet18_gc',
+                       '--num-classes', '3', '--img-size', '32', '-b', '4', '--workers', '0', '--device', 'cpu',
+                       '--checkpoint', str(tiny_folder / 'weights.pth'), '--results-file', str(results)])
+    assert code == 0, capsys.readouterr().err
+    header, row = results.read_text().splitlines()[:2]
+    assert header.startswith('model,top1') and row.startswith('resnet18_gc,')
+    assert sys.argv[0] != str(VALIDATE_PY)  # argv put back
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_gczoo_timm_under_torchrun_as_documented(tiny_folder, tmp_path):
+    """The README's form: ``torchrun --nproc-per-node N --no-python gczoo timm SCRIPT.py ARGS``."""
+    gczoo_exe = shutil.which('gczoo', path=str(Path(sys.executable).parent))
+    assert gczoo_exe, 'the gczoo console script is not installed next to this python'
+    results = tmp_path / 'r.json'
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc-per-node', '1', '--no-python', gczoo_exe,
+           'timm', str(VALIDATE_PY), str(tiny_folder / 'val'), '--model', 'resnet18_gc', '--num-classes', '3',
+           '--img-size', '32', '-b', '4', '--workers', '0', '--device', 'cpu', '--checkpoint',
+           str(tiny_folder / 'weights.pth'), '--results-file', str(results), '--results-format', 'json']
+    out = subprocess.run(cmd, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(results.read_text())['model'] == 'resnet18_gc'
+
+
+def test_gczoo_timm_refuses_what_is_not_a_timm_script(tmp_path, capsys):
+    plain = tmp_path / 'plain.py'
+    plain.write_text('print("hello")\n')
+    cases = [(tmp_path / 'train.py', 'does not exist'), (tmp_path / 'notes.txt', 'not a Python script'),
+             (plain, 'does not import timm')]
+    for path, message in cases:
+        assert gczoo_main(['timm', str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith('gczoo timm: error: ') and message in err and err.count('\n') == 1, err
+    assert gczoo_main(['timm', '--help']) == 0 and 'gczoo timm SCRIPT.py' in capsys.readouterr().out
+
+
+def test_gczoo_timm_returns_the_scripts_exit_status(tmp_path):
+    script = tmp_path / 'exit3.py'
+    script.write_text('import sys, timm\nassert timm.is_model("resnet50_gc"), "zoo not registered"\n'
+                      'assert sys.argv[1:] == ["--flag", "x"], sys.argv\nsys.exit(3)\n')
+    assert gczoo_main(['timm', str(script), '--flag', 'x']) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. transformers loads an export, with timm's logits
+
+
+@pytest.mark.slow
+def test_transformers_loads_an_export_with_timms_logits(tmp_path):
+    import transformers
+    from PIL import Image
+    from timm.data import create_transform, resolve_data_config
+    model = _random_weights(timm.create_model('resnet18_gc', num_classes=3))
+    folder = save_pretrained(model, tmp_path / 'export', label_names=['cat', 'dog', 'fish'],
+                             **export_metadata({'model': 'resnet18_gc'}))
+    assert 'num_classes' not in json.loads((folder / 'config.json').read_text())['model_args']
+    ref = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    x = torch.randn(1, 3, 40, 56)  # batch 1, non-square
+    with torch.no_grad():
+        auto = transformers.AutoModelForImageClassification.from_pretrained(str(folder)).eval()
+        torch.testing.assert_close(auto(x).logits, ref(x))
+        assert auto.config.id2label == {0: 'cat', 1: 'dog', 2: 'fish'}
+        wrapper = transformers.TimmWrapperModel.from_pretrained(str(folder)).eval()
+        torch.testing.assert_close(wrapper(x).pooler_output, ref.forward_head(ref.forward_features(x), pre_logits=True))
+    image = Image.fromarray(torch.randint(0, 256, (50, 70, 3), dtype=torch.uint8).numpy())
+    classify = transformers.pipeline('image-classification', model=str(folder))
+    got = {r['label']: r['score'] for r in classify(image)}
+    transform = create_transform(**resolve_data_config(model=ref), is_training=False)
+    with torch.no_grad():
+        probs = ref(transform(image).unsqueeze(0)).softmax(-1)[0]
+    assert got == pytest.approx(dict(zip(['cat', 'dog', 'fish'], probs.tolist())), abs=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. an export's metadata describes the weights in it
+
+
+def _described(folder: Path) -> dict:
+    cfg = json.loads((folder / 'config.json').read_text())['pretrained_cfg']
+    return {k: cfg.get(k) for k in ('tag', 'description', 'notes', 'license', 'origin_url')}
+
+
+def test_export_metadata_describes_the_exported_weights(tmp_path):
+    model = timm.create_model('resnet18_gc', num_classes=3)  # its default tag: identity from resnet18.a1_in1k
+    cases = {
+        'scratch': ({'model': 'resnet18_gc'}, 'trained from scratch by gczoo train', None),
+        'ckpt': ({'model': 'resnet18_gc', 'initial_checkpoint': '/home/me/runs/mine.pth.tar'},
+                 'fine-tuned from the checkpoint mine.pth.tar by gczoo train', None),
+        'tag': ({'model': 'resnet18_gc', 'pretrained': True},
+                'fine-tuned from resnet18_gc.a1_in1k_identity by gczoo train', 'apache-2.0'),
+    }
+    for name, (args, origin, license) in cases.items():
+        got = _described(save_pretrained(model, tmp_path / name, **export_metadata(args, model.pretrained_cfg)))
+        assert got['tag'] is None and got['origin_url'] is None, (name, got)
+        assert got['notes'] == [origin] and got['description'].endswith(origin) and got['license'] == license
+        assert 'identity weights' not in got['description'] and '/home/me' not in json.dumps(got)
+    published = _described(save_pretrained(model, tmp_path / 'pub', tag='digits', **export_metadata(cases['ckpt'][0])))
+    assert published['tag'] == 'digits'
+
+
+def test_train_export_says_trained_from_scratch(tmp_path):
+    from gczoo.train.outputs import export_best
+    model = timm.create_model('resnet18_gc', num_classes=3)
+    folder = export_best(model, model.state_dict(), 'best', tmp_path / 'export', {'input_size': (3, 32, 32)},
+                         None, export_metadata({'model': 'resnet18_gc'}, model.pretrained_cfg))
+    got = _described(folder)
+    assert got['tag'] is None and got['notes'] == ['trained from scratch by gczoo train']
+
+
+def test_publish_of_an_export_keeps_its_description(tmp_path):
+    from gczoo.hub import load_training_output, write_hub_folder
+    model = timm.create_model('resnet18_gc', num_classes=3)
+    out = tmp_path / 'OUT'
+    save_pretrained(model, out / 'export', **export_metadata({'model': 'resnet18_gc'}))
+    weights = load_training_output(out)
+    got = _described(write_hub_folder(weights, tmp_path / 'hub', repo_id='me/resnet18_gc.digits', tag='digits')[1]
+                     .parent)
+    assert got['tag'] == 'digits' and got['notes'] == ['trained from scratch by gczoo train']
+    lone = tmp_path / 'lone.pth'
+    torch.save(model.state_dict(), lone)
+    got = _described(write_hub_folder(load_training_output(lone, model_name='resnet18_gc'), tmp_path / 'hub2',
+                                      repo_id='me/resnet18_gc.mine', tag='mine')[1].parent)
+    assert got['notes'] == ['weights from the checkpoint lone.pth'] and 'a1_in1k' not in got['description']
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. freezing a backbone's BN keeps the attention blocks trainable
+
+
+def _backbone_with_non_local() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                         nn.Sequential(NonLocal2d(8)), nn.Conv2d(8, 2, 1))
+
+
+def test_timms_freeze_freezes_non_local_at_identity_and_is_detected():
+    from timm.layers import freeze_batch_norm_2d
+    from torchvision.ops.misc import FrozenBatchNorm2d  # what timm's freeze_batch_norm_2d makes
+    model = freeze_batch_norm_2d(_backbone_with_non_local())
+    assert isinstance(model[3][0].norm, FrozenBatchNorm2d)  # the trap: the block's zero BN can never move
+    assert frozen_zero_init(model) == ['3.0.norm.weight (FrozenBatchNorm2d)']
+    lines = []
+    assert warn_frozen_attention(model, lines.append) == ['3.0.norm.weight (FrozenBatchNorm2d)']
+    assert len(lines) == 1 and '3.0.norm.weight' in lines[0] and 'freeze_backbone_bn' in lines[0]
+    sagan = timm.create_model('resnet50_sa', num_classes=2)
+    sagan.requires_grad_(False)
+    assert any('gamma (requires_grad=False)' in name for name in frozen_zero_init(sagan))
+
+
+def test_freeze_backbone_bn_keeps_the_attention_norms_trainable():
+    from torchvision.ops.misc import FrozenBatchNorm2d
+    model = freeze_backbone_bn(_backbone_with_non_local())
+    assert isinstance(model[1], FrozenBatchNorm2d)
+    assert type(model[3][0].norm) is nn.BatchNorm2d and model[3][0].norm.weight.requires_grad
+    assert frozen_zero_init(model) == []
+    lines = []
+    assert warn_frozen_attention(model, lines.append) == [] and lines == []
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    model.train()
+    model(torch.randn(2, 3, 6, 10)).square().mean().backward()
+    opt.step()
+    assert model[3][0].norm.weight.abs().sum() > 0  # the block can leave the identity
+    zoo = freeze_backbone_bn(timm.create_model('resnet50_nl', num_classes=2))
+    assert not any(isinstance(m.norm, FrozenBatchNorm2d) for m in zoo.modules() if isinstance(m, NonLocal2d))
+    assert isinstance(zoo.bn1, FrozenBatchNorm2d) and frozen_zero_init(zoo) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. missing weights are not an out-of-memory for timm's validate.py
+
+
+def _timm_validate_module():
+    spec = importlib.util.spec_from_file_location('timm_validate_script', VALIDATE_PY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('error, retried', [(PretrainedWeightsError('no weights for x'), False),
+                                            (RuntimeError('CUDA out of memory'), True)])  # the control: OOM is
+def test_timms_validate_does_not_retry_missing_weights(monkeypatch, error, retried):
+    assert not isinstance(PretrainedWeightsError('x'), RuntimeError)
+    assert isinstance(PretrainedWeightsError('x'), GczooError)
+    validate_py = _timm_validate_module()
+    seen = []
+
+    def validate(args):
+        seen.append(args.batch_size)
+        raise error
+
+    monkeypatch.setattr(validate_py, 'validate', validate)
+    args = validate_py.parser.parse_args(['data', '--model', 'resnet18_gc', '-b', '16'])
+    try:
+        validate_py._try_run(args, 16)  # timm's own bulk/--retry loop
+    except PretrainedWeightsError:
+        pass
+    assert (len(seen) > 1) == retried, seen
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. summary.csv counts epochs from 0, as timm's
+
+
+@pytest.mark.slow
+def test_summary_epochs_count_from_zero_like_timm(tmp_path):
+    from timm.utils import update_summary
+    data = make_image_folder(tmp_path / 'data', train_per_class=2, val_per_class=1, size=16)
+    assert run_train(tiny_args(data, tmp_path, 'run', epochs=2, img_size=16, checkpoint_hist=2)) == 0
+    run = tmp_path / 'run'
+    rows = summary_rows(run)
+    for epoch in range(2):  # what timm's train.py writes for the same two epochs
+        update_summary(epoch, {'loss': 1.0}, {'loss': 1.0, 'top1': 1.0, 'top5': 1.0}, str(tmp_path / 'timm.csv'),
+                       lr=0.1, write_header=epoch == 0)
+    timm_epochs = [line.split(',')[0] for line in (tmp_path / 'timm.csv').read_text().splitlines()[1:]]
+    assert [r['epoch'] for r in rows] == timm_epochs == ['0', '1']
+    best = json.loads((run / 'results.json').read_text())['best']['epoch']
+    assert best in (0, 1) and (run / f'checkpoint-{best}.pth.tar').is_file()
+    assert sorted(p.name for p in run.glob('checkpoint-*')) == ['checkpoint-0.pth.tar', 'checkpoint-1.pth.tar']
