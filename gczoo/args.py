@@ -7,13 +7,13 @@ other failure. The types reject what argparse would accept silently (``--lr nan`
 """
 import argparse
 import math
-from typing import Callable, NoReturn, Optional
+from typing import Callable, NoReturn
 
 from .errors import UsageError
 
 __all__ = [
     'ArgumentParser', 'finite_float', 'positive_float', 'non_negative_float', 'fraction', 'positive_int',
-    'non_negative_int', 'device_name', 'optional',
+    'non_negative_int', 'device_name',
 ]
 
 
@@ -62,11 +62,3 @@ def device_name(text: str) -> str:
     elif device.type == 'mps' and not (hasattr(torch.backends, 'mps') and torch.backends.mps.is_available()):
         raise argparse.ArgumentTypeError(f'{text!r}: MPS is not available on this machine; use --device cpu')
     return text
-
-
-def optional(parse: Callable[[str], float]) -> Callable[[str], Optional[float]]:
-    """``parse`` that also takes ``none``/``None`` (for flags whose default means "from the model")."""
-    def wrapped(text: str) -> Optional[float]:
-        return None if text.lower() == 'none' else parse(text)
-    wrapped.__name__ = parse.__name__
-    return wrapped

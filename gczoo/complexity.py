@@ -32,7 +32,6 @@ Papers use other counters; ``gczoo.papers`` records what each paper's ResNet-50 
 ours.
 """
 import csv
-import difflib
 import io
 import json
 import math
@@ -48,10 +47,10 @@ from gczoo.args import ArgumentParser, positive_int
 from gczoo.errors import UsageError
 from gczoo.files import atomic_write_text, check_output_dir, write_files
 from gczoo.models import ZOO_MODELS  # importing gczoo.models registers the zoo with timm
+from gczoo.models.registry import resolve_model_name
 
 __all__ = [
-    'COUNTED_OPS', 'BASELINE_MODEL', 'count_complexity', 'complexity_table', 'markdown_table', 'write_csv',
-    'write_json', 'main',
+    'BASELINE_MODEL', 'count_complexity', 'complexity_table', 'markdown_table', 'write_json', 'main',
 ]
 
 BASELINE_MODEL = 'resnet50'  # timm's resnet50: the reference every ratio is taken against
@@ -112,12 +111,6 @@ def _custom_mapping() -> Dict[Any, Callable[..., int]]:
 
 _NORM_OPS = ('batch_norm', 'layer_norm', 'group_norm')
 
-COUNTED_OPS = (
-    'convolution (all kinds)', 'mm / addmm / bmm / baddbmm (linear, matmul, einsum)',
-    'scaled_dot_product_attention (q k^T and attn v)', 'batch/layer/group norm (fvcore rules)',
-)
-
-
 def _category(op: Any) -> str:
     name = str(op)  # an OpOverloadPacket prints as 'aten.convolution'
     if any(key in name for key in _NORM_OPS):
@@ -147,10 +140,7 @@ def _as_hw(img_size: Union[int, Sequence[int]]) -> Tuple[int, int]:
 def _create_on_meta(model_name: str, **kwargs: Any) -> nn.Module:
     if not isinstance(model_name, str) or not model_name:
         raise TypeError(f'model must be a timm model name or an nn.Module, got {model_name!r}')
-    if not timm.is_model(model_name):
-        close = difflib.get_close_matches(model_name, timm.list_models(), n=5)
-        hint = f'; did you mean {", ".join(close)}?' if close else ''
-        raise ValueError(f'unknown model {model_name!r} (not a timm or gczoo model name){hint}')
+    resolve_model_name(model_name, what='model', folders=False)
     with torch.device('meta'):
         return timm.create_model(model_name, pretrained=False, **kwargs)
 
@@ -287,11 +277,6 @@ def _json_text(rows: Sequence[Dict[str, Any]]) -> str:
                    for r in rows},
     }
     return json.dumps(payload, indent=2) + '\n'
-
-
-def write_csv(rows: Sequence[Dict[str, Any]], path: Union[str, Path]) -> Path:
-    """``complexity_table`` rows as CSV (written whole or not at all)."""
-    return atomic_write_text(Path(path), _csv_text(rows))
 
 
 def write_json(rows: Sequence[Dict[str, Any]], path: Union[str, Path]) -> Path:

@@ -40,8 +40,9 @@ from timm.data import resolve_data_config
 from gczoo.args import ArgumentParser
 from gczoo.cards import render_model_card, source_metadata
 from gczoo.errors import GczooError
-from gczoo.models import HUB_ORG, ZOO_MODELS, CheckpointError, read_checkpoint, read_state_dict
+from gczoo.models import HUB_ORG, CheckpointError, read_checkpoint, read_state_dict
 from gczoo.models.errors import download_error_types
+from gczoo.models.registry import resolve_model_name
 from gczoo.models.hub_folder import (  # noqa: F401  (re-exported: the loading half of the Hub layout)
     CONFIG_NAME, WEIGHTS_NAME, check_hub_folder, create_model, export_metadata, load_pretrained_weights,
     read_weights_shapes, save_pretrained, verify_weights,
@@ -188,8 +189,7 @@ def load_training_output(
     if not name:
         raise ValueError(f'which model are the weights in {str(ckpt)!r} for? Pass --model NAME '
                          f'(no args.json or checkpoint args with "model" were found)')
-    if not timm.is_model(name):
-        raise ValueError(f'--model {name!r} is not a registered timm model (gczoo models: {", ".join(ZOO_MODELS)})')
+    resolve_model_name(name, what='--model', folders=False)
     state = read_state_dict(ckpt)  # safetensors, or weights_only=True; unwrapped (EMA first)
     meta = timm.create_model(name, device='meta')
     head = classifier_names(meta)[0] + '.weight'

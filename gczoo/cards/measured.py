@@ -7,6 +7,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Union
 
 from gczoo.complexity import BASELINE_MODEL, count_complexity
 from gczoo.models import ZOO_MODELS
+from gczoo.models.registry import resolve_model_name
 
 __all__ = [
     'DEFAULT_CARDS_DIR', 'COMPLEXITY_FILE', 'RESULTS_FILE', 'IMG_SIZE', 'METRICS', 'zoo_row', 'load_complexity',
@@ -21,10 +22,8 @@ METRICS = ('top1', 'top5')  # the measured numbers a card may state
 
 
 def zoo_row(model_name: str) -> Any:
-    """The ``ZOO_MODELS`` row of ``model_name``; an unknown name is a ``ValueError`` listing the zoo."""
-    if model_name not in ZOO_MODELS:
-        raise ValueError(f'unknown gczoo model {model_name!r}; valid names: {", ".join(ZOO_MODELS)}')
-    return ZOO_MODELS[model_name]
+    """The ``ZOO_MODELS`` row of ``model_name``; an unknown name is a ``UsageError`` listing the zoo."""
+    return ZOO_MODELS[resolve_model_name(model_name, what='model', zoo=ZOO_MODELS, folders=False).architecture]
 
 
 def load_complexity(path: Optional[Union[str, Path]] = None) -> Dict[str, Dict[str, Any]]:

@@ -1,5 +1,4 @@
 """The model ``gczoo eval`` evaluates: built by name, weights through gczoo's one loading path."""
-import difflib
 import os
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -7,6 +6,7 @@ from typing import Any, Dict, Optional
 import torch.nn as nn
 
 from gczoo.models.hub_folder import create_model
+from gczoo.models.registry import resolve_model_name
 from gczoo.models.weights import classifier_names, load_weights, read_state_dict
 
 __all__ = ['create_eval_model']
@@ -14,19 +14,10 @@ __all__ = ['create_eval_model']
 
 def _check_model_name(model_name: str) -> bool:
     """True for ``local-dir:``/``hf-hub:`` names; raises ``ValueError`` for a name timm does not know."""
-    if not isinstance(model_name, str) or not model_name:
-        raise ValueError(f'--model must be a model name, got {model_name!r}')
-    if model_name.startswith(('local-dir:', 'hf-hub:')):
-        if model_name.startswith('local-dir:') and not Path(model_name[len('local-dir:'):]).is_dir():
-            raise ValueError(f'--model {model_name!r}: folder {model_name[len("local-dir:"):]!r} does not exist')
-        return True
-    import timm
-    if not timm.is_model(model_name):
-        close = difflib.get_close_matches(model_name.split('.')[0], timm.list_models(), n=4)
-        hint = f' Did you mean: {", ".join(close)}?' if close else ''
-        raise ValueError(f'unknown model {model_name!r}: not a timm or gczoo model name, nor local-dir:DIR / '
-                         f'hf-hub:ORG/REPO.{hint}')
-    return False
+    resolved = resolve_model_name(model_name, what='--model')
+    if resolved.source == 'local-dir' and not Path(resolved.location).is_dir():
+        raise ValueError(f'--model {model_name!r}: folder {resolved.location!r} does not exist')
+    return resolved.is_folder
 
 
 def create_eval_model(

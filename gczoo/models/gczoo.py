@@ -14,7 +14,7 @@ Each model's configuration is one row of ``ZOO_MODELS``; the entrypoints below o
 """
 import dataclasses
 from collections import OrderedDict
-from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Dict, Mapping, Optional, Set, Tuple
 
 import torch
 import torch.nn as nn
@@ -27,10 +27,11 @@ from gczoo.papers import get_paper
 from .depths import get_depth
 from .errors import PretrainedWeightsError, explain_download_errors  # noqa: F401  (PretrainedWeightsError re-exported)
 from .pretrained import init_from_resnet
+from .registry import resolve_model_name
 from .tags import HUB_ORG, check_weights_available, filter_pretrained, pretrained_cfgs
 
 __all__ = [
-    'Placement', 'ZooModel', 'ZOO_MODELS', 'ZooResNet', 'PretrainedWeightsError', 'HUB_ORG', 'list_zoo_models',
+    'Placement', 'ZooModel', 'ZOO_MODELS', 'ZooResNet', 'PretrainedWeightsError', 'HUB_ORG',
     'attention_modules',
 ]
 
@@ -131,10 +132,6 @@ ZOO_MODELS: Dict[str, ZooModel] = {
 }
 
 
-def list_zoo_models() -> List[str]:
-    return list(ZOO_MODELS)
-
-
 class ZooResNet(ResNet):
     """timm's ``ResNet`` with attention blocks placed per ``placements`` (see ``Placement``).
 
@@ -206,8 +203,7 @@ def create_zoo_model(variant: str, pretrained: bool = False, **kwargs: Any) -> n
     checkpoint in timm's/torchvision's layout): transplants that ResNet into the backbone and keeps
     the attention blocks at identity init (see ``gczoo.models.init_from_resnet``).
     """
-    if variant not in ZOO_MODELS:
-        raise ValueError(f'unknown gczoo model {variant!r}; valid names: {", ".join(ZOO_MODELS)}')
+    resolve_model_name(variant, what='variant', zoo=ZOO_MODELS, folders=False)
     pretrained_backbone = kwargs.pop('pretrained_backbone', None)
     if pretrained and pretrained_backbone is not None:
         raise ValueError('pass either pretrained=True or pretrained_backbone=..., not both')

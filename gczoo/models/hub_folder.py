@@ -34,6 +34,7 @@ from gczoo.errors import CheckpointError, PretrainedWeightsError
 from gczoo.files import umask_mode
 
 from .gczoo import ZOO_MODELS
+from .registry import check_architecture, resolve_model_name
 from .sources import hub_cache_dir, hub_download_error, is_download_error
 from .weights import (
     PICKLE_SUFFIXES, WEIGHTS_NAME, check_state_dict, classifier_names, first_conv_names, load_weights,
@@ -250,16 +251,6 @@ def _read_config(folder: Path) -> Dict[str, Any]:
     return config
 
 
-def _check_architecture(architecture: str, where: str) -> None:
-    import timm
-    if not timm.is_model(architecture):
-        gczoo_models = ', '.join(ZOO_MODELS)
-        raise CheckpointError(
-            f'{where} names architecture {architecture!r}, which is not a registered timm model '
-            f'(timm {timm.__version__}; gczoo registers: {gczoo_models}). Install the package that defines it, '
-            f'or fix "architecture" in the config.')
-
-
 def check_hub_folder(folder: PathLike, *, allow_pickle: bool = False) -> Dict[str, Any]:
     """Check a Hub-layout folder before loading or uploading it; returns its parsed ``config.json``.
 
@@ -271,7 +262,7 @@ def check_hub_folder(folder: PathLike, *, allow_pickle: bool = False) -> Dict[st
     import timm
     folder = Path(folder)
     config = _read_config(folder)
-    _check_architecture(config['architecture'], repr(str(folder / CONFIG_NAME)))
+    check_architecture(config['architecture'], repr(str(folder / CONFIG_NAME)))
     pickles = sorted(p.name for p in folder.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
     if pickles and not allow_pickle:
         raise CheckpointError(
@@ -320,10 +311,9 @@ def create_model(
         if pretrained:
             check_hub_folder(folder, allow_pickle=allow_pickle)
         else:
-            _check_architecture(_read_config(folder)['architecture'], repr(str(folder / CONFIG_NAME)))
-    elif source is None and not timm.is_model(split_model_name_tag(model_id)[0]):
-        raise ValueError(f'unknown model {model_name!r}: not a registered timm model (gczoo models: '
-                         f'{", ".join(ZOO_MODELS)}); use "hf-hub:ORG/REPO" or "local-dir:DIR" for weights folders')
+            check_architecture(_read_config(folder)['architecture'], repr(str(folder / CONFIG_NAME)))
+    else:
+        resolve_model_name(model_name, what='model_name')
 
     if pretrained and overlay.get('file'):
         file = Path(overlay['file'])
@@ -388,10 +378,10 @@ def create_model(
         if message.startswith('Unknown model'):
             architecture = message[len('Unknown model'):].strip(' ()')
             where = f'the {CONFIG_NAME} of {model_name!r}' if source else repr(model_name)
-            raise CheckpointError(
-                f'{where} names architecture {architecture!r}, which is not a registered timm model '
-                f'(gczoo registers: {", ".join(ZOO_MODELS)}). Install the package that defines it, '
-                f'or fix "architecture" in the config.') from e
+            try:
+                check_architecture(architecture, where)
+            except CheckpointError as unknown:
+                raise unknown from e
         if 'Error(s) in loading state_dict' in message:
             raise CheckpointError(f'the weights of {model_name!r} do not fit the model: {message}') from e
         raise

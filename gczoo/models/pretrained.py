@@ -23,6 +23,7 @@ from timm.models import adapt_input_conv
 from gczoo.layers import attention_modules
 
 from .errors import CheckpointError, explain_download_errors
+from .registry import resolve_model_name
 from .weights import (
     StateDict, StateDictMismatch, classifier_names, first_conv_names, load_weights, read_state_dict,
     unwrap_state_dict,
@@ -56,9 +57,7 @@ def _resolve_source(source: Union[str, os.PathLike, Mapping[str, torch.Tensor], 
         return read_state_dict(source), str(source)
     if isinstance(source, str):
         import timm
-        if not (source.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(source.split('.')[0])):
-            raise ValueError(
-                f'source {source!r} is neither an existing file nor a timm model name (e.g. "resnet50.a1_in1k")')
+        resolve_model_name(source, what='source (no such file; nor a timm model name such as "resnet50.a1_in1k")')
         with explain_download_errors(source):
             return timm.create_model(source, pretrained=True).state_dict(), source
     raise TypeError(f'source must be a path, a timm model name, a state dict or a module, got {type(source).__name__}')

@@ -3,12 +3,10 @@ weights through ``gczoo.models.weights``), the datasets (timm's readers, gczoo's
 learning rate and the attention blocks' parameter groups (timm's weight-decay groups, split)."""
 import argparse
 import dataclasses
-import difflib
 import functools
 import math
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-import timm
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -23,6 +21,7 @@ from gczoo.data import check_image_folder, prepare_digits
 from gczoo.evaluate import BadImageError, decode_image, read_class_map
 from gczoo.models import ZOO_MODELS, attention_modules
 from gczoo.models.hub_folder import create_model
+from gczoo.models.registry import resolve_model_name
 from gczoo.models.weights import format_keys, load_weights
 
 from .args import mixup_active, uses_embedded_digits
@@ -35,16 +34,6 @@ __all__ = [
 IMAGE_MODES = {1: 'L', 3: 'RGB', 4: 'RGBA'}  # --in-chans -> how images are read (timm: L for 1, else RGB)
 
 
-def _check_model_name(name: str) -> None:
-    if name.startswith(('hf-hub:', 'local-dir:')) or timm.is_model(name):
-        return
-    candidates = timm.list_models()
-    close = difflib.get_close_matches(name.split('.')[0], candidates, n=6, cutoff=0.6)
-    raise ValueError(
-        f'--model {name!r} is not a timm or gczoo model; '
-        f'closest names: {", ".join(close) or "none"}; gczoo models: {", ".join(ZOO_MODELS)}')
-
-
 def in_chans_of(args: argparse.Namespace) -> int:
     """Input channels: ``--input-size C H W`` wins over ``--in-chans`` (as timm), 3 by default."""
     return args.input_size[0] if args.input_size else (args.in_chans or 3)
@@ -54,15 +43,13 @@ def create_train_model(args: argparse.Namespace, num_classes: int, log: Callable
     """timm train.py's ``create_model`` call through ``gczoo.models.hub_folder.create_model`` (timm's, with
     gczoo's checks on pretrained files: no pickles, keys and shapes first); ``--initial-checkpoint``
     through ``gczoo.models.weights.load_weights`` (a classifier of another size is left at init, as timm)."""
-    _check_model_name(args.model)
+    resolve_model_name(args.model, what='--model')
     kwargs: Dict[str, Any] = dict(num_classes=num_classes, in_chans=in_chans_of(args), drop_rate=args.drop,
                                   drop_path_rate=args.drop_path, drop_block_rate=args.drop_block,
                                   global_pool=args.gp)
     kwargs = {k: v for k, v in kwargs.items() if v is not None}  # None: the model's own default
     if args.pretrained_backbone:
-        if args.model.split('.')[0] not in ZOO_MODELS:
-            raise ValueError(f'--pretrained-backbone needs a gczoo model ({", ".join(ZOO_MODELS)}), '
-                             f'got --model {args.model!r}')
+        resolve_model_name(args.model, what='--model (--pretrained-backbone needs a gczoo model)', zoo=ZOO_MODELS)
         kwargs['pretrained_backbone'] = args.pretrained_backbone
     if args.pretrained_path:  # timm's: the file as the pretrained weights, the classifier always re-initialized
         kwargs['pretrained_cfg_overlay'] = dict(file=args.pretrained_path, num_classes=-1)

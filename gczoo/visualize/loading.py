@@ -10,14 +10,13 @@ import os
 from pathlib import Path
 from typing import Mapping, Optional, Tuple, Union
 
-import timm
 import torch
 import torch.nn as nn
 
 from gczoo.errors import CheckpointError
 from gczoo.layers import attention_modules
-from gczoo.models import ZOO_MODELS
 from gczoo.models.hub_folder import create_model
+from gczoo.models.registry import resolve_model_name
 from gczoo.models.weights import classifier_names, compare_state_dicts, format_keys, load_weights, read_state_dict
 
 __all__ = ['LoadedModel', 'parse_model_spec', 'load_model']
@@ -90,6 +89,7 @@ def load_model(
     random state is left as it was.
     """
     name, checkpoint = parse_model_spec(spec, checkpoint)
+    resolve_model_name(name, what='MODEL (NAME, NAME=CHECKPOINT, local-dir:DIR or hf-hub:ORG/REPO)')
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         if name.startswith(_WEIGHTS_FOLDERS):
@@ -97,9 +97,6 @@ def load_model(
                 raise ValueError(f'--checkpoint cannot be combined with MODEL {name!r}, which carries its own weights')
             model = create_model(name, pretrained=True)
             label = name
-        elif not timm.is_model(name):
-            raise ValueError(f'MODEL: unknown model {name!r}; zoo models: {", ".join(ZOO_MODELS)} '
-                             f'(or local-dir:DIR, hf-hub:ORG/REPO, NAME=CHECKPOINT)')
         elif checkpoint is not None:
             if pretrained:
                 raise ValueError('pass either --pretrained or --checkpoint, not both')

@@ -1,0 +1,118 @@
+"""Model-name validity, once: is a name a model timm can build, and if not, one message saying so.
+
+The zoo registers its models with timm (``gczoo.models.gczoo``), so a name is valid exactly when timm's
+registry knows it -- ``timm.is_model`` on the architecture, ``get_pretrained_cfg`` for a tag, as timm's
+``_registry`` (``split_model_name_tag``, ``is_model``, ``list_pretrained``) does -- or when it names a
+weights folder (``local-dir:DIR``) or Hub repo (``hf-hub:ORG/REPO``), whose ``config.json`` names the
+architecture. Every job that takes a model name (train, eval, visualize, complexity, publish, cards,
+convert, ``init_from_resnet``) resolves it here, so a mistyped ``--model`` gets the same one-line
+:class:`~gczoo.errors.UsageError` everywhere: the name, the closest registered names (``difflib``), and
+``gczoo list`` for the zoo's models.
+"""
+import dataclasses
+import difflib
+from typing import Collection, List, Optional
+
+import timm
+from timm.models import get_pretrained_cfg, parse_model_name, split_model_name_tag
+
+from gczoo.errors import CheckpointError, UsageError
+
+__all__ = ['ModelName', 'FOLDER_PREFIXES', 'zoo_model_names', 'close_model_names', 'resolve_model_name',
+           'check_architecture']
+
+FOLDER_PREFIXES = ('local-dir:', 'hf-hub:')  # names whose weights folder's config.json names the architecture
+_ZOO_MODULE = 'gczoo'  # timm files the zoo's entrypoints under their module's last name (gczoo/models/gczoo.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelName:
+    """A resolved model name: ``source`` is ``'local-dir'``/``'hf-hub'`` (then ``location`` is the folder
+    or repo and ``architecture`` is None) or None (a registered ``architecture`` with an optional ``tag``)."""
+    name: str
+    source: Optional[str]
+    location: str
+    architecture: Optional[str]
+    tag: Optional[str]
+
+    @property
+    def is_folder(self) -> bool:
+        return self.source is not None
+
+
+def zoo_model_names() -> List[str]:
+    """The zoo's registered models (``timm.list_models(module='gczoo')``; ``gczoo list`` prints them)."""
+    return timm.list_models(module=_ZOO_MODULE)
+
+
+def close_model_names(name: str, candidates: Optional[Collection[str]] = None, n: int = 5) -> List[str]:
+    """The registered names closest to ``name`` (the zoo's first), for a message."""
+    architecture = split_model_name_tag(name)[0]
+    zoo = zoo_model_names()
+    pool = list(candidates) if candidates is not None else zoo + [m for m in timm.list_models() if m not in zoo]
+    return difflib.get_close_matches(architecture, pool, n=n, cutoff=0.6)
+
+
+def _unknown(name: str, what: str, zoo: Optional[Collection[str]], folders: bool) -> UsageError:
+    close = close_model_names(name, zoo)
+    hint = f'; closest: {", ".join(close)}' if close else ''
+    if zoo is not None:
+        head = f'unknown gczoo model {name!r}'
+    else:
+        also = ', nor local-dir:DIR / hf-hub:ORG/REPO' if folders else ''
+        head = f'unknown model {name!r}: not a registered timm or gczoo model name{also}'
+    return UsageError(f'{what}: {head}{hint}. `gczoo list` lists the zoo\'s models '
+                      f'({", ".join(zoo_model_names())}), timm.list_models() all of timm\'s.')
+
+
+def resolve_model_name(
+        name: str,
+        *,
+        what: str = '--model',
+        zoo: Optional[Collection[str]] = None,
+        folders: bool = True,
+) -> ModelName:
+    """Check a model name and split it (timm's ``parse_model_name`` + ``split_model_name_tag``).
+
+    ``what``: how the caller's user gave the name (``'--model'``, ``'MODEL'``, ``'source'``), shown first in
+    the message. ``zoo``: the only architectures accepted (e.g. ``ZOO_MODELS`` where only a gczoo model
+    will do). ``folders``: whether ``local-dir:DIR`` and ``hf-hub:ORG/REPO`` are accepted. An unknown name,
+    or a tag the architecture does not have, is one ``UsageError`` (a ``ValueError``).
+    """
+    if not isinstance(name, str) or not name.strip():
+        raise UsageError(f'{what}: a model name is needed, got {name!r}')
+    try:
+        source, location = parse_model_name(name)
+    except (AssertionError, ValueError):  # a scheme that is not one of timm's
+        raise _unknown(name, what, zoo, folders) from None
+    if source is not None:
+        if not folders or zoo is not None:
+            raise UsageError(f'{what}: {name!r} names a weights folder; a registered model name is needed here '
+                             f'(`gczoo list`)')
+        return ModelName(name, source, location, None, None)
+    architecture, tag = split_model_name_tag(location)
+    if not timm.is_model(architecture) or (zoo is not None and architecture not in zoo):
+        raise _unknown(name, what, zoo, folders)
+    if tag and not _has_tag(architecture, tag):
+        tags = ', '.join(timm.list_pretrained(f'{architecture}.*')) or 'none'
+        raise UsageError(f'{what}: {architecture!r} has no pretrained tag {tag!r}; its tags: {tags}')
+    return ModelName(name, None, location, architecture, tag or None)
+
+
+def _has_tag(architecture: str, tag: str) -> bool:
+    try:
+        return get_pretrained_cfg(f'{architecture}.{tag}') is not None
+    except RuntimeError:  # timm 1.0: 'Invalid pretrained tag'
+        return False
+
+
+def check_architecture(architecture: str, where: str) -> None:
+    """A weights folder's ``config.json`` (``where``) names a registered architecture, or ``CheckpointError``."""
+    if isinstance(architecture, str) and timm.is_model(architecture):
+        return
+    close = close_model_names(architecture) if isinstance(architecture, str) else []
+    hint = f'; closest: {", ".join(close)}' if close else ''
+    raise CheckpointError(
+        f'{where} names architecture {architecture!r}, which is not a registered timm model (timm '
+        f'{timm.__version__}; gczoo registers: {", ".join(zoo_model_names())}){hint}. Install the package that '
+        f'defines it, or fix "architecture" in the config.')
