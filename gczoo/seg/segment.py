@@ -1,0 +1,96 @@
+"""``gczoo segment``: colour-coded PNGs of a segmentor's predictions for an image or a folder of images.
+
+Each image goes through the tag's test pipeline (``gczoo.seg.inference.segment_image``); the prediction
+is coloured with the dataset's palette (mmseg's Cityscapes / ADE20K palette) and written atomically to
+``OUT/<image stem>.png`` (``--ids`` also writes ``OUT/<stem>_ids.png``, the class ids as an 8-bit grey
+image). An undecodable image, an empty folder or an unwritable output folder ends in one line.
+"""
+import argparse
+import io
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from gczoo.args import ArgumentParser, device_name
+from gczoo.files import atomic_write, check_output_dir
+
+from .create import create_segmentor
+from .data import read_image
+from .datasets import colorize, dataset_info
+from .evaluate import resolve_seg_config
+from .inference import segment_image
+
+__all__ = ['build_parser', 'list_images', 'main']
+
+_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp', '.webp')
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog='gczoo segment', description='Colour-coded PNG predictions of a segmentor for an image '
+                                                         'or a folder of images (the tag\'s test pipeline).')
+    p.add_argument('inputs', nargs='+', metavar='PATH', help='images or folders of images')
+    p.add_argument('--model', '-m', required=True, metavar='NAME', help='e.g. ccnet_r50_d8.cityscapes_512x1024_80k')
+    p.add_argument('--pretrained', action='store_true', help="the tag's mmseg weights")
+    p.add_argument('--checkpoint', default='', metavar='PATH', help="weights file (mmseg's layout or gczoo's)")
+    p.add_argument('--out', required=True, metavar='DIR', help='output folder')
+    p.add_argument('--dataset', choices=('cityscapes', 'ade20k'), default=None, help="palette (default: the tag's)")
+    p.add_argument('--mode', choices=('whole', 'slide'), default=None)
+    p.add_argument('--crop-size', type=int, nargs=2, default=None, metavar=('H', 'W'))
+    p.add_argument('--stride', type=int, nargs=2, default=None, metavar=('H', 'W'))
+    p.add_argument('--scale', type=int, nargs=2, default=None, metavar=('LONG', 'SHORT'))
+    p.add_argument('--no-resize', action='store_true')
+    p.add_argument('--ids', action='store_true', help='also write the class ids as <stem>_ids.png')
+    p.add_argument('--device', type=device_name, default=None)
+    return p
+
+
+def list_images(inputs: Sequence[str]) -> List[Path]:
+    """The image files named or inside the named folders (sorted); a ValueError when there is none."""
+    found: List[Path] = []
+    for text in inputs:
+        path = Path(text)
+        if path.is_dir():
+            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES)
+        elif path.is_file():
+            found.append(path)
+        else:
+            raise ValueError(f'input {text!r} does not exist')
+    if not found:
+        raise ValueError(f'no images ({", ".join(_SUFFIXES)}) in {", ".join(map(repr, inputs))}')
+    return found
+
+
+def _png(array: np.ndarray) -> bytes:
+    from PIL import Image
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format='PNG')
+    return buffer.getvalue()
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    images = list_images(args.inputs)
+    out = check_output_dir(args.out, '--out')
+    if args.pretrained and args.checkpoint:
+        raise ValueError('pass --pretrained or --checkpoint, not both')
+    model = create_segmentor(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint or None)
+    device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    model.to(device).eval()
+    config = resolve_seg_config(argparse.Namespace(**{**vars(args), 'split': ''}), model)
+    _, palette = dataset_info(config['dataset'])
+    stems = [p.stem for p in images]
+    if len(set(stems)) != len(stems):
+        raise ValueError('two inputs share a file name stem; their PNGs would overwrite each other')
+    with torch.no_grad():
+        for path in images:
+            pred = segment_image(model, read_image(path).to(device), config).argmax(0).to(torch.uint8).cpu().numpy()
+            colour = _png(colorize(pred, palette))
+            atomic_write(out / f'{path.stem}.png', lambda f, data=colour: f.write(data))
+            if args.ids:
+                ids = _png(pred)
+                atomic_write(out / f'{path.stem}_ids.png', lambda f, data=ids: f.write(data))
+            print(f'{path} -> {out / path.stem}.png')
+    return 0
+
