@@ -19,6 +19,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'list': ('gczoo.cli:list_main', 'list the attention blocks and models'),
     'train': ('gczoo.train:main', 'train or fine-tune a model (torchrun for DDP; see scripts/train.sh)'),
     'eval': ('gczoo.evaluate:main', 'top-1/top-5 of a model on an ImageNet-layout or ImageFolder dataset'),
+    'eval-seg': ('gczoo.seg.evaluate:main', 'mIoU, per-class IoU, pixel accuracy of a segmentor (Cityscapes/ADE20K)'),
+    'segment': ('gczoo.seg.segment:main', 'colour-coded PNG predictions of a segmentor for images'),
     'complexity': ('gczoo.complexity:main', 'parameters, GMACs and GFLOPs of models at any input size'),
     'bench': ('gczoo.bench:main', 'throughput/memory benchmarks: `bench layers` or `bench models`'),
     'convert': ('gczoo.models.convert:main', 'convert official CBAM/BAM/GCNet checkpoints to gczoo safetensors'),
@@ -28,8 +30,6 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'cards': ('gczoo.cards:main', 'generate model_cards/ and the README model table from the registry'),
     'visualize': ('gczoo.visualize:main', 'PNG grids of what each attention block of a model attends to'),
     'analyze-attention': ('gczoo.visualize:analyze_main', "GCNet's query-independence analysis (CSV + PNG)"),
-    'timm': ('gczoo.timm_scripts:main', "run timm's own train.py/validate.py/benchmark.py/inference.py with the zoo "
-                                        'registered: gczoo timm SCRIPT.py ARGS'),
 }
 
 
