@@ -30,6 +30,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'cards': ('gczoo.cards:main', 'generate model_cards/ and the README model table from the registry'),
     'visualize': ('gczoo.visualize:main', 'PNG grids of what each attention block of a model attends to'),
     'analyze-attention': ('gczoo.visualize:analyze_main', "GCNet's query-independence analysis (CSV + PNG)"),
+    'timm': ('gczoo.timm_scripts:main', "run timm's own train.py/validate.py/benchmark.py/inference.py with the zoo "
+                                        'registered: gczoo timm SCRIPT.py ARGS'),
 }
 
 
