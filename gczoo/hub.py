@@ -76,8 +76,7 @@ class TrainedWeights:
     results: Dict[str, Any]
     args: Dict[str, Any]
     source: str
-    # what the Hub folder's config.json says about the weights (save_pretrained's origin/license)
-    metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)  # save_pretrained's origin and license
 
 
 def _read_mapping(path: Path, what: str) -> Dict[str, Any]:
@@ -169,8 +168,8 @@ def load_training_output(
         data_keys = _DATA_ARG_KEYS + ('test_input_size', 'test_crop_pct')
         data_config = {k: cfg[k] for k in data_keys if cfg.get(k) is not None}
         labels = list(label_names) if label_names is not None else cfg.get('label_names')
-        notes = cfg.get('notes') or [f'weights from the export of {out_dir.name}']  # what the export said of them
-        metadata = {'origin': notes[0], 'license': cfg.get('license')}
+        origin = (cfg.get('notes') or [f'weights of {out_dir.name}/export'])[0]  # what the export said of them
+        metadata = {'origin': origin, 'license': cfg.get('license')}
         return TrainedWeights(model, name, data_config, list(labels) if labels else None, results, args, str(export),
                               metadata)
 
