@@ -16,6 +16,7 @@ import torch
 from gczoo.args import ArgumentParser, device_name, non_negative_float, non_negative_int, positive_int
 from gczoo.models import ZOO_MODELS
 
+from .cchead import add_cchead_parser, bench_cchead, format_cchead_table
 from .layers import LAYER_BLOCKS, bench_layers, format_layer_table
 from .memory import MEMORY_MODES
 from .models import MODEL_MODES, bench_models, format_model_table
@@ -49,7 +50,7 @@ def build_parser() -> ArgumentParser:
     parser = ArgumentParser(
         prog='gczoo bench', description='Speed and memory benchmarks of gczoo against naive code and timm.',
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    sub = parser.add_subparsers(dest='what', required=True, metavar='{layers,models,nl3d}')
+    sub = parser.add_subparsers(dest='what', required=True, metavar='{layers,models,nl3d,cchead}')
     layers = sub.add_parser(
         'layers', formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         help='every block vs a naive baseline and timm: time and peak extra memory',
@@ -102,6 +103,7 @@ def build_parser() -> ArgumentParser:
                         help='channels_last memory format (default: on for CUDA, off for CPU)')
     _common_args(models)
     add_nl3d_parser(sub, _common_args)  # the video models' NonLocal3d (gczoo.bench.nonlocal3d)
+    add_cchead_parser(sub, _common_args)  # CCNet's segmentation head (gczoo.bench.cchead)
     return parser
 
 
@@ -137,6 +139,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f'\ngczoo bench layers ({device}, {torch.get_num_threads()} threads, {args.clock} clock; ratios '
               f'gczoo / other, < 1 = gczoo faster or smaller; medians over the interleaved rounds, see the '
               f'rounds column; t/self (A/A) = an identical copy: the noise floor)')
+    elif args.what == 'cchead':
+        rows = bench_cchead(args.batch, args.channels, args.height, args.width, rounds=args.repeats,
+                            warmup=args.warmup, min_time=args.min_time, memory=args.memory, device=device,
+                            clock=args.clock, seed=args.seed)
+        table = format_cchead_table(rows)
+        paths = write_outputs(rows, {'environment': environment(device), 'args': settings}, args.output_dir, 'cchead')
+        print(f'\ngczoo bench cchead ({device}, {torch.get_num_threads()} threads, {args.clock} clock; RCCA, '
+              f'recurrence 2; ratios gczoo / mmcv einsum formulation, < 1 = gczoo faster or smaller)')
     elif args.what == 'nl3d':
         rows = bench_nl3d(args.batch, args.channels, args.frames, args.size, rounds=args.repeats, warmup=args.warmup,
                           min_time=args.min_time, memory=args.memory, device=device, clock=args.clock, seed=args.seed)
