@@ -19,6 +19,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     'list': ('gczoo.cli:list_main', 'list the attention blocks and models'),
     'train': ('gczoo.train:main', 'train or fine-tune a model (torchrun for DDP; see scripts/train.sh)'),
     'eval': ('gczoo.evaluate:main', 'top-1/top-5 of a model on an ImageNet-layout or ImageFolder dataset'),
+    'eval-video': ('gczoo.video.evaluate:main', 'top-1/top-5 of a video model (I3D, NL I3D) on a folder of clips, '
+                                                'mmaction2 test-time sampling (clips x crops)'),
     'eval-seg': ('gczoo.seg.evaluate:main', 'mIoU, per-class IoU, pixel accuracy of a segmentor (Cityscapes/ADE20K)'),
     'segment': ('gczoo.seg.segment:main', 'colour-coded PNG predictions of a segmentor for images'),
     'complexity': ('gczoo.complexity:main', 'parameters, GMACs and GFLOPs of models at any input size'),

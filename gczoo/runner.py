@@ -26,6 +26,7 @@ MainFn = Callable[[List[str]], Optional[int]]
 EXTRAS = {
     'torchmetrics': 'train', 'sklearn': 'train', 'yaml': 'train', 'matplotlib': 'train',
     'skimage': 'viz', 'onnx': 'onnx', 'onnxruntime': 'onnx', 'onnxscript': 'onnx', 'tqdm': 'train',
+    'av': 'video',
 }
 
 

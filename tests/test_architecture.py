@@ -22,9 +22,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / 'gczoo'
 LAYERS: List[Tuple[str, ...]] = [
     ('gczoo.errors', 'gczoo.runner', 'gczoo.args', 'gczoo.files', 'gczoo.papers'),
     ('gczoo.layers',),
-    ('gczoo.models', 'gczoo'),  # the package root imports layers and models, nothing else
+    ('gczoo.models', 'gczoo.video', 'gczoo'),  # the package root imports layers and models, nothing else
     ('gczoo.data', 'gczoo.distributed', 'gczoo.train', 'gczoo.evaluate', 'gczoo.complexity', 'gczoo.visualize',
-     'gczoo.bench', 'gczoo.export'),
+     'gczoo.bench', 'gczoo.export',
+     'gczoo.video.clips', 'gczoo.video.evaluate'),  # the video jobs (issue 19); gczoo.video itself: models
     ('gczoo.cards',),
     ('gczoo.hub',),
     ('gczoo.cli',),

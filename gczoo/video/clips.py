@@ -1,0 +1,178 @@
+"""Clip folders for ``gczoo eval-video``: mmaction2's test-time sampling of the I3D configs, on videos
+decoded by PyAV or on folders of decoded frames.
+
+Layout: ``ROOT/<class>/<clip>``, a clip being a video file (``.mp4 .avi .mkv .webm .mov .m4v``, read
+with PyAV: ``pip install av``) or a folder of frames (``.jpg .jpeg .png .bmp``, in name order).
+torchvision 0.29's ``torchvision.io`` has no video reader any more, so PyAV is the one decoder.
+
+The views of one clip follow mmaction2's test pipeline (``SampleFrames(test_mode=True)``, ``Resize``,
+``ThreeCrop``/``CenterCrop``, ``FormatShape('NCTHW')``):
+
+* ``num_clips`` clips of ``clip_len`` frames ``frame_interval`` apart, their first frames spread evenly
+  over ``[0, num_frames - ((clip_len - 1) * frame_interval + 1)]`` (rounded); indices past the end
+  loop back to the start (mmaction2's ``out_of_bound_opt='loop'``), so short clips are still scored;
+* every frame resized so its short side is ``resize_short`` (bilinear, torch's, not mmcv's cv2);
+* ``num_crops`` = 3: three ``crop_size`` squares along the long side (start, end, middle), or 1: the
+  centre crop;
+* normalised with the model's mean/std (0-1 scale here; mmaction2's 0-255 values / 255).
+
+A clip that cannot be read (not a video, no frames, a broken image) is returned as bad, with the reason:
+``gczoo eval-video`` skips it and counts it.
+"""
+import dataclasses
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+__all__ = ['VIDEO_SUFFIXES', 'FRAME_SUFFIXES', 'ClipSampling', 'scan_clip_folder', 'sample_test_clips',
+           'crop_offsets', 'read_frames', 'clip_views', 'ClipFolder']
+
+VIDEO_SUFFIXES = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v')
+FRAME_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipSampling:
+    """mmaction2's test-time sampling; defaults: the I3D configs' test pipeline (10 clips x 3 crops)."""
+    clip_len: int = 32
+    frame_interval: int = 2
+    num_clips: int = 10
+    num_crops: int = 3
+    resize_short: int = 256
+    crop_size: int = 256
+    mean: Tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: Tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+    def __post_init__(self) -> None:
+        if self.num_crops not in (1, 3):
+            raise ValueError(f'--num-crops must be 1 (centre crop) or 3 (ThreeCrop), got {self.num_crops}')
+        if self.crop_size > self.resize_short:
+            raise ValueError(f'--crop-size {self.crop_size} is larger than the resized short side --resize-short '
+                             f'{self.resize_short}: crops must fit in the frame')
+
+    @property
+    def views(self) -> int:
+        return self.num_clips * self.num_crops
+
+
+def _is_clip(path: Path) -> bool:
+    if path.is_file():
+        return path.suffix.lower() in VIDEO_SUFFIXES
+    return path.is_dir()
+
+
+def scan_clip_folder(root: os.PathLike) -> Tuple[List[Tuple[str, str]], List[str]]:
+    """``([(clip path, class name)], sorted class names)``; ``ValueError`` naming what is wrong."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f'the clip folder {str(root)!r} does not exist or is not a folder')
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith('.'))
+    if not classes:
+        raise ValueError(f'{str(root)!r} has no class folders: expected ROOT/<class>/<video file or frame folder>')
+    samples = [(str(clip), name) for name in classes for clip in sorted((root / name).iterdir())
+               if not clip.name.startswith('.') and _is_clip(clip)]
+    if not samples:
+        raise ValueError(f'{str(root)!r} has class folders but no clips in them (video files with suffixes '
+                         f'{" ".join(VIDEO_SUFFIXES)}, or folders of frames)')
+    return samples, classes
+
+
+def sample_test_clips(num_frames: int, clip_len: int, frame_interval: int, num_clips: int) -> np.ndarray:
+    """(num_clips, clip_len) frame indices: mmaction2's ``SampleFrames(test_mode=True)`` for 3D models."""
+    span = (clip_len - 1) * frame_interval + 1
+    max_offset = max(num_frames - span, 0)
+    if num_clips > 1:
+        offsets = np.round(np.arange(num_clips) * (max_offset / float(num_clips - 1)))
+    else:
+        offsets = np.array([max_offset // 2])
+    indices = offsets[:, None] + np.arange(clip_len)[None, :] * frame_interval
+    return np.mod(indices, num_frames).astype(np.int64)
+
+
+def crop_offsets(height: int, width: int, crop: int, num_crops: int) -> List[Tuple[int, int]]:
+    """(top, left) of each crop: ThreeCrop's (start, end, middle) along the long side, or the centre."""
+    if num_crops == 1:
+        return [((height - crop) // 2, (width - crop) // 2)]
+    if height == crop:
+        step = (width - crop) // 2
+        return [(0, 0), (0, 2 * step), (0, step)]
+    step = (height - crop) // 2
+    return [(0, 0), (2 * step, 0), (step, 0)]
+
+
+def _frame_files(folder: Path) -> List[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+
+
+def read_frames(path: str, sampling: ClipSampling) -> torch.Tensor:
+    """The sampled frames of one clip, (num_clips * clip_len, H, W, 3) uint8; ``ValueError`` if unreadable."""
+    p = Path(path)
+    if p.is_dir():
+        files = _frame_files(p)
+        if not files:
+            raise ValueError('no frames (.jpg/.png/.bmp files) in the folder')
+        indices = sample_test_clips(len(files), sampling.clip_len, sampling.frame_interval, sampling.num_clips)
+        from PIL import Image
+        cache: Dict[int, np.ndarray] = {}
+        for i in set(indices.ravel().tolist()):
+            with Image.open(files[i]) as im:
+                cache[i] = np.asarray(im.convert('RGB'))
+        frames = [cache[i] for i in indices.ravel().tolist()]
+    else:
+        import av  # the video decoder (pip install av)
+        with av.open(str(p)) as container:
+            if not container.streams.video:
+                raise ValueError('the file has no video stream')
+            decoded = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
+        if not decoded:
+            raise ValueError('the video has no frames')
+        indices = sample_test_clips(len(decoded), sampling.clip_len, sampling.frame_interval, sampling.num_clips)
+        frames = [decoded[i] for i in indices.ravel().tolist()]
+    if len({f.shape for f in frames}) != 1:
+        raise ValueError('its frames differ in size')
+    return torch.from_numpy(np.stack(frames))
+
+
+def clip_views(frames: torch.Tensor, sampling: ClipSampling) -> torch.Tensor:
+    """(num_clips * clip_len, H, W, 3) uint8 -> normalised views (num_clips * num_crops, 3, clip_len, S, S)."""
+    x = frames.permute(0, 3, 1, 2).float()  # (N, 3, H, W), 0-255
+    h, w = x.shape[-2:]
+    scale = sampling.resize_short / min(h, w)
+    size = (int(h * scale + 0.5), int(w * scale + 0.5))
+    x = F.interpolate(x, size=size, mode='bilinear', align_corners=False).clamp_(0, 255) / 255.0
+    mean = torch.tensor(sampling.mean).view(1, 3, 1, 1)
+    std = torch.tensor(sampling.std).view(1, 3, 1, 1)
+    x = (x - mean) / std
+    x = x.view(sampling.num_clips, sampling.clip_len, 3, *size)
+    crop = sampling.crop_size
+    views = [x[:, :, :, top:top + crop, left:left + crop]
+             for top, left in crop_offsets(size[0], size[1], crop, sampling.num_crops)]
+    out = torch.stack(views, dim=1)  # (clips, crops, T, 3, S, S)
+    return out.flatten(0, 1).permute(0, 2, 1, 3, 4).contiguous()
+
+
+class ClipFolder(Dataset):
+    """``(views, target, bad)`` per clip: views (V, 3, T, S, S), or None and the reason it is unreadable."""
+
+    def __init__(self, samples: Sequence[Tuple[str, str]], class_to_idx: Dict[str, int], sampling: ClipSampling):
+        self.samples = [(path, class_to_idx[name]) for path, name in samples]
+        self.sampling = sampling
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Tuple[Optional[torch.Tensor], int, Optional[str]]:
+        path, target = self.samples[index]
+        try:
+            return clip_views(read_frames(path, self.sampling), self.sampling), target, None
+        except ModuleNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001  (any decoder failure makes the clip bad, counted, not fatal)
+            text = ' '.join(str(e).split()) or type(e).__name__
+            return None, target, f'{path}: {text}'
+
