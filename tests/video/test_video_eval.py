@@ -116,3 +116,30 @@ def _map(tmp_path):
     path = tmp_path / 'k400.txt'
     path.write_text('air drumming\n')
     return str(path)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_processes_match_one(clip_folder, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from gczoo.video import create_video_model
+    ckpt = tmp_path / 'random.pth'
+    torch.save(create_video_model('i3d_r50', num_classes=2).state_dict(), ckpt)
+    args = ['--model', 'i3d_r50', '--checkpoint', str(ckpt), '--num-classes', '2', '--clip-len', '8',
+            '--frame-interval', '1', '--num-clips', '2', '--num-crops', '1', '--resize-short', '32', '--crop-size',
+            '32', '-j', '0', '--device', 'cpu', '--no-progress']
+    assert main(['eval-video', str(clip_folder), *args, '--results-file', str(tmp_path / 'one.json')]) == 0
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    proc = subprocess.run(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2', '-m',
+         'gczoo.video.evaluate', str(clip_folder), *args, '--results-file', str(tmp_path / 'two.json')],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f'{n}.json').read_text()) for n in ('one', 'two'))
+    assert two['world_size'] == 2 and one['world_size'] == 1
+    assert two['count'] == one['count'] == 4 and two['skipped_clips'] == one['skipped_clips'] == 1
+    assert two['top1'] == one['top1'] and two['loss'] == pytest.approx(one['loss'], rel=1e-5, abs=1e-6)
