@@ -16,14 +16,14 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, DistributedSampler
+
+from gczoo.files import staged_folder
 
 __all__ = [
     'DATA_HOME_ENV', 'DIGITS_CLASSES', 'data_home', 'prepare_digits', 'IMAGE_EXTENSIONS', 'find_split',
@@ -69,7 +69,7 @@ def prepare_digits(
     0-255, resized to ``img_size`` (bicubic) and stored as RGB, so every ImageFolder pipeline reads
     them unchanged. The split is stratified and fixed by ``seed`` (80/20 by default: 1,437 training
     and 360 validation images). The tree is built in a temporary sibling folder and renamed into
-    place, so an interrupted or concurrent call never leaves a half-written dataset; a complete tree
+    place (``gczoo.files.staged_folder``), so an interrupted or concurrent call never leaves a half-written dataset; a complete tree
     (``manifest.json`` matching the arguments) is reused as is.
     """
     if not isinstance(img_size, int) or img_size < 8:
@@ -96,27 +96,19 @@ def prepare_digits(
     train_idx, val_idx = train_test_split(
         indices, test_size=val_fraction, stratify=digits.target, random_state=seed)
 
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f'.{root.name}.tmp-', dir=root.parent))
-    try:
-        for split, split_idx in (('train', train_idx), ('val', val_idx)):
-            for cls in DIGITS_CLASSES:
-                (tmp / split / cls).mkdir(parents=True)
-            for i in sorted(split_idx.tolist()):
-                img = Image.fromarray(images[i], mode='L').resize((img_size, img_size), Image.BICUBIC)
-                img.convert('RGB').save(tmp / split / DIGITS_CLASSES[digits.target[i]] / f'{i:04d}.png')
-        counts = {'train': int(len(train_idx)), 'val': int(len(val_idx))}
-        (tmp / 'manifest.json').write_text(json.dumps({**manifest, 'counts': counts}, indent=2))
-        if root.exists():  # stale or partial tree from an older format: replace it
-            shutil.rmtree(root, ignore_errors=True)
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not (root / 'manifest.json').is_file():  # lost a race with a writer that did not finish
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    try:  # a stale tree (an older format) is swapped out whole
+        with staged_folder(root) as tmp:
+            for split, split_idx in (('train', train_idx), ('val', val_idx)):
+                for cls in DIGITS_CLASSES:
+                    (tmp / split / cls).mkdir(parents=True)
+                for i in sorted(split_idx.tolist()):
+                    img = Image.fromarray(images[i], mode='L').resize((img_size, img_size), Image.BICUBIC)
+                    img.convert('RGB').save(tmp / split / DIGITS_CLASSES[digits.target[i]] / f'{i:04d}.png')
+            counts = {'train': int(len(train_idx)), 'val': int(len(val_idx))}
+            (tmp / 'manifest.json').write_text(json.dumps({**manifest, 'counts': counts}, indent=2))
+    except OSError:
+        if not manifest_path.is_file():  # not a race lost to a concurrent writer that finished
+            raise
     return root
 
 

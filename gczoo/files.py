@@ -6,7 +6,10 @@ a temporary file in the same folder, are flushed to disk, and replace the target
 never a truncated one; the temporary file is removed on failure, and the error names the file that
 was asked for, not the temporary one. ``tempfile.mkstemp`` creates files readable only by their
 owner, so the finished file gets the mode a plain ``open()`` would have given it. Files that belong
-together (an analysis' CSV, JSON and PNG) go through ``write_files``: all of them or none.
+together (an analysis' CSV, JSON and PNG) go through ``write_files``: all of them or none. A folder
+written as a whole (a dataset tree, a training run's ``export/``, a Hub repository folder) is built in a
+hidden sibling by ``staged_folder`` and renamed into place when complete: the one implementation of
+"write a folder, then rename it" in gczoo.
 ``check_output_dir`` checks an output folder before the work starts, so a mistyped flag fails in a
 second rather than after an hour of computing.
 """
@@ -16,9 +19,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable, List, Mapping, Union
+from typing import BinaryIO, Callable, Iterator, List, Mapping, Union
 
-__all__ = ['Writer', 'atomic_write', 'atomic_write_text', 'check_output_dir', 'fsync_dir', 'umask_mode', 'write_files']
+__all__ = [
+    'Writer', 'atomic_write', 'atomic_write_text', 'check_output_dir', 'fsync_dir', 'fsync_tree', 'staged_folder',
+    'umask_mode', 'write_files',
+]
 
 PathLike = Union[str, os.PathLike]
 Writer = Callable[[BinaryIO], None]  # writes one file's bytes into the open (binary) file it is given
@@ -108,6 +114,79 @@ def _naming(path: Path, error: OSError) -> OSError:
     return renamed
 
 
+def fsync_tree(folder: PathLike) -> None:
+    """Flush every file below ``folder``, then the folders themselves, to disk."""
+    for root, _, files in os.walk(str(folder)):
+        for name in files:
+            file = Path(root) / name
+            try:
+                with open(file, 'rb') as f:
+                    os.fsync(f.fileno())
+            except OSError as e:  # a full disk shows here: raised, naming the file
+                raise _naming(file, e) from e
+        fsync_dir(root)
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Rename ``staging`` to ``path``; an existing ``path`` is renamed aside first, then removed."""
+    if not path.exists():
+        os.replace(staging, path)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.old.tmp', dir=str(path.parent)))
+    os.replace(path, old / path.name)
+    try:
+        os.replace(staging, path)
+    except OSError:
+        os.replace(old / path.name, path)  # put the old one back: the target is never missing
+        raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _retarget(error: OSError, staging: Path, path: Path) -> OSError:
+    """An error about a file in ``staging``, re-aimed at the same file under ``path`` (what was asked for)."""
+    name = error.filename if isinstance(error.filename, str) else None
+    if error.errno is None:
+        return error
+    inside = name is not None and Path(name).is_relative_to(staging)
+    return _naming(path / Path(name).relative_to(staging) if inside else path, error)
+
+
+@contextlib.contextmanager
+def staged_folder(path: PathLike, *, merge: bool = False) -> Iterator[Path]:
+    """``with staged_folder(path) as tmp:`` write into ``tmp``, an empty hidden sibling of ``path``; when
+    the block completes, everything in it is flushed to disk and it becomes ``path`` in one rename (an
+    existing ``path`` is swapped out and removed), so a reader or a crash sees the old folder or the
+    new one, never a half-written one. ``merge=True`` keeps an existing ``path``: ``tmp`` is inside it
+    and each of its top-level entries is moved into ``path`` (one rename each; other files stay). On
+    failure nothing moves and ``tmp`` is removed (a ``path`` that did not exist still does not); an
+    ``OSError`` names the file under ``path``, not its staging copy.
+    """
+    path = Path(path)
+    inside = merge and path.is_dir()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp',
+                                        dir=str(path if inside else path.parent)))
+        os.chmod(staging, umask_mode(0o777))  # mkdtemp makes it 0700; the folder gets what mkdir would give
+    except OSError as e:
+        raise _naming(path, e) from e
+    try:
+        yield staging
+        fsync_tree(staging)
+        if inside:
+            for entry in sorted(staging.iterdir()):
+                os.replace(entry, path / entry.name)
+            fsync_dir(path)
+        else:
+            _swap_in(staging, path)
+        fsync_dir(path.parent)
+    except OSError as e:
+        raise _retarget(e, staging, path) from e
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_files(writers: Mapping[PathLike, Writer]) -> List[Path]:
     """Write every ``path -> writer`` file, all or none (see the module docstring); returns the paths.
 
@@ -123,20 +202,7 @@ def write_files(writers: Mapping[PathLike, Writer]) -> List[Path]:
     if len(folders) != 1:
         raise ValueError(f'write_files: the files must share one folder, got {sorted(map(str, folders))}')
     folder = folders.pop()
-    current = folder
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix='.staging-', dir=str(folder)))
-    except OSError as e:
-        raise _naming(folder, e) from e
-    try:
+    with staged_folder(folder, merge=True) as staging:
         for current, write in zip(paths, writers.values()):
             atomic_write(staging / current.name, write)
-        for current in paths:
-            os.replace(staging / current.name, current)
-        fsync_dir(folder)
-    except OSError as e:
-        raise _naming(current, e) from e
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return paths

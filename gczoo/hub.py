@@ -26,7 +26,6 @@ import dataclasses
 import json
 import os
 import re
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
@@ -40,6 +39,7 @@ from timm.data import resolve_data_config
 from gczoo.args import ArgumentParser
 from gczoo.cards import render_model_card, source_metadata
 from gczoo.errors import GczooError
+from gczoo.files import staged_folder
 from gczoo.models import HUB_ORG, CheckpointError, read_checkpoint, read_state_dict
 from gczoo.models.errors import download_error_types
 from gczoo.models.registry import resolve_model_name
@@ -331,23 +331,11 @@ def write_hub_folder(
             raise ValueError(f'local_dir {str(out)!r} already holds other files ({", ".join(extra)}); '
                              f'use an empty folder so that it holds exactly what is uploaded')
     card = _render_card(weights, repo_id, tag)  # before anything is written: a bad result fails here
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f'.{out.name}.', dir=str(out.parent)))
-    try:
+    with staged_folder(out, merge=True) as staging:  # an OSError names the file asked for, not its staging copy
         save_pretrained(weights.model, staging, data_config=weights.data_config, label_names=weights.label_names,
                         tag=tag, **weights.metadata)
         (staging / CARD_NAME).write_text(card, encoding='utf-8')
         check_hub_folder(staging)
-        out.mkdir(exist_ok=True)
-        for name in HUB_FILES:
-            os.replace(staging / name, out / name)
-    except OSError as e:  # name the file asked for, not its staging copy
-        if e.errno is None:
-            raise
-        where = out / Path(e.filename).name if isinstance(e.filename, str) else out
-        raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(where)) from e
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return [out / name for name in HUB_FILES]
 
 

@@ -10,15 +10,13 @@ import io
 import json
 import math
 import os
-import secrets
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from gczoo.files import atomic_write, atomic_write_text, fsync_dir, umask_mode
+from gczoo.files import atomic_write, atomic_write_text, staged_folder, umask_mode
 from gczoo.models.hub_folder import file_name, save_pretrained
 from gczoo.models.weights import load_weights
 
@@ -125,7 +123,7 @@ def export_best(model: nn.Module, weights: Mapping[str, torch.Tensor], source: s
     """Write ``weights`` (a state dict of ``model``'s architecture) in timm's Hub layout to ``export_dir``,
     all at once: into a temporary sibling folder first, renamed into place when complete. A reader or a
     crash sees the old export or the new one, never a half-written folder; a killed run leaves
-    ``.export.<pid>.<random>.tmp``, which the next run on the folder removes.
+    ``.export.<random>.tmp``, which the next run on the folder removes.
 
     The weights go through ``gczoo.models.weights.load_weights`` (keys, shapes, dtypes, finiteness)
     into a CPU copy of ``model``; ``gczoo.models.hub_folder.save_pretrained`` writes the files, with
@@ -139,29 +137,10 @@ def export_best(model: nn.Module, weights: Mapping[str, torch.Tensor], source: s
     export_model.to(memory_format=torch.contiguous_format).eval()
 
     export_dir = Path(export_dir)
-    tmp = export_dir.parent / f'.{export_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp'
-    tmp.mkdir()  # mode from the umask, as the files save_pretrained writes
-    try:
+    # an earlier export (a resumed run finishing again) is swapped out whole (gczoo.files.staged_folder)
+    with staged_folder(export_dir) as tmp:
         save_pretrained(export_model, tmp, data_config=dict(data_config), label_names=class_names,
                         **dict(metadata or {'origin': f'weights from {file_name(source)}'}))
         for path in tmp.iterdir():
             os.chmod(path, umask_mode())  # safetensors writes its files 0600 whatever the umask
-            _fsync_file(path)
-        fsync_dir(tmp)
-        if export_dir.exists():  # an earlier export (a resumed run finishing again): swap it out, then drop it
-            old = export_dir.parent / f'.{export_dir.name}.{os.getpid()}.{secrets.token_hex(4)}.old.tmp'
-            os.replace(export_dir, old)
-            os.replace(tmp, export_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, export_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    fsync_dir(export_dir.parent)
     return export_dir
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, 'rb') as f:
-        os.fsync(f.fileno())
