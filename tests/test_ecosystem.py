@@ -19,9 +19,8 @@ import torch.nn as nn
 import gczoo  # noqa: F401  (registers the zoo)
 from gczoo.cli import main as gczoo_main
 from gczoo.errors import GczooError, PretrainedWeightsError
-from gczoo.layers import NonLocal2d, freeze_backbone_bn, frozen_zero_init
-from gczoo.models.hub_folder import export_metadata, save_pretrained
-from gczoo.train.guards import warn_frozen_attention
+from gczoo.layers import NonLocal2d
+from gczoo.models.hub_folder import save_pretrained
 
 from _train_utils import make_image_folder, run_train, subprocess_env, summary_rows, tiny_args
 
@@ -106,9 +105,7 @@ def test_transformers_loads_an_export_with_timms_logits(tmp_path):
     from PIL import Image
     from timm.data import create_transform, resolve_data_config
     model = _random_weights(timm.create_model('resnet18_gc', num_classes=3))
-    folder = save_pretrained(model, tmp_path / 'export', label_names=['cat', 'dog', 'fish'],
-                             **export_metadata({'model': 'resnet18_gc'}))
-    assert 'num_classes' not in json.loads((folder / 'config.json').read_text())['model_args']
+    folder = save_pretrained(model, tmp_path / 'export', label_names=['cat', 'dog', 'fish'])
     ref = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
     x = torch.randn(1, 3, 40, 56)  # batch 1, non-square
     with torch.no_grad():
@@ -124,6 +121,7 @@ def test_transformers_loads_an_export_with_timms_logits(tmp_path):
     with torch.no_grad():
         probs = ref(transform(image).unsqueeze(0)).softmax(-1)[0]
     assert got == pytest.approx(dict(zip(['cat', 'dog', 'fish'], probs.tolist())), abs=1e-5)
+    assert 'num_classes' not in json.loads((folder / 'config.json').read_text())['model_args']  # the cause
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +133,15 @@ def _described(folder: Path) -> dict:
     return {k: cfg.get(k) for k in ('tag', 'description', 'notes', 'license', 'origin_url')}
 
 
+def test_export_keeps_nothing_of_the_default_tag(tmp_path):
+    model = timm.create_model('resnet18_gc', num_classes=3)  # its default tag: identity from resnet18.a1_in1k
+    got = _described(save_pretrained(model, tmp_path / 'plain'))
+    assert got['tag'] is None and got['notes'] is None and got['license'] is None and got['origin_url'] is None, got
+    assert 'identity weights' not in got['description'] and 'a1_in1k' not in got['description'], got
+
+
 def test_export_metadata_describes_the_exported_weights(tmp_path):
+    from gczoo.models.hub_folder import export_metadata
     model = timm.create_model('resnet18_gc', num_classes=3)  # its default tag: identity from resnet18.a1_in1k
     cases = {
         'scratch': ({'model': 'resnet18_gc'}, 'trained from scratch by gczoo train', None),
@@ -154,6 +160,7 @@ def test_export_metadata_describes_the_exported_weights(tmp_path):
 
 
 def test_train_export_says_trained_from_scratch(tmp_path):
+    from gczoo.models.hub_folder import export_metadata
     from gczoo.train.outputs import export_best
     model = timm.create_model('resnet18_gc', num_classes=3)
     folder = export_best(model, model.state_dict(), 'best', tmp_path / 'export', {'input_size': (3, 32, 32)},
@@ -164,6 +171,7 @@ def test_train_export_says_trained_from_scratch(tmp_path):
 
 def test_publish_of_an_export_keeps_its_description(tmp_path):
     from gczoo.hub import load_training_output, write_hub_folder
+    from gczoo.models.hub_folder import export_metadata
     model = timm.create_model('resnet18_gc', num_classes=3)
     out = tmp_path / 'OUT'
     save_pretrained(model, out / 'export', **export_metadata({'model': 'resnet18_gc'}))
@@ -190,6 +198,9 @@ def _backbone_with_non_local() -> nn.Module:
 def test_timms_freeze_freezes_non_local_at_identity_and_is_detected():
     from timm.layers import freeze_batch_norm_2d
     from torchvision.ops.misc import FrozenBatchNorm2d  # what timm's freeze_batch_norm_2d makes
+
+    from gczoo.layers import frozen_zero_init
+    from gczoo.train.guards import warn_frozen_attention
     model = freeze_batch_norm_2d(_backbone_with_non_local())
     assert isinstance(model[3][0].norm, FrozenBatchNorm2d)  # the trap: the block's zero BN can never move
     assert frozen_zero_init(model) == ['3.0.norm.weight (FrozenBatchNorm2d)']
@@ -203,6 +214,9 @@ def test_timms_freeze_freezes_non_local_at_identity_and_is_detected():
 
 def test_freeze_backbone_bn_keeps_the_attention_norms_trainable():
     from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from gczoo.layers import freeze_backbone_bn, frozen_zero_init
+    from gczoo.train.guards import warn_frozen_attention
     model = freeze_backbone_bn(_backbone_with_non_local())
     assert isinstance(model[1], FrozenBatchNorm2d)
     assert type(model[3][0].norm) is nn.BatchNorm2d and model[3][0].norm.weight.requires_grad
@@ -230,11 +244,14 @@ def _timm_validate_module():
     return module
 
 
+def test_pretrained_weights_error_is_not_a_runtime_error():
+    assert not isinstance(PretrainedWeightsError('x'), RuntimeError)  # what timm's validate.py retries
+    assert isinstance(PretrainedWeightsError('x'), (GczooError, LookupError))
+
+
 @pytest.mark.parametrize('error, retried', [(PretrainedWeightsError('no weights for x'), False),
                                             (RuntimeError('CUDA out of memory'), True)])  # the control: OOM is
 def test_timms_validate_does_not_retry_missing_weights(monkeypatch, error, retried):
-    assert not isinstance(PretrainedWeightsError('x'), RuntimeError)
-    assert isinstance(PretrainedWeightsError('x'), GczooError)
     validate_py = _timm_validate_module()
     seen = []
 
