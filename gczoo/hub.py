@@ -251,7 +251,9 @@ def _repo_section(weights: TrainedWeights, repo_id: str, tag: str) -> str:
     best = weights.results.get('best') if isinstance(weights.results.get('best'), Mapping) else {}
     final = weights.results.get('final') if isinstance(weights.results.get('final'), Mapping) else {}
     lines = [f'## Weights in this repository: `{repo_id}`', '']
-    facts = [f'- **Recipe tag:** `{tag}`', f'- **Classes:** {weights.model.num_classes}'
+    origin = weights.metadata.get('origin')  # what the weights are, as config.json's pretrained_cfg says
+    facts = [f'- **Recipe tag:** `{tag}`' + (f' ({origin})' if origin else ''),
+             f'- **Classes:** {weights.model.num_classes}'
              + (f' (`label_names` in config.json)' if weights.label_names else '')]
     if cfg.get('input_size'):
         facts.append(f'- **Preprocessing:** input {tuple(cfg["input_size"])}, crop_pct {cfg.get("crop_pct")}, '

@@ -176,9 +176,10 @@ def test_publish_of_an_export_keeps_its_description(tmp_path):
     out = tmp_path / 'OUT'
     save_pretrained(model, out / 'export', **export_metadata({'model': 'resnet18_gc'}))
     weights = load_training_output(out)
-    got = _described(write_hub_folder(weights, tmp_path / 'hub', repo_id='me/resnet18_gc.digits', tag='digits')[1]
-                     .parent)
+    files = write_hub_folder(weights, tmp_path / 'hub', repo_id='me/resnet18_gc.digits', tag='digits')
+    got = _described(files[1].parent)
     assert got['tag'] == 'digits' and got['notes'] == ['trained from scratch by gczoo train']
+    assert '**Recipe tag:** `digits` (trained from scratch by gczoo train)' in (tmp_path / 'hub' / 'README.md').read_text()
     lone = tmp_path / 'lone.pth'
     torch.save(model.state_dict(), lone)
     got = _described(write_hub_folder(load_training_output(lone, model_name='resnet18_gc'), tmp_path / 'hub2',
