@@ -39,8 +39,9 @@ def disk_full_at(monkeypatch):
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked ``cuda`` skip, with the reason, where no CUDA device is present (CI, the CPU
-    machines); ``scripts/gpu_check.sh`` runs them where one is."""
-    if torch.cuda.is_available():
+    machines); ``scripts/gpu_check.sh`` runs them where one is. ``GCZOO_CUDA_TESTS_ON=cpu`` runs
+    their arithmetic on the CPU instead (a dry run of the tests themselves; see tests/cuda/)."""
+    if torch.cuda.is_available() or os.environ.get('GCZOO_CUDA_TESTS_ON') == 'cpu':
         return
     skip = pytest.mark.skip(reason='needs a CUDA GPU (torch.cuda.is_available() is False); '
                                    'run scripts/gpu_check.sh on a GPU machine')
