@@ -1,7 +1,7 @@
 """gczoo in the ecosystem around timm (issue 20, part A): timm's own scripts, transformers, honest export
 metadata, BatchNorm freezing for detection fine-tuning, timm's retry logic, timm's summary.csv epochs.
 
-timm's ``validate.py`` is in ``tests/timm_scripts/`` (copied unchanged from timm's repository, Apache-2.0;
+timm's ``validate.py`` and ``train.py`` are in ``tests/timm_scripts/`` (copied unchanged from timm's repository, Apache-2.0;
 see the README there): the timm wheel does not ship its scripts, and CI has no GitHub access.
 """
 import importlib.util
@@ -25,6 +25,7 @@ from gczoo.models.hub_folder import save_pretrained
 from _train_utils import make_image_folder, run_train, subprocess_env, summary_rows, tiny_args
 
 VALIDATE_PY = Path(__file__).resolve().parent / 'timm_scripts' / 'validate.py'
+TRAIN_PY = VALIDATE_PY.with_name('train.py')
 
 
 @pytest.fixture(scope='module')
@@ -58,6 +59,21 @@ def test_gczoo_timm_runs_timms_validate_py(tiny_folder, tmp_path, capsys):
     header, row = results.read_text().splitlines()[:2]
     assert header.startswith('model,top1') and row.startswith('resnet18_gc,')
     assert sys.argv[0] != str(VALIDATE_PY)  # argv put back
+
+
+@pytest.mark.slow
+def test_gczoo_timm_runs_timms_train_py(tmp_path, capsys):
+    """One epoch of timm's own train.py on a zoo model; its summary.csv is the one gczoo train's matches."""
+    from gczoo.train import SUMMARY_COLUMNS
+    data = make_image_folder(tmp_path / 'data', train_per_class=2, val_per_class=1, size=16)
+    code = gczoo_main(['timm', str(TRAIN_PY), str(data), '--model', 'resnet18_gc', '--num-classes', '3', '--epochs', '1',
+                       '-b', '2', '--img-size', '32', '--device', 'cpu', '--workers', '0', '--no-prefetcher',
+                       '--warmup-epochs', '0', '--output', str(tmp_path / 'out'), '--experiment', 'timm'])
+    assert code == 0, capsys.readouterr().err
+    run = tmp_path / 'out' / 'timm'
+    header, *rows = (run / 'summary.csv').read_text().splitlines()
+    assert tuple(header.split(',')) == SUMMARY_COLUMNS[:6] and [r.split(',')[0] for r in rows] == ['0']
+    assert (run / 'checkpoint-0.pth.tar').is_file()
 
 
 @pytest.mark.slow
