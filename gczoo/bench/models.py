@@ -30,6 +30,7 @@ from gczoo.complexity import count_complexity
 from gczoo.layers import ATTN_SPECS
 from gczoo.models import ZOO_MODELS
 
+from .memory import peak_extra_memory
 from .report import fmt, markdown, verdict
 from .timing import check_clock, grouped_times, judge_targets, noise_floor, paired_ratio
 
@@ -224,6 +225,7 @@ def bench_models(
 
     groups = [[name, *(ref for ref in pairing[name] if ref)] for name in models]
     times: Dict[Tuple[int, str], List[Dict[str, List[float]]]] = {}
+    peaks: Dict[int, Dict[str, float]] = {}  # CUDA: batch -> label -> training step's peak MiB
     total = len(batches) * len(modes) * steps * sum(len(g) for g in groups)
     with tqdm(total=total, desc='bench models', unit='step', disable=not progress, dynamic_ncols=True) as bar:
         for b in batches:
@@ -241,6 +243,8 @@ def bench_models(
                                for label, m in built.items()}
                     times[b, mode] = grouped_times(fns, groups, steps, warmup, dev, progress=bar, clock=clock,
                                                    min_warmup=1 if mode == 'compile' else 0)
+                    if mode == 'train' and dev.type == 'cuda':
+                        peaks[b] = _cuda_training_peaks(fns, dev)
                 del fns
                 gc.collect()
 
@@ -253,12 +257,25 @@ def bench_models(
                 figures[f'{mode}_ms'] = statistics.median(all_times) * 1e3
                 figures[f'{mode}_img_s'] = b / statistics.median(all_times)
                 figures[f'{mode}_times_s'] = all_times
+            figures['train_peak_mib'] = peaks.get(b, {}).get(label)
         if len(batches) == 1:  # one batch size: the figures also at the top level
             raw[label].update(raw[label]['by_batch'][batches[0]])
     rows = [_model_row(name, group_idx, b, pairing[name], raw, times, modes, img_size, dev, amp_dtype,
                        channels_last, clock, steps)
             for b in batches for group_idx, name in enumerate(models)]
     return rows, raw
+
+
+def _cuda_training_peaks(steps: Dict[str, Callable[[], Any]], dev: torch.device) -> Dict[str, float]:
+    """Peak CUDA memory of one training step of each model beyond what was live before it (activations,
+    gradients, the optimizer's state after its first step), in MiB. CUDA only: on the CPU the resident set
+    of a process that has run the timings does not follow live memory (see ``gczoo.bench.memory``)."""
+    peaks = {}
+    for label, step in steps.items():
+        gc.collect()
+        torch.cuda.empty_cache()
+        peaks[label] = peak_extra_memory(step, dev)[0] / 2 ** 20
+    return peaks
 
 
 def _model_row(name: str, group_idx: int, batch: int, pairing: Tuple[str, Optional[str], Optional[str]],
@@ -293,6 +310,8 @@ def _model_row(name: str, group_idx: int, batch: int, pairing: Tuple[str, Option
         for prefix, label in (('', name), ('base_', base), ('nearest_', nearest)):
             row[f'{prefix}{mode}_img_s'] = raw[label]['by_batch'][batch][f'{mode}_img_s'] \
                 if label and mode in modes else None
+            if mode == 'train':
+                row[f'{prefix}train_peak_mib'] = raw[label]['by_batch'][batch].get('train_peak_mib') if label else None
         if mode in _TARGET_MODES and mode in modes:
             targets.append((f'{mode}_time_ratio_base', f'{mode} vs {base} <= GMAC ratio + 0.03',
                             row['target_time_ratio']))
@@ -330,4 +349,14 @@ def format_model_table(rows: Sequence[Dict[str, Any]]) -> str:
             fmt(r['infer_time_ratio_control'], '.3f'), fmt(r['train_time_ratio_control'], '.3f'),
             fmt(r['compile_time_ratio_control'], '.3f'), verdict(r),
         ])
+    if any(r.get('train_peak_mib') is not None for r in rows):  # CUDA runs: the training step's peak memory
+        lines[0] += ['train peak MiB', 'mem/base', 'mem/nearest']
+        for line, r in zip(lines[1:], rows):
+            line += [fmt(r.get('train_peak_mib'), '.0f'), fmt(_ratio(r, 'train_peak_mib', 'base_'), '.3f'),
+                     fmt(_ratio(r, 'train_peak_mib', 'nearest_'), '.3f')]
     return markdown(lines)
+
+
+def _ratio(row: Dict[str, Any], key: str, prefix: str) -> Optional[float]:
+    num, den = row.get(key), row.get(prefix + key)
+    return num / den if num is not None and den else None
