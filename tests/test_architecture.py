@@ -25,7 +25,7 @@ LAYERS: List[Tuple[str, ...]] = [
     ('gczoo.models', 'gczoo.video', 'gczoo'),  # the package root imports layers and models, nothing else
     ('gczoo.data', 'gczoo.distributed', 'gczoo.train', 'gczoo.evaluate', 'gczoo.complexity', 'gczoo.visualize',
      'gczoo.bench', 'gczoo.export',
-     'gczoo.video.clips', 'gczoo.video.evaluate'),  # the video jobs (issue 19); gczoo.video itself: models
+     'gczoo.video.clips', 'gczoo.video.evaluate', 'gczoo.video.finetune'),  # video jobs (issue 19)
     ('gczoo.cards',),
     ('gczoo.hub',),
     ('gczoo.cli',),

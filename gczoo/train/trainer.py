@@ -34,6 +34,7 @@ import gczoo.models  # noqa: F401  (registers the zoo with timm)
 from gczoo.distributed import distribute_bn, init_distributed
 from gczoo.evaluate import SkippingLoader, validate
 from gczoo.models.hub_folder import export_metadata
+from gczoo.video import is_video_model
 
 from .args import FAULT_EXIT_CODE
 from .build import build_datasets, create_optimization, create_train_model
@@ -159,15 +160,21 @@ class Trainer:
 
     def _build_data_and_model(self) -> None:
         args, env = self.args, self.env
-        train_ds, val_ds, self.class_names, self.data_what = build_datasets(args, env)
-        self.num_classes = len(self.class_names)
-        if args.num_classes is not None and args.num_classes != self.num_classes:
-            raise ValueError(f'--num-classes {args.num_classes} does not match the data: {self.data_what} has '
-                             f'{self.num_classes} classes')
-        self.model = create_train_model(args, self.num_classes, log=self.log)
-        warn_frozen_attention(self.model, self.log)
-        self.data_config = train_data_config(args, self.model)
-        loaders = build_loaders(args, env, self.device, train_ds, val_ds, self.data_config, self.data_what)
+        if isinstance(args.model, str) and is_video_model(args.model):  # clip folders, gczoo.video (issue 19)
+            from gczoo.video.finetune import build_video_training
+            self.model, self.data_config, self.class_names, self.data_what, loaders = build_video_training(
+                args, env, self.device, self.log)
+            self.num_classes = len(self.class_names)
+        else:
+            train_ds, val_ds, self.class_names, self.data_what = build_datasets(args, env)
+            self.num_classes = len(self.class_names)
+            if args.num_classes is not None and args.num_classes != self.num_classes:
+                raise ValueError(f'--num-classes {args.num_classes} does not match the data: {self.data_what} has '
+                                 f'{self.num_classes} classes')
+            self.model = create_train_model(args, self.num_classes, log=self.log)
+            warn_frozen_attention(self.model, self.log)
+            self.data_config = train_data_config(args, self.model)
+            loaders = build_loaders(args, env, self.device, train_ds, val_ds, self.data_config, self.data_what)
         self.train_set, self.val_set, self.sampler = loaders.train_set, loaders.val_set, loaders.sampler
         self.loader_generator, self.train_loader, self.val_loader = (loaders.generator, loaders.train_loader,
                                                                      loaders.val_loader)

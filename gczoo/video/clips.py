@@ -22,7 +22,7 @@ A clip that cannot be read (not a video, no frames, a broken image) is returned 
 import dataclasses
 import os
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 __all__ = ['VIDEO_SUFFIXES', 'FRAME_SUFFIXES', 'ClipSampling', 'scan_clip_folder', 'sample_test_clips',
-           'crop_offsets', 'read_frames', 'clip_views', 'ClipFolder']
+           'crop_offsets', 'read_clip', 'read_frames', 'clip_views', 'ClipFolder']
 
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v')
 FRAME_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -109,20 +109,21 @@ def _frame_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
 
 
-def read_frames(path: str, sampling: ClipSampling) -> torch.Tensor:
-    """The sampled frames of one clip, (num_clips * clip_len, H, W, 3) uint8; ``ValueError`` if unreadable."""
+def read_clip(path: str, choose: Callable[[int], np.ndarray]) -> torch.Tensor:
+    """The frames ``choose(num_frames)`` (indices, any shape) of one clip, (len, H, W, 3) uint8 in index
+    order; ``ValueError`` saying why when the clip cannot be read."""
     p = Path(path)
     if p.is_dir():
         files = _frame_files(p)
         if not files:
             raise ValueError('no frames (.jpg/.png/.bmp files) in the folder')
-        indices = sample_test_clips(len(files), sampling.clip_len, sampling.frame_interval, sampling.num_clips)
+        indices = choose(len(files)).ravel().tolist()
         from PIL import Image
         cache: Dict[int, np.ndarray] = {}
-        for i in set(indices.ravel().tolist()):
+        for i in set(indices):
             with Image.open(files[i]) as im:
                 cache[i] = np.asarray(im.convert('RGB'))
-        frames = [cache[i] for i in indices.ravel().tolist()]
+        frames = [cache[i] for i in indices]
     else:
         import av  # the video decoder (pip install av)
         with av.open(str(p)) as container:
@@ -131,11 +132,16 @@ def read_frames(path: str, sampling: ClipSampling) -> torch.Tensor:
             decoded = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
         if not decoded:
             raise ValueError('the video has no frames')
-        indices = sample_test_clips(len(decoded), sampling.clip_len, sampling.frame_interval, sampling.num_clips)
-        frames = [decoded[i] for i in indices.ravel().tolist()]
+        frames = [decoded[i] for i in choose(len(decoded)).ravel().tolist()]
     if len({f.shape for f in frames}) != 1:
         raise ValueError('its frames differ in size')
     return torch.from_numpy(np.stack(frames))
+
+
+def read_frames(path: str, sampling: ClipSampling) -> torch.Tensor:
+    """The test-time frames of one clip, (num_clips * clip_len, H, W, 3) uint8 (see :func:`read_clip`)."""
+    return read_clip(path, lambda n: sample_test_clips(n, sampling.clip_len, sampling.frame_interval,
+                                                       sampling.num_clips))
 
 
 def clip_views(frames: torch.Tensor, sampling: ClipSampling) -> torch.Tensor:

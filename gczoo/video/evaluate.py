@@ -43,7 +43,11 @@ class ViewAverage(nn.Module):
 
     def forward(self, views: torch.Tensor) -> torch.Tensor:
         b, v = views.shape[:2]
-        probs = self.model(views.flatten(0, 1)).float().softmax(dim=-1)
+        logits = self.model(views.flatten(0, 1)).float()
+        if not bool(torch.isfinite(logits).all()):  # torchmetrics would drop NaNs from the loss silently
+            raise ValueError('the model produced non-finite scores: its weights (or the input normalisation) are '
+                             'broken; check the checkpoint')
+        probs = logits.softmax(dim=-1)
         return probs.view(b, v, -1).mean(dim=1).clamp_min(1e-30).log()
 
 
