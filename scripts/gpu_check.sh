@@ -22,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 OUT="${1:-output/gpu_check}"
-mkdir -p "$OUT/bench" || { echo "gpu_check: cannot create the output folder $OUT; pass another one" >&2; exit 2; }
+mkdir -p "$OUT/bench" 2>/dev/null || { echo "gpu_check: cannot create the output folder $OUT; pass another one" >&2; exit 2; }
 start=$(date +%s)
 
 has_gpu=$("$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))') || {

@@ -1,0 +1,42 @@
+"""scripts/gpu_check.sh without a GPU (issue 21): the CUDA tests are collected and skip with the reason,
+one line says no GPU is here, exit 0; the README's GPU section says what was (not) measured."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from _train_utils import REPO, subprocess_env
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason='this machine has a GPU: scripts/gpu_check.sh runs for real')
+def test_gpu_check_without_a_gpu_says_so_and_exits_0(tmp_path):
+    env = subprocess_env(PYTHON=sys.executable)
+    env.pop('GCZOO_CUDA_TESTS_ON', None)
+    proc = subprocess.run(['bash', str(REPO / 'scripts' / 'gpu_check.sh'), str(tmp_path / 'out')], capture_output=True,
+                          text=True, timeout=300, env=env, cwd=str(REPO))
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[-1].startswith('gpu_check: no CUDA GPU on this machine')
+    assert ' skipped' in proc.stdout and 'failed' not in proc.stdout and 'error' not in proc.stdout.lower()
+    assert 'needs a CUDA GPU' in proc.stdout  # -rs: each skip with its reason
+    assert (tmp_path / 'out' / 'cuda_tests.xml').is_file()
+    assert not (tmp_path / 'out' / 'bench' / 'models.csv').exists()
+
+
+def test_gpu_check_refuses_an_unwritable_output_folder(tmp_path):
+    blocker = tmp_path / 'file'
+    blocker.write_text('not a folder')
+    proc = subprocess.run(['bash', str(REPO / 'scripts' / 'gpu_check.sh'), str(blocker / 'out')], capture_output=True,
+                          text=True, timeout=60, env=subprocess_env(PYTHON=sys.executable), cwd=str(REPO))
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f'gpu_check: cannot create the output folder {blocker / "out"}; '
+                                                f'pass another one']
+
+
+def test_readme_states_what_ran_on_a_gpu():
+    text = (REPO / 'README.md').read_text()
+    assert 'scripts/gpu_check.sh' in text
+    assert '### On a GPU: `scripts/gpu_check.sh`' in text
