@@ -11,14 +11,15 @@ Training clips follow mmaction2's I3D train pipeline, simplified: one clip of ``
 ``frame_interval`` apart at a random offset (``SampleFrames``), short side resized to
 ``img_size / 0.875``, a square crop of 1 or 0.8 times the short side at a random place (mmaction2's
 ``MultiScaleCrop`` picks among fixed places), resized to ``img_size``, flipped with probability
-``--hflip``. Validation: the centre clip, centre crop (one view; ``gczoo eval-video`` does clips x crops).
+``--hflip`` (``--no-aug``: the centre crop, no flip). Validation: the centre clip, centre crop (one view; ``gczoo eval-video`` does clips x crops).
 Every random draw comes from the RNGs gczoo's ``SeededTransformDataset`` seeds per (seed, epoch, clip),
 so runs are reproducible and resumable. A training clip that cannot be read stops the run with its
 name; an unreadable validation clip is skipped and counted, as images are.
 
 ``clip_len`` and ``frame_interval`` are read from ``--model-kwargs`` (defaults: the tag's 32 and 2); the
-other keys go to ``create_video_model``. Image-only flags (``--channels-last``, ``--cutmix``, ``--aa``,
-``--reprob``, ``--vflip``, ``--dataset``, ``--in-chans``) are refused, and the run is not exported in
+other keys go to ``create_video_model``. Image-only or timm-only flags (``--channels-last``, ``--cutmix``,
+``--aa``, ``--reprob``, ``--vflip``, ``--dataset``, ``--in-chans``, ``--drop-path``, ``--drop-block``, ``--gp``,
+``--head-init-*``, ``--grad-checkpointing``, ``--pretrained-backbone``) are refused, and the run is not exported in
 timm's Hub layout (timm cannot build a video model): ``model_best.pth.tar`` loads with
 ``create_video_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=...), num_classes=K)``.
 """
@@ -54,9 +55,10 @@ class TrainClipTransform:
     """path -> (3, clip_len, size, size) normalised training clip (see the module docstring)."""
 
     def __init__(self, clip_len: int, frame_interval: int, size: int, mean: Tuple[float, ...],
-                 std: Tuple[float, ...], hflip: float = 0.5, scales: Tuple[float, ...] = (1.0, 0.8)):
+                 std: Tuple[float, ...], hflip: float = 0.5, scales: Tuple[float, ...] = (1.0, 0.8),
+                 center: bool = False):
         self.clip_len, self.frame_interval, self.size = clip_len, frame_interval, size
-        self.hflip, self.scales = hflip, scales
+        self.hflip, self.scales, self.center = hflip, scales, center
         self.resize_short = int(round(size / 0.875))
         self.mean = torch.tensor(mean).view(1, 3, 1, 1)
         self.std = torch.tensor(std).view(1, 3, 1, 1)
@@ -68,7 +70,10 @@ class TrainClipTransform:
         h, w = x.shape[-2:]
         short = min(h, w)
         side = max(1, int(short * self.scales[rng.randint(len(self.scales))]))
-        top, left = int(rng.randint(h - side + 1)), int(rng.randint(w - side + 1))
+        if self.center:  # --no-aug
+            top, left = (h - side) // 2, (w - side) // 2
+        else:
+            top, left = int(rng.randint(h - side + 1)), int(rng.randint(w - side + 1))
         # crop in the original frame, at the place the resized frame's crop would be, then one resize
         x = x[:, :, top:top + side, left:left + side]
         x = F.interpolate(x, size=(self.size, self.size), mode='bilinear', align_corners=False).clamp_(0, 255)
@@ -108,11 +113,14 @@ def _refuse_image_flags(args: argparse.Namespace) -> None:
         ('--channels-last', args.channels_last), ('--cutmix', (args.cutmix or 0) > 0),
         ('--cutmix-minmax', getattr(args, 'cutmix_minmax', None)), ('--aa', args.aa),
         ('--reprob', (args.reprob or 0) > 0), ('--vflip', (args.vflip or 0) > 0), ('--dataset', args.dataset),
-        ('--in-chans', args.in_chans not in (None, 3)), ('--pretrained-backbone', args.pretrained_backbone))
+        ('--in-chans', args.in_chans not in (None, 3)), ('--pretrained-backbone', args.pretrained_backbone),
+        ('--drop-path', args.drop_path is not None), ('--drop-block', args.drop_block is not None),
+        ('--gp', args.gp not in (None, 'avg')), ('--head-init-scale', args.head_init_scale is not None),
+        ('--head-init-bias', args.head_init_bias is not None), ('--grad-checkpointing', args.grad_checkpointing))
         if on]
     if bad:
-        raise ValueError(f'--model {args.model!r} is a video model: {", ".join(bad)} work(s) on images only; drop '
-                         f'them (clips get random offsets, multi-scale crops and --hflip)')
+        raise ValueError(f'--model {args.model!r} is a video model: {", ".join(bad)} work(s) on images or timm '
+                         f'models only; drop them (clips get random offsets, multi-scale crops and --hflip)')
 
 
 def _split(data_dir: Any, split: str) -> Tuple[List[Tuple[str, str]], List[str], Path]:
@@ -163,7 +171,13 @@ def build_video_training(args: argparse.Namespace, env: Any, device: torch.devic
     interval = int(args.model_kwargs.get('frame_interval', cfg['frame_interval']))
     size = int(args.input_size[-1] if args.input_size else args.img_size or cfg['input_size'][-1])
     mean, std = tuple(args.mean or cfg['mean']), tuple(args.std or cfg['std'])
-    transform = TrainClipTransform(clip_len, interval, size, mean, std, hflip=args.hflip)
+    if args.no_aug:
+        transform = TrainClipTransform(clip_len, interval, size, mean, std, hflip=0.0, scales=(1.0,), center=True)
+    else:
+        transform = TrainClipTransform(clip_len, interval, size, mean, std, hflip=args.hflip)
+    log(f'--model {args.model}: clip augmentation: ' + ('none (--no-aug: random offset, centre crop)' if args.no_aug
+        else f'random offset, square crops of 1 or 0.8 x the short side, --hflip {args.hflip}')
+        + '; --scale, --ratio, --color-jitter and --train-interpolation are image augmentations and do not apply')
     train_set = SeededTransformDataset(_Paths([(p, index[c]) for p, c in train_samples]), transform, seed=args.seed)
     sampling = ClipSampling(clip_len, interval, 1, 1, transform.resize_short, size, mean, std)
     val_set = _OneView(ClipFolder(val_samples, index, sampling))

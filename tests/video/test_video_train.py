@@ -62,7 +62,7 @@ def test_video_model_fine_tunes_in_gczoo_train(clip_data, tmp_path, capsys):
     torch.save(start.state_dict(), tmp_path / 'inflated.pth')
     assert run_train(_argv(clip_data, tmp_path / 'out', '--initial-checkpoint', tmp_path / 'inflated.pth')) == 0
     out = capsys.readouterr().out
-    assert 'not exported' in out
+    assert 'not exported' in out and 'do not apply' in out
     run = tmp_path / 'out' / 'run'
     results = json.loads((run / 'results.json').read_text())
     assert results['class_names'] == ['archery', 'bowling'] and results['train_images'] == 4
@@ -74,8 +74,24 @@ def test_video_model_fine_tunes_in_gczoo_train(clip_data, tmp_path, capsys):
     assert model(torch.randn(1, 3, 8, 32, 32)).shape == (1, 2)
 
 
-@pytest.mark.parametrize('flag', [['--channels-last'], ['--cutmix', '1.0'], ['--reprob', '0.25']])
+@pytest.mark.parametrize('flag', [['--channels-last'], ['--cutmix', '1.0'], ['--reprob', '0.25'], ['--drop-path', '0.1'],
+                                  ['--grad-checkpointing']])
 def test_image_only_flags_are_refused(clip_data, tmp_path, capsys, flag):
     assert run_train(_argv(clip_data, tmp_path / 'out', *flag)) == 2
     err = capsys.readouterr().err.strip()
     assert 'is a video model' in err and flag[0] in err and len(err.splitlines()) == 1
+
+
+def test_train_transform_on_a_frame_folder(tmp_path):
+    from PIL import Image
+    from gczoo.video.finetune import TrainClipTransform
+    folder = tmp_path / 'clip'
+    folder.mkdir()
+    for i in range(6):
+        Image.fromarray(np.full((20, 30, 3), 40 * i, np.uint8)).save(folder / f'{i:03d}.png')
+    t = TrainClipTransform(4, 1, 16, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), hflip=0.0, scales=(1.0,), center=True)
+    np.random.seed(0)
+    clip = t(str(folder))
+    assert clip.shape == (3, 4, 16, 16)
+    first = int(round(float(clip[0, 0, 0, 0]) * 255 / 40))
+    assert [round(float(clip[0, k, 0, 0]) * 255 / 40) for k in range(4)] == list(range(first, first + 4))
