@@ -6,6 +6,7 @@ see the README there): the timm wheel does not ship its scripts, and CI has no G
 """
 import importlib.util
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -26,6 +27,17 @@ from _train_utils import make_image_folder, run_train, subprocess_env, summary_r
 
 VALIDATE_PY = Path(__file__).resolve().parent / 'timm_scripts' / 'validate.py'
 TRAIN_PY = VALIDATE_PY.with_name('train.py')
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """timm's scripts add root-logger handlers on the stream of the moment (pytest's capture, closed later)."""
+    handlers, level = list(logging.root.handlers), logging.root.level
+    yield
+    for handler in logging.root.handlers[:]:
+        if handler not in handlers:
+            logging.root.removeHandler(handler)
+    logging.root.setLevel(level)
 
 
 @pytest.fixture(scope='module')
