@@ -139,7 +139,8 @@ def evaluate_segmentation(args: argparse.Namespace) -> Dict[str, Any]:
     metrics = iou_from_confusion(confusion.compute().cpu())
     return {'model': args.model, 'dataset': config['dataset'], 'split': args.split, 'images': len(samples),
             'mode': config['mode'], 'scale': config.get('scale'), 'crop_size': config.get('crop_size'),
-            'stride': config.get('stride'), 'align_corners': config['align_corners'], 'classes': names, **metrics}
+            'stride': config.get('stride'), 'align_corners': config['align_corners'], 'world_size': env.world_size,
+            'classes': names, **metrics}
 
 
 def _report(results: Dict[str, Any]) -> List[str]:

@@ -163,3 +163,28 @@ def test_segment_bad_inputs(tmp_path, capsys):
     code, out, err = _run(capsys, 'segment', str(tmp_path / 'empty'), '--model', 'ccnet_r50_d8', '--out',
                           str(tmp_path / 'o'))
     assert code == 2 and 'no images' in err
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_eval_seg_two_processes_match_one(tmp_path, checkpoint, capsys):
+    """torchrun with 2 ranks (shards of 2 + 1 images): the confusion matrix summed over ranks gives one
+    process's numbers exactly."""
+    import os
+    import subprocess
+    import sys
+    root = _cityscapes(tmp_path / 'cs')
+    args = ['eval-seg', '--model', 'ccnet_r50_d8', '--checkpoint', str(checkpoint), '--data-dir', str(root),
+            '--dataset', 'cityscapes', '--no-resize', '-j', '0', '--no-progress']
+    assert _run(capsys, *args, '--output-dir', str(tmp_path / 'one'))[0] == 0
+    repo = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(repo))
+    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc-per-node', '2',
+                           '-m', 'gczoo.cli', *args, '--output-dir', str(tmp_path / 'two')],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = json.loads((tmp_path / 'one' / 'ccnet_r50_d8.json').read_text())
+    two = json.loads((tmp_path / 'two' / 'ccnet_r50_d8.json').read_text())
+    assert one['world_size'] == 1 and two['world_size'] == 2
+    assert two['pixels'] == one['pixels'] == sum(h * w for h, w in SIZES)
+    assert two['mIoU'] == pytest.approx(one['mIoU'], abs=1e-9) and two['IoU'] == pytest.approx(one['IoU'], nan_ok=True)
