@@ -40,14 +40,14 @@ from gczoo.args import ArgumentParser
 from gczoo.cards import render_model_card, source_metadata
 from gczoo.errors import GczooError
 from gczoo.files import staged_folder
-from gczoo.models import HUB_ORG, CheckpointError, read_checkpoint, read_state_dict
+from gczoo.models import HUB_ORG, CheckpointError, read_checkpoint
 from gczoo.models.errors import download_error_types
-from gczoo.models.registry import resolve_model_name
+from gczoo.models.factory import create_model  # noqa: F401  (re-exported, as the names below)
 from gczoo.models.hub_folder import (  # noqa: F401  (re-exported: the loading half of the Hub layout)
-    CONFIG_NAME, WEIGHTS_NAME, check_hub_folder, create_model, export_metadata, load_pretrained_weights,
-    read_weights_shapes, save_pretrained, verify_weights,
+    CONFIG_NAME, WEIGHTS_NAME, check_hub_folder, export_metadata, load_pretrained_weights, read_weights_shapes,
+    save_pretrained, verify_weights,
 )
-from gczoo.models.weights import classifier_names
+from gczoo.models.registry import resolve_model_name
 
 __all__ = [
     'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'HUB_FILES', 'save_pretrained', 'read_weights_shapes',
@@ -144,7 +144,16 @@ def load_training_output(
                          f'or a checkpoint file')
     out_dir = source if source.is_dir() else source.parent
     ckpt = Path(checkpoint) if checkpoint is not None else (None if source.is_dir() else source)
+    results, args = _read_run(out_dir, results)
+    if label_names is None and isinstance(results.get('class_names'), list):
+        label_names = [str(n) for n in results['class_names']]
+    if ckpt is None and (out_dir / 'export' / WEIGHTS_NAME).is_file():
+        return _from_export(out_dir, model_name, label_names, results, args)
+    return _from_checkpoint(_find_checkpoint(out_dir, ckpt), model_name, label_names, results, args)
 
+
+def _read_run(out_dir: Path, results: Optional[Mapping[str, Any]]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """A run's results (``results.json`` unless given) and args (``args.yaml``/``args.json``/results' ``args``)."""
     if results is None:
         results = _read_mapping(out_dir / 'results.json', 'results') if (out_dir / 'results.json').is_file() else {}
     results = dict(results)
@@ -155,24 +164,27 @@ def load_training_output(
         args = _read_mapping(out_dir / 'args.json', 'training args')
     elif isinstance(results.get('args'), Mapping):  # gczoo train keeps its args in results.json
         args = dict(results['args'])
-    if label_names is None and isinstance(results.get('class_names'), list):
-        label_names = [str(n) for n in results['class_names']]
+    return results, args
 
+
+def _from_export(out_dir: Path, model_name: Optional[str], label_names: Optional[Sequence[str]],
+                 results: Dict[str, Any], args: Dict[str, Any]) -> TrainedWeights:
     export = out_dir / 'export'
-    if ckpt is None and (export / WEIGHTS_NAME).is_file():
-        model = create_model(f'local-dir:{export}', pretrained=True)
-        cfg = model.pretrained_cfg
-        name = cfg['architecture']
-        if model_name is not None and model_name != name:
-            raise ValueError(f'--model {model_name!r} disagrees with the export\'s architecture {name!r} ({export})')
-        data_keys = _DATA_ARG_KEYS + ('test_input_size', 'test_crop_pct')
-        data_config = {k: cfg[k] for k in data_keys if cfg.get(k) is not None}
-        labels = list(label_names) if label_names is not None else cfg.get('label_names')
-        origin = (cfg.get('notes') or [f'weights of {out_dir.name}/export'])[0]  # what the export said of them
-        metadata = {'origin': origin, 'license': cfg.get('license')}
-        return TrainedWeights(model, name, data_config, list(labels) if labels else None, results, args, str(export),
-                              metadata)
+    model = create_model(f'local-dir:{export}', pretrained=True)
+    cfg = model.pretrained_cfg
+    name = cfg['architecture']
+    if model_name is not None and model_name != name:
+        raise ValueError(f'--model {model_name!r} disagrees with the export\'s architecture {name!r} ({export})')
+    data_keys = _DATA_ARG_KEYS + ('test_input_size', 'test_crop_pct')
+    data_config = {k: cfg[k] for k in data_keys if cfg.get(k) is not None}
+    labels = list(label_names) if label_names is not None else cfg.get('label_names')
+    origin = (cfg.get('notes') or [f'weights of {out_dir.name}/export'])[0]  # what the export said of them
+    metadata = {'origin': origin, 'license': cfg.get('license')}
+    return TrainedWeights(model, name, data_config, list(labels) if labels else None, results, args, str(export),
+                          metadata)
 
+
+def _find_checkpoint(out_dir: Path, ckpt: Optional[Path]) -> Path:
     if ckpt is None:
         found = [out_dir / n for n in _CHECKPOINT_NAMES if (out_dir / n).is_file()]
         if not found:
@@ -182,6 +194,11 @@ def load_training_output(
         ckpt = found[0]
     if not ckpt.is_file():
         raise CheckpointError(f'checkpoint file {str(ckpt)!r} does not exist')
+    return ckpt
+
+
+def _from_checkpoint(ckpt: Path, model_name: Optional[str], label_names: Optional[Sequence[str]],
+                     results: Dict[str, Any], args: Dict[str, Any]) -> TrainedWeights:
     if not args and ckpt.suffix != '.safetensors':
         args = _checkpoint_args(ckpt)
     name = model_name or args.get('model')
@@ -189,16 +206,9 @@ def load_training_output(
         raise ValueError(f'which model are the weights in {str(ckpt)!r} for? Pass --model NAME '
                          f'(no args.json or checkpoint args with "model" were found)')
     resolve_model_name(name, what='--model', folders=False)
-    state = read_state_dict(ckpt)  # safetensors, or weights_only=True; unwrapped (EMA first)
-    meta = timm.create_model(name, device='meta')
-    head = classifier_names(meta)[0] + '.weight'
-    num_classes = int(state[head].shape[0]) if head in state else args.get('num_classes')
-    if not num_classes:
-        raise CheckpointError(f'{str(ckpt)!r} has no {head!r}; cannot tell the number of classes (pass a checkpoint '
-                              f'with its classifier)')
     arch_args = {k: args[k] for k in ('in_chans', 'global_pool') if args.get(k) is not None}
-    model = timm.create_model(name, num_classes=num_classes, **arch_args)
-    load_pretrained_weights(model, state)
+    # safetensors, or weights_only=True; EMA weights first; num_classes from the checkpoint's classifier
+    model = create_model(name, checkpoint_path=ckpt, checkpoint_what='checkpoint', **arch_args)
     data_args = {k: args[k] for k in _DATA_ARG_KEYS if args.get(k) not in (None, '', [])}  # '' = model default
     data_config = resolve_data_config(data_args, model=model)
     labels = list(label_names) if label_names is not None else None

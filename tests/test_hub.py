@@ -530,7 +530,7 @@ def test_saved_hub_folder_follows_the_umask(tmp_path):
 
 def test_overlay_file_with_other_in_chans_is_adapted_as_timm_does(tmp_path):
     from safetensors.torch import save_file
-    from gczoo.models.hub_folder import create_model as checked_create_model
+    from gczoo.models.factory import create_model as checked_create_model
     source = timm.create_model('resnet18_gc', num_classes=3)
     save_file(source.state_dict(), str(tmp_path / 'w.safetensors'))
     model = checked_create_model('resnet18_gc', pretrained=True, num_classes=3, in_chans=1,

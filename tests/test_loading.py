@@ -127,7 +127,7 @@ def test_hub_folder_loading(kind, files):
 
 @pytest.mark.parametrize('kind', ['payload', 'integer', 'nan'])
 def test_timm_pretrained_cfg_overlay_file(kind, files):
-    from gczoo.models.hub_folder import create_model
+    from gczoo.models.factory import create_model
     with pytest.raises(CheckpointError):  # a pickle is refused before timm opens it; the rest by the checks
         create_model(MODEL, pretrained=True, num_classes=10, pretrained_cfg_overlay=dict(file=str(files[kind])))
     with pytest.raises(CheckpointError):  # timm's own call goes through the zoo's filter_fn

@@ -5,9 +5,8 @@ from typing import Any, Dict, Optional
 
 import torch.nn as nn
 
-from gczoo.models.hub_folder import create_model
+from gczoo.models.factory import create_model
 from gczoo.models.registry import resolve_model_name
-from gczoo.models.weights import classifier_names, load_weights, read_state_dict
 
 __all__ = ['create_eval_model']
 
@@ -44,19 +43,8 @@ def create_eval_model(
         raise ValueError(f'no weights for --model {model_name!r}: pass --pretrained, --checkpoint FILE, or a '
                          f'"local-dir:DIR" / "hf-hub:ORG/REPO" name (evaluating random weights measures nothing)')
     kwargs: Dict[str, Any] = dict(model_kwargs)
-    state = None
-    if checkpoint is not None:
-        state = read_state_dict(checkpoint, use_ema=use_ema)
     if num_classes is not None:
         kwargs['num_classes'] = num_classes
-    elif state is not None:
-        probe = create_model(model_name, pretrained=False, device='meta', **kwargs)
-        head = classifier_names(probe)[0] + '.weight'
-        if head in state:
-            kwargs['num_classes'] = int(state[head].shape[0])
-    model = create_model(model_name, pretrained=(pretrained or is_hub) and state is None, **kwargs)
-    if state is not None:
-        architecture = (getattr(model, 'pretrained_cfg', None) or {}).get('architecture', '?')
-        load_weights(model, state, what=f'--checkpoint {str(checkpoint)!r}',
-                     hint=f'Is it a checkpoint of {architecture} (and of this --num-classes)?')
+    model = create_model(model_name, pretrained=(pretrained or is_hub) and checkpoint is None,
+                         checkpoint_path=checkpoint, use_ema=use_ema, checkpoint_what='--checkpoint', **kwargs)
     return model.eval()

@@ -10,7 +10,8 @@ from .weights import (
 )
 from .pretrained import LoadReport, init_from_resnet
 from .gczoo import HUB_ORG, ZOO_MODELS, Placement, ZooModel, ZooResNet, create_zoo_model
-from .hub_folder import check_hub_folder, create_model, load_pretrained_weights, save_pretrained
+from .hub_folder import check_hub_folder, load_pretrained_weights, save_pretrained
+from .factory import create_model
 from .sources import fetch_from_hub, fetch_url
 from .registry import ModelName, resolve_model_name
 from .convert import LAYOUTS, ConversionReport, convert_checkpoint, convert_state_dict, detect_layout

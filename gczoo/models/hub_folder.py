@@ -12,12 +12,9 @@ A Hub repository of gczoo weights holds exactly three files:
 Every place a user keeps weights loads through timm itself:
 ``timm.create_model('hf-hub:ORG/REPO', pretrained=True)`` (the Hub or, with ``HF_HUB_OFFLINE=1``,
 the Hub cache under ``HF_HOME``), ``'local-dir:DIR'``, ``pretrained_cfg_overlay=dict(file=...)``,
-a zoo name with ``pretrained=True``, and ``torch.hub.load``. :func:`create_model` is the same call
-with gczoo's checks around it: it refuses pickled weights, checks a folder's files, keys and shapes
-before loading, and turns a failed download into one :class:`~gczoo.errors.PretrainedWeightsError`
-that says what was looked for, where, and what to do. (``timm.create_model('hf-hub:...')``
-downloads ``config.json`` before any gczoo code runs, so only this wrapper can explain a failure
-at that step.) Reading and checking the tensors is ``gczoo.models.weights``'s job.
+a zoo name with ``pretrained=True``, and ``torch.hub.load``. ``gczoo.models.create_model``
+(``gczoo.models.factory``) is the same call with gczoo's checks around it, using
+:func:`check_hub_folder` here. Reading and checking the tensors is ``gczoo.models.weights``'s job.
 
 It sits in ``models/`` (not beside the publish flow in ``gczoo.hub``) because training, evaluation
 and visualisation load and save such folders, and jobs only import downwards.
@@ -25,26 +22,21 @@ and visualisation load and save such folders, and jobs only import downwards.
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from gczoo.errors import CheckpointError, PretrainedWeightsError
+from gczoo.errors import CheckpointError
 from gczoo.files import umask_mode
 
 from .gczoo import ZOO_MODELS
-from .registry import check_architecture, resolve_model_name
-from .sources import hub_cache_dir, hub_download_error, is_download_error
-from .weights import (
-    PICKLE_SUFFIXES, WEIGHTS_NAME, check_state_dict, classifier_names, first_conv_names, load_weights,
-    read_safetensors_shapes,
-    pickle_refusal,
-)
+from .registry import check_architecture
+from .weights import PICKLE_SUFFIXES, WEIGHTS_NAME, check_state_dict, load_weights, read_safetensors_shapes
 
 __all__ = [
     'WEIGHTS_NAME', 'CONFIG_NAME', 'save_pretrained', 'export_metadata', 'file_name', 'read_weights_shapes',
-    'verify_weights', 'load_pretrained_weights', 'check_hub_folder', 'create_model',
+    'verify_weights', 'load_pretrained_weights', 'read_config', 'check_hub_folder', 'LOAD_ONLY_KWARGS',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -56,7 +48,7 @@ CONFIG_NAME = 'config.json'
 _NON_ARCH_ARGS = ('pretrained_backbone', 'pretrained_cfg', 'pretrained_cfg_overlay', 'cache_dir', 'features_only',
                   'out_indices', 'feature_cls', 'checkpoint_path', 'pretrained_model_args')
 # kwargs of timm.create_model that are about loading or wrapping, not about building the weights' model
-_LOAD_ONLY_KWARGS = ('pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir', 'features_only', 'out_indices',
+LOAD_ONLY_KWARGS = ('pretrained_cfg_overlay', 'checkpoint_path', 'cache_dir', 'features_only', 'out_indices',
                      'feature_cls', 'scriptable', 'exportable', 'no_jit', 'device', 'dtype')
 
 
@@ -251,6 +243,11 @@ def _read_config(folder: Path) -> Dict[str, Any]:
     return config
 
 
+def read_config(folder: PathLike) -> Dict[str, Any]:
+    """A Hub-layout folder's parsed ``config.json`` (``CheckpointError`` naming the fix if absent or invalid)."""
+    return _read_config(Path(folder))
+
+
 def check_hub_folder(folder: PathLike, *, allow_pickle: bool = False) -> Dict[str, Any]:
     """Check a Hub-layout folder before loading or uploading it; returns its parsed ``config.json``.
 
@@ -274,118 +271,3 @@ def check_hub_folder(folder: PathLike, *, allow_pickle: bool = False) -> Dict[st
     model = timm.create_model(f'local-dir:{folder}', pretrained=False, device='meta')
     verify_weights(model, shapes, repr(str(weights)))
     return config
-
-
-def create_model(
-        model_name: str,
-        pretrained: bool = False,
-        *,
-        allow_pickle: bool = False,
-        allow_non_finite: bool = False,
-        **kwargs: Any,
-) -> nn.Module:
-    """``timm.create_model`` with gczoo's checks around it (same arguments, same model).
-
-    * ``local-dir:DIR`` with ``pretrained=True``: the folder is checked first
-      (:func:`check_hub_folder`: files, architecture, keys and shapes, no pickles).
-    * ``pretrained_cfg_overlay=dict(file=...)``: the file must exist, be safetensors (a ``.pth`` only
-      with ``allow_pickle=True``, read with ``weights_only=True``) and fit the model.
-    * ``hf-hub:ORG/REPO`` (and zoo names whose tag is published): only ``model.safetensors`` is
-      downloaded (never a pickled ``pytorch_model.bin``) unless ``allow_pickle=True``; a failed
-      download of ``config.json`` or the weights becomes one ``PretrainedWeightsError`` naming the
-      repo, the files, the cache folder, and what to do.
-    * a config naming an architecture that is not registered, or corrupt weights: ``CheckpointError``.
-    """
-    import timm
-    from timm.models import parse_model_name, split_model_name_tag
-    from timm.models._builder import resolve_pretrained_cfg
-
-    if not isinstance(model_name, str):
-        raise TypeError(f'model_name must be a str, got {type(model_name).__name__}')
-    source, model_id = parse_model_name(model_name)
-    overlay = dict(kwargs.pop('pretrained_cfg_overlay', None) or {})
-    cache_dir = kwargs.get('cache_dir')
-
-    if source == 'local-dir':
-        folder = Path(model_id)
-        if pretrained:
-            check_hub_folder(folder, allow_pickle=allow_pickle)
-        else:
-            check_architecture(_read_config(folder)['architecture'], repr(str(folder / CONFIG_NAME)))
-    else:
-        resolve_model_name(model_name, what='model_name')
-
-    if pretrained and overlay.get('file'):
-        file = Path(overlay['file'])
-        if file.is_dir():
-            raise CheckpointError(f'pretrained_cfg_overlay file {str(file)!r} is a folder; use "local-dir:{file}"')
-        if file.suffix == '.safetensors':
-            shapes = read_weights_shapes(file)
-            build_kwargs = {k: v for k, v in kwargs.items() if k not in _LOAD_ONLY_KWARGS}
-            meta_model = timm.create_model(model_name, pretrained=False, device='meta', **build_kwargs)
-            classifiers = classifier_names(meta_model)
-            # timm drops the classifier itself when num_classes differs from the file's cfg
-            tolerated = tuple(f'{c}.' for c in classifiers)
-            if build_kwargs.get('in_chans', 3) != 3:  # timm adapts the first conv to in_chans itself
-                tolerated += tuple(f'{c}.' for c in first_conv_names(meta_model))
-            verify_weights(meta_model, shapes, repr(str(file)), tolerate_prefixes=tolerated)
-        elif not file.is_file():
-            raise CheckpointError(f'pretrained_cfg_overlay file {str(file)!r} does not exist')
-        elif not allow_pickle:
-            raise pickle_refusal(file)
-
-    hub_repo: Optional[str] = None
-    hub_files: List[str] = []
-    if source == 'hf-hub':
-        hub_repo, hub_files = model_id, [CONFIG_NAME] + ([WEIGHTS_NAME] if pretrained else [])
-    elif pretrained and source is None and not overlay.get('file'):
-        # the registry's cfg (or the one passed) says where timm will download from
-        architecture, tag = split_model_name_tag(model_id)
-        cfg = resolve_pretrained_cfg(architecture, pretrained_cfg=kwargs.get('pretrained_cfg') or tag or None,
-                                     pretrained_cfg_overlay=overlay)
-        if cfg.hf_hub_id and not cfg.url and not cfg.file:
-            hub_repo, hub_files = cfg.hf_hub_id, [overlay.get('hf_hub_filename') or cfg.hf_hub_filename or WEIGHTS_NAME]
-    if pretrained and hub_repo is not None and not allow_pickle:
-        filename = overlay.setdefault('hf_hub_filename', WEIGHTS_NAME)
-        if not filename.endswith('.safetensors'):
-            raise CheckpointError(
-                f'hf_hub_filename {filename!r} is not a safetensors file; gczoo does not load pickled weights '
-                f'by default (pass allow_pickle=True to read it with torch.load(weights_only=True))')
-
-    from safetensors import SafetensorError
-    try:
-        model = timm.create_model(model_name, pretrained=pretrained, pretrained_cfg_overlay=overlay or None, **kwargs)
-        if pretrained and not allow_non_finite:  # whatever timm loaded, from wherever: finite or refused
-            check_state_dict(model, model.state_dict(), f'the weights of {model_name!r}', strict=False)
-        return model
-    except PretrainedWeightsError as e:
-        # the zoo's entrypoint explains download errors in general terms; name the repo and cache here
-        if hub_repo is not None and e.__cause__ is not None and is_download_error(e.__cause__):
-            raise hub_download_error(hub_repo, hub_files, cache_dir, e.__cause__, repr(model_name)) from e.__cause__
-        raise
-    except SafetensorError as e:
-        where = ''
-        if hub_repo is not None:
-            from huggingface_hub import try_to_load_from_cache
-            from timm.models._hub import hf_split
-            repo, revision = hf_split(hub_repo)
-            cached = try_to_load_from_cache(repo, hub_files[-1], cache_dir=hub_cache_dir(cache_dir), revision=revision)
-            where = f' (the cached file {cached!r}; delete it, or run `hf cache delete`, and download again)' \
-                if isinstance(cached, str) else ''
-        raise CheckpointError(f'the weights of {model_name!r} are not a readable safetensors file{where}: {e}') from e
-    except RuntimeError as e:
-        message = str(e)
-        if message.startswith('Unknown model'):
-            architecture = message[len('Unknown model'):].strip(' ()')
-            where = f'the {CONFIG_NAME} of {model_name!r}' if source else repr(model_name)
-            try:
-                check_architecture(architecture, where)
-            except CheckpointError as unknown:
-                raise unknown from e
-        if 'Error(s) in loading state_dict' in message:
-            raise CheckpointError(f'the weights of {model_name!r} do not fit the model: {message}') from e
-        raise
-    except Exception as e:
-        if hub_repo is not None and is_download_error(e):
-            raise hub_download_error(hub_repo, hub_files, cache_dir, e, repr(model_name)) from e
-        raise

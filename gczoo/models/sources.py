@@ -84,8 +84,8 @@ def url_download_error(url: str, *, what: str, cache_dir: Optional[PathLike], ca
     also = f'; or {hint}' if hint else ''
     return PretrainedWeightsError(
         f'Could not load {what}: the weights are the file {url}, which is not in torch\'s checkpoint cache '
-        f'{str(path.parent)!r} and could not be downloaded ({_reason(cause)}). Download it where the URL is reachable and put it there under the '
-        f'same name ({str(path)!r}; TORCH_HOME moves the cache){also}.')
+        f'{str(path.parent)!r} and could not be downloaded ({_reason(cause)}). Download it where the URL is '
+        f'reachable and put it there under the same name ({str(path)!r}; TORCH_HOME moves the cache){also}.')
 
 
 def fetch_url(url: str, *, what: str, cache_dir: Optional[PathLike] = None, hint: str = '') -> Path:

@@ -20,7 +20,7 @@ from timm.utils import ModelEmaV3, NativeScaler
 from gczoo.data import check_image_folder, prepare_digits
 from gczoo.evaluate import BadImageError, decode_image, read_class_map
 from gczoo.models import ZOO_MODELS, attention_modules
-from gczoo.models.hub_folder import create_model
+from gczoo.models.factory import create_model
 from gczoo.models.registry import resolve_model_name
 from gczoo.models.weights import format_keys, load_weights
 
@@ -40,7 +40,7 @@ def in_chans_of(args: argparse.Namespace) -> int:
 
 
 def create_train_model(args: argparse.Namespace, num_classes: int, log: Callable[[str], None] = print) -> nn.Module:
-    """timm train.py's ``create_model`` call through ``gczoo.models.hub_folder.create_model`` (timm's, with
+    """timm train.py's ``create_model`` call through ``gczoo.models.factory.create_model`` (timm's, with
     gczoo's checks on pretrained files: no pickles, keys and shapes first); ``--initial-checkpoint``
     through ``gczoo.models.weights.load_weights`` (a classifier of another size is left at init, as timm)."""
     resolve_model_name(args.model, what='--model')

@@ -1,29 +1,25 @@
 """The model to look at: a zoo (or any timm) name, ``NAME=CHECKPOINT``, ``local-dir:DIR`` or ``hf-hub:ORG/REPO``.
 
-Everything goes through gczoo's one loading path: ``gczoo.models.hub_folder.create_model`` builds
-the model (and checks a folder's or the Hub's weights), ``gczoo.models.weights`` reads and checks a
-checkpoint file and loads it. The only thing added here is a short mismatch message: loading a
-checkpoint of another architecture lists dozens of keys, and the command line shows one line.
+Everything goes through gczoo's one loading path: ``gczoo.models.create_model`` builds the model,
+checks a folder's or the Hub's weights, and reads, checks and loads a checkpoint
+(``checkpoint_path=``, through ``gczoo.models.weights``).
 """
 import dataclasses
 import os
 from pathlib import Path
-from typing import Mapping, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
 
-from gczoo.errors import CheckpointError
 from gczoo.layers import attention_modules
-from gczoo.models.hub_folder import create_model
+from gczoo.models.factory import create_model
 from gczoo.models.registry import resolve_model_name
-from gczoo.models.weights import classifier_names, compare_state_dicts, format_keys, load_weights, read_state_dict
 
 __all__ = ['LoadedModel', 'parse_model_spec', 'load_model']
 
 PathLike = Union[str, os.PathLike]
 _WEIGHTS_FOLDERS = ('local-dir:', 'hf-hub:')
-_EXAMPLES = 2  # keys named per kind in a mismatch message
 
 
 @dataclasses.dataclass
@@ -47,28 +43,9 @@ def parse_model_spec(spec: str, checkpoint: Optional[PathLike] = None) -> Tuple[
     return name, path
 
 
-def _checkpoint_mismatch(model: nn.Module, state: Mapping[str, torch.Tensor], name: str, path: str) -> None:
-    """One short ``CheckpointError`` (counts and a few keys) if ``state`` does not fit ``model``."""
-    mismatch = compare_state_dicts(model.state_dict(), state)
-    if not mismatch:
-        return
-    parts = [f'{len(keys)} {kind} ({format_keys(keys, _EXAMPLES)})' for kind, keys in (
-        ('missing keys', mismatch.missing), ('unexpected keys', mismatch.unexpected),
-        ('tensors of another shape', mismatch.mis_shaped)) if keys]
-    raise CheckpointError(
-        f'--checkpoint {path!r} does not fit MODEL {name!r}: {"; ".join(parts)}. Give the MODEL it was saved from')
-
-
 def _model_from_checkpoint(name: str, path: str) -> nn.Module:
     """``name`` with the weights of ``path``; the number of classes is taken from the checkpoint's classifier."""
-    state = read_state_dict(path)
-    meta = create_model(name, device='meta')  # for its classifier name and size, without initialising weights
-    weight = state.get(f'{classifier_names(meta)[0]}.weight')
-    num_classes = weight.shape[0] if weight is not None and weight.dim() == 2 else meta.num_classes
-    model = create_model(name, num_classes=num_classes)
-    _checkpoint_mismatch(model, state, name, path)
-    load_weights(model, state, what=f'--checkpoint {path!r}')
-    return model
+    return create_model(name, checkpoint_path=path, checkpoint_what='--checkpoint')
 
 
 def load_model(
