@@ -1,0 +1,96 @@
+"""The segmentation and video models on CUDA (issue 21): float32 logits against the float64 CPU model,
+bf16 autocast within its tolerance, a training step's gradients finite, slide inference equal on both
+devices. Marked ``cuda``: skipped with the reason without a GPU (``GCZOO_CUDA_TESTS_ON=cpu``: a dry run)."""
+import copy
+import os
+
+import pytest
+import torch
+import torch.nn as nn
+
+from gczoo.seg import create_segmentor, list_segmentors
+from gczoo.seg.inference import predict_logits
+from gczoo.video import create_video_model, list_video_models
+
+pytestmark = pytest.mark.cuda
+
+DEVICE = torch.device('cpu' if os.environ.get('GCZOO_CUDA_TESTS_ON') == 'cpu' else 'cuda')
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
+    assert torch.isfinite(out).all(), 'non-finite values'
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
+
+
+def perturbed(model: nn.Module) -> nn.Module:
+    """Zero-initialised attention outputs moved off 0, so the heads' attention counts in the logits."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.abs().max() == 0:
+                p.add_(0.05 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return model
+
+
+def check_on_device(model: nn.Module, x: torch.Tensor, forward=lambda m, x: m(x)) -> None:
+    reference = perturbed(model).double().eval()
+    with torch.no_grad():
+        expected = forward(reference, x.double())
+        on_device = copy.deepcopy(reference).to(DEVICE, torch.float32)
+        out = forward(on_device, x.to(DEVICE))
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+            out_bf16 = forward(on_device, x.to(DEVICE))
+    assert rel_error(out, expected) <= 1e-4
+    assert rel_error(out_bf16, expected) <= 0.1
+
+
+@pytest.mark.parametrize('name', list_segmentors())
+def test_segmentor_on_cuda_against_float64_cpu(name):
+    torch.manual_seed(0)
+    model = create_segmentor(name, num_classes=5)
+    x = torch.randn(1, 3, 72, 96, generator=torch.Generator().manual_seed(0))
+    check_on_device(model, x)
+    check_on_device(model, x, lambda m, x: predict_logits(m, x, mode='slide', crop_size=(64, 64), stride=(40, 40)))
+
+
+@pytest.mark.parametrize('name', list_video_models())
+def test_video_model_on_cuda_against_float64_cpu(name):
+    torch.manual_seed(0)
+    model = create_video_model(name, num_classes=7)
+    check_on_device(model, torch.randn(1, 3, 8, 64, 64, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize('name', ['ccnet_r50_d8', 'i3d_r50_nl'])
+def test_training_step_under_amp_and_channels_last_on_cuda(name):
+    torch.manual_seed(0)
+    if name in list_segmentors():
+        model = create_segmentor(name, num_classes=5)
+        x, target = torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2, 64, 64))
+        memory_format = torch.channels_last
+    else:
+        model = create_video_model(name, num_classes=5)
+        x, target = torch.randn(2, 3, 8, 64, 64), torch.randint(0, 5, (2,))
+        memory_format = torch.channels_last_3d
+    model = perturbed(model).to(DEVICE).to(memory_format=memory_format).train()
+    x, target = x.to(DEVICE).contiguous(memory_format=memory_format), target.to(DEVICE)
+    with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        if target.dim() == 3:  # the decode head and mmseg's auxiliary FCN head (loss weight 0.4)
+            decode, aux = model.forward_train(x)
+            loss = sum(weight * nn.functional.cross_entropy(
+                nn.functional.interpolate(out.float(), size=target.shape[-2:], mode='bilinear', align_corners=False),
+                target) for weight, out in ((1.0, decode), (0.4, aux)))
+        else:
+            loss = nn.functional.cross_entropy(model(x).float(), target)
+    loss.backward()
+    assert torch.isfinite(loss)
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
