@@ -63,8 +63,8 @@ def _video_entrypoint(name: str):
         f'{_VIDEO_MODELS[name].summary}.\n\n'
         f'Paper: {paper.title} (arXiv:{paper.arxiv}).\n\n'
         f'Args:\n'
-        f'    pretrained: load {tags[0].name if tags else "(no weights)"} (mmaction2\'s Kinetics-400 checkpoint, by URL\n'
-        f'        into torch\'s checkpoint cache, converted on load).\n'
+        f'    pretrained: load {tags[0].name if tags else "(no weights)"} (mmaction2\'s Kinetics-400\n'
+        f'        checkpoint, by URL into torch\'s checkpoint cache, converted on load).\n'
         f'    **kwargs: gczoo.video.create_video_model keywords, e.g. num_classes=10.\n'
         f'Input: clips (B, 3, T, H, W), e.g. 32 frames of 224x224.\n'
     )

@@ -119,7 +119,8 @@ def bench_nl3d(
                                      lambda r: found.__setitem__(r['impl'], r))
         else:
             measure_nl3d_memory(specs, lambda r: found.__setitem__(r['impl'], r))
-        row.update(mem_gczoo_bytes=found['gczoo']['peak_extra_bytes'], mem_naive_bytes=found['naive']['peak_extra_bytes'],
+        row.update(mem_gczoo_bytes=found['gczoo']['peak_extra_bytes'],
+                   mem_naive_bytes=found['naive']['peak_extra_bytes'],
                    mem_method=found['gczoo']['method'])
         row['mem_ratio'] = row['mem_gczoo_bytes'] / max(1, row['mem_naive_bytes'])
     return [row]

@@ -122,7 +122,8 @@ def evaluate_video(args: argparse.Namespace) -> Dict[str, Any]:
     sampling = ClipSampling(args.clip_len, args.frame_interval, args.num_clips, args.num_crops, args.resize_short,
                             args.crop_size, tuple(cfg['mean']), tuple(cfg['std']))
     dataset = ClipFolder(samples, class_to_idx, sampling)
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=ShardSampler(len(dataset), env.rank, env.world_size),
+    loader = DataLoader(dataset, batch_size=args.batch_size,
+                        sampler=ShardSampler(len(dataset), env.rank, env.world_size),
                         num_workers=args.workers, collate_fn=collate_skipping)
     skipping = SkippingLoader(loader)
     if env.is_main:

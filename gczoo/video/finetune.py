@@ -11,7 +11,8 @@ Training clips follow mmaction2's I3D train pipeline, simplified: one clip of ``
 ``frame_interval`` apart at a random offset (``SampleFrames``), short side resized to
 ``img_size / 0.875``, a square crop of 1 or 0.8 times the short side at a random place (mmaction2's
 ``MultiScaleCrop`` picks among fixed places), resized to ``img_size``, flipped with probability
-``--hflip`` (``--no-aug``: the centre crop, no flip). Validation: the centre clip, centre crop (one view; ``gczoo eval-video`` does clips x crops).
+``--hflip`` (``--no-aug``: the centre crop, no flip). Validation: the centre clip, centre crop (one
+view; ``gczoo eval-video`` does clips x crops).
 Every random draw comes from the RNGs gczoo's ``SeededTransformDataset`` seeds per (seed, epoch, clip),
 so runs are reproducible and resumable. A training clip that cannot be read stops the run with its
 name; an unreadable validation clip is skipped and counted, as images are.
@@ -200,6 +201,7 @@ def build_video_training(args: argparse.Namespace, env: Any, device: torch.devic
             f'load model_best.pth.tar with gczoo.video.create_video_model(..., pretrained_cfg_overlay=dict(file=...))')
     data_config = dict(input_size=(3, size, size), clip_len=clip_len, frame_interval=interval, mean=mean, std=std,
                        interpolation='bilinear', crop_pct=size / transform.resize_short)
-    what = f'clip folder {args.data_dir} ({len(train_set)} train / {len(val_set)} val clips, {clip_len} frames x {interval})'
+    what = (f'clip folder {args.data_dir} ({len(train_set)} train / {len(val_set)} val clips, {clip_len} frames '
+            f'x {interval})')
     return model, data_config, classes, what, Loaders(train_set, val_set, sampler, generator, train_loader,
                                                       val_loader, batches)

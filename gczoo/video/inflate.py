@@ -104,7 +104,8 @@ def _resolve(source: Source) -> Tuple[Mapping[str, torch.Tensor], str]:
         import timm
         import gczoo  # noqa: F401  (registers the zoo models with timm)
         return timm.create_model(source, pretrained=True).state_dict(), f'the pretrained weights of {source!r}'
-    raise TypeError(f'source must be a 2D model, a state dict, a file or a timm model name, got {type(source).__name__}')
+    raise TypeError(f'source must be a 2D model, a state dict, a file or a timm model name, '
+                    f'got {type(source).__name__}')
 
 
 def inflate_from_2d(model: nn.Module, source: Source) -> InflationReport:

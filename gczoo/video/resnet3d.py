@@ -23,7 +23,7 @@ Module names are timm's ResNet names (``conv1``/``bn1``, ``layerN.i.conv1``/``bn
 keys map one to one (``gczoo.video.inflate``) and mmaction2's checkpoints convert by renaming
 (``gczoo.video.convert``).
 """
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn

@@ -77,11 +77,13 @@ def test_view_average_is_the_mean_softmax():
     torch.testing.assert_close(out, expected)
 
 
+@pytest.mark.slow
 def test_eval_video_skips_and_counts_bad_clips(clip_folder, tmp_path, capsys):
     results_file = tmp_path / 'results.json'
     code = main(['eval-video', str(clip_folder), '--model', 'i3d_r50', '--num-classes', '2', '--clip-len', '8',
                  '--frame-interval', '1', '--num-clips', '2', '--num-crops', '3', '--resize-short', '32',
-                 '--crop-size', '32', '-j', '0', '--device', 'cpu', '--no-progress', '--results-file', str(results_file)])
+                 '--crop-size', '32', '-j', '0', '--device', 'cpu', '--no-progress',
+                 '--results-file', str(results_file)])
     assert code == 0
     out = capsys.readouterr().out
     assert 'skipped 1 unreadable clip' in out and 'broken.mp4' in out

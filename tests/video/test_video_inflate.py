@@ -68,5 +68,6 @@ def test_weights_are_repeated_and_divided_by_the_kernel_depth():
 
 
 def test_another_depth_is_refused_by_name():
-    with pytest.raises(CheckpointError, match=r'layer1\.0\.conv1\.weight has shape \[64, 64, 3, 3\], which does not inflate'):
+    message = r'layer1\.0\.conv1\.weight has shape \[64, 64, 3, 3\], which does not inflate'
+    with pytest.raises(CheckpointError, match=message):
         inflate_from_2d(create_video_model('i3d_r50'), timm.create_model('resnet18'))

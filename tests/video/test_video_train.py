@@ -74,8 +74,8 @@ def test_video_model_fine_tunes_in_gczoo_train(clip_data, tmp_path, capsys):
     assert model(torch.randn(1, 3, 8, 32, 32)).shape == (1, 2)
 
 
-@pytest.mark.parametrize('flag', [['--channels-last'], ['--cutmix', '1.0'], ['--reprob', '0.25'], ['--drop-path', '0.1'],
-                                  ['--grad-checkpointing']])
+@pytest.mark.parametrize('flag', [['--channels-last'], ['--cutmix', '1.0'], ['--reprob', '0.25'],
+                                  ['--drop-path', '0.1'], ['--grad-checkpointing']])
 def test_image_only_flags_are_refused(clip_data, tmp_path, capsys, flag):
     assert run_train(_argv(clip_data, tmp_path / 'out', *flag)) == 2
     err = capsys.readouterr().err.strip()
