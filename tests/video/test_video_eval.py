@@ -145,3 +145,11 @@ def test_two_processes_match_one(clip_folder, tmp_path):
     assert two['world_size'] == 2 and one['world_size'] == 1
     assert two['count'] == one['count'] == 4 and two['skipped_clips'] == one['skipped_clips'] == 1
     assert two['top1'] == one['top1'] and two['loss'] == pytest.approx(one['loss'], rel=1e-5, abs=1e-6)
+
+
+def test_non_finite_scores_are_refused():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 3), float('nan'))
+    with pytest.raises(ValueError, match='non-finite scores'):
+        ViewAverage(Broken())(torch.zeros(1, 2, 3, 1, 1, 1))

@@ -71,3 +71,13 @@ def test_another_depth_is_refused_by_name():
     message = r'layer1\.0\.conv1\.weight has shape \[64, 64, 3, 3\], which does not inflate'
     with pytest.raises(CheckpointError, match=message):
         inflate_from_2d(create_video_model('i3d_r50'), timm.create_model('resnet18'))
+
+
+def test_inflates_from_a_weights_file(tmp_path):
+    from safetensors.torch import save_file
+    model_2d = timm.create_model('resnet50', num_classes=400)
+    save_file(model_2d.state_dict(), str(tmp_path / 'r50.safetensors'))
+    model_3d = create_video_model('i3d_r50')
+    report = inflate_from_2d(model_3d, tmp_path / 'r50.safetensors')
+    assert 'conv1.weight' in report.inflated and "r50.safetensors" not in str(report)
+    torch.testing.assert_close(model_3d.conv1.weight.sum(2), model_2d.conv1.weight)

@@ -165,3 +165,15 @@ def test_hub_entrypoints_build_the_video_models():
     assert 'Non-local' in hubconf.i3d_r50_nl.__doc__ and 'i3d_r50_nl.mmaction2_k400' in hubconf.i3d_r50_nl.__doc__
     model = torch.hub.load(str(path.parent), 'i3d_r50', source='local', num_classes=3)
     assert isinstance(model, ResNet3d) and model.fc.out_features == 3
+
+
+def test_data_preprocessor_buffers_are_dropped_and_bad_arguments_refused():
+    state = Recognizer3D(non_local=False).state_dict()
+    state['data_preprocessor.mean'] = torch.zeros(3, 1, 1, 1)
+    assert 'data_preprocessor.mean' not in convert_mmaction2({'state_dict': state})
+    with pytest.raises(ValueError, match='num_classes must be an int >= 0'):
+        create_video_model('i3d_r50', num_classes=-1)
+    with pytest.raises(TypeError, match='model_name must be a str'):
+        create_video_model(None)
+    with pytest.raises(ValueError, match="global_pool='avg' only"):
+        _tiny().reset_classifier(3, global_pool='max')
