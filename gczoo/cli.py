@@ -47,6 +47,10 @@ def list_main(argv: Optional[List[str]] = None) -> int:
     print('\nModels  (import gczoo; timm.create_model(name)):')
     for name, zoo in ZOO_MODELS.items():
         print(f'  {name:<15} {zoo.summary}')
+    from gczoo.video import VIDEO_MODELS  # issue 19: outside timm's registry
+    print('\nVideo models  (gczoo.video.create_video_model(name); clips (B, 3, T, H, W)):')
+    for name, video in VIDEO_MODELS.items():
+        print(f'  {name:<15} {video.summary}')
     return 0
 
 

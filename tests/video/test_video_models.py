@@ -177,3 +177,10 @@ def test_data_preprocessor_buffers_are_dropped_and_bad_arguments_refused():
         create_video_model(None)
     with pytest.raises(ValueError, match="global_pool='avg' only"):
         _tiny().reset_classifier(3, global_pool='max')
+
+
+def test_gczoo_list_names_the_video_models(capsys):
+    from gczoo.cli import main
+    assert main(['list']) == 0
+    out = capsys.readouterr().out
+    assert 'Video models' in out and 'i3d_r50_nl' in out
