@@ -23,6 +23,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
                                                 'mmaction2 test-time sampling (clips x crops)'),
     'eval-seg': ('gczoo.seg.evaluate:main', 'mIoU, per-class IoU, pixel accuracy of a segmentor (Cityscapes/ADE20K)'),
     'segment': ('gczoo.seg.segment:main', 'colour-coded PNG predictions of a segmentor for images'),
+    'train-seg': ('gczoo.seg.train:main', "fine-tune a segmentor on a Cityscapes/ADE20K folder (mmseg's recipe)"),
     'complexity': ('gczoo.complexity:main', 'parameters, GMACs and GFLOPs of models at any input size'),
     'bench': ('gczoo.bench:main', 'throughput/memory benchmarks: `bench layers` or `bench models`'),
     'convert': ('gczoo.models.convert:main', 'convert official CBAM/BAM/GCNet checkpoints to gczoo safetensors'),

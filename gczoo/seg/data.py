@@ -88,7 +88,8 @@ def read_image(path: Path) -> torch.Tensor:
         with Image.open(path) as img:
             array = np.asarray(img.convert('RGB'))
     except (OSError, UnidentifiedImageError) as e:
-        raise ValueError(f'image {str(path)!r} cannot be decoded ({type(e).__name__}: {e}); replace or remove it') from e
+        raise ValueError(f'image {str(path)!r} cannot be decoded ({type(e).__name__}: {e}); replace or remove '
+                         f'it') from e
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 

@@ -37,7 +37,8 @@ def _cityscapes(root: Path, masks=None, kind='labelTrainIds'):
         img_dir, gt_dir = root / 'leftImg8bit' / 'val' / city, root / 'gtFine' / 'val' / city
         img_dir.mkdir(parents=True, exist_ok=True)
         gt_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(img_dir / f'{city}_{i:06d}_leftImg8bit.png')
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        Image.fromarray(image).save(img_dir / f'{city}_{i:06d}_leftImg8bit.png')
         mask = masks[i] if masks is not None else mask_rng.integers(0, 19, (h, w))
         Image.fromarray(mask.astype(np.uint8)).save(gt_dir / f'{city}_{i:06d}_gtFine_{kind}.png')
     return root
