@@ -22,10 +22,11 @@ PACKAGE = Path(__file__).resolve().parent.parent / 'gczoo'
 LAYERS: List[Tuple[str, ...]] = [
     ('gczoo.errors', 'gczoo.runner', 'gczoo.args', 'gczoo.files', 'gczoo.papers'),
     ('gczoo.layers',),
-    ('gczoo.models', 'gczoo.video', 'gczoo'),  # the package root imports layers and models, nothing else
+    ('gczoo.models', 'gczoo.video', 'gczoo.seg', 'gczoo'),  # the package root imports layers and models, nothing else
     ('gczoo.data', 'gczoo.distributed', 'gczoo.train', 'gczoo.evaluate', 'gczoo.complexity', 'gczoo.visualize',
      'gczoo.bench', 'gczoo.export',
-     'gczoo.video.clips', 'gczoo.video.evaluate', 'gczoo.video.finetune'),  # video jobs (issue 19)
+     'gczoo.video.clips', 'gczoo.video.evaluate', 'gczoo.video.finetune',  # video jobs (issue 19)
+     'gczoo.seg.data', 'gczoo.seg.evaluate', 'gczoo.seg.segment', 'gczoo.seg.train'),  # segmentation jobs (issue 18)
     ('gczoo.cards',),
     ('gczoo.hub',),
     ('gczoo.cli',),
