@@ -23,7 +23,7 @@ __all__ = ['MMACTION2_METAFILE', 'VIDEO_TAGS', 'PAPER_NL_I3D_R50_TOP1', 'video_t
 MMACTION2_METAFILE = ('https://github.com/open-mmlab/mmaction2/blob/v1.2.0/configs/recognition/i3d/metafile.yml')
 _MMACTION2_I3D = 'https://github.com/open-mmlab/mmaction2/tree/v1.2.0/configs/recognition/i3d'
 _DOWNLOAD = 'https://download.openmmlab.com/mmaction/v1.0/recognition/i3d'
-# arXiv:1711.07971, Table 3 (NL I3D, ResNet-50, Kinetics val top-1): the paper's own model, not a tag's
+# arXiv:1711.07971 (its NL I3D ResNet-50 ablation, Kinetics val top-1): the paper's own model, not a tag's
 PAPER_NL_I3D_R50_TOP1 = 74.9
 
 # mmaction2's I3D configs: ActionDataPreprocessor mean/std (0-255 scale, here 0-1), SampleFrames, test crops
