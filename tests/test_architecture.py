@@ -180,3 +180,15 @@ def test_main_blocks_and_main_files_are_walked(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match=r'gczoo\.models\.__main__ -> gczoo\.hub(.|\n)*'
                                              r'gczoo\.models\.tool -> gczoo\.cli \(gczoo/models/tool\.py:4\)'):
         test_no_upward_imports()
+
+
+def test_no_function_over_80_lines():
+    """timm's style: a function does one thing; a longer one is split into named steps."""
+    long = []
+    for path in sorted(PACKAGE.rglob('*.py')):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                length = node.end_lineno - node.lineno + 1
+                if length > 80:
+                    long.append(f'{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({length} lines)')
+    assert not long, 'functions over 80 lines (split them):\n' + '\n'.join(long)

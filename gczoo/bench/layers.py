@@ -218,6 +218,31 @@ def measure_layer_memory(specs: Sequence[Dict[str, Any]], on_result: Callable[[D
         on_result(dict(spec, peak_extra_bytes=int(extra), method=method))
 
 
+def _memory_of(cases: Sequence[LayerCase], impl_names: Dict[LayerCase, List[str]], backward: bool, device: str,
+               seed: int, memory: str, bar: Any) -> Tuple[Dict[LayerCase, Dict[str, int]], Dict[LayerCase, str]]:
+    """Each case's and implementation's peak extra memory (bytes) and how it was measured ({} for 'off')."""
+    mem: Dict[LayerCase, Dict[str, int]] = {case: {} for case in cases}
+    mem_method: Dict[LayerCase, str] = {case: '' for case in cases}
+    if memory == 'off':
+        return mem, mem_method
+    by_key = {(case.label, name): case for case in cases for name in impl_names[case]}
+    specs = [dict(case=case.label, block=case.block, impl=name, shape=list(case.shape), backward=backward,
+                  device=device, threads=torch.get_num_threads(), seed=seed)
+             for case in cases for name in impl_names[case]]
+
+    def record(result: Dict[str, Any]) -> None:
+        case = by_key[(result['case'], result['impl'])]
+        mem[case][result['impl']] = result['peak_extra_bytes']
+        mem_method[case] = result['method']
+        bar.set_postfix_str(f'memory {case.label}')
+        bar.update(1)
+    if memory == 'subprocess' and torch.device(device).type == 'cpu':
+        run_in_fresh_interpreter('gczoo.bench.layers:measure_layer_memory', specs, record)
+    else:
+        measure_layer_memory(specs, record)
+    return mem, mem_method
+
+
 def bench_layers(
         blocks: Sequence[str] = LAYER_BLOCKS,
         batch: int = 8,
@@ -267,8 +292,6 @@ def bench_layers(
 
     times: Dict[LayerCase, Dict[str, List[float]]] = {}
     diffs: Dict[LayerCase, Dict[str, float]] = {}
-    mem: Dict[LayerCase, Dict[str, int]] = {case: {} for case in cases}
-    mem_method: Dict[LayerCase, str] = {case: '' for case in cases}
     with tqdm(total=total, desc='bench layers', unit='meas', disable=not progress, dynamic_ncols=True) as bar:
         for case in cases:
             bar.set_postfix_str(f'time {case.label}')
@@ -283,23 +306,7 @@ def bench_layers(
             n_rounds[case] = len(times[case]['gczoo'])
             del fns, x, impls
             gc.collect()
-
-        if memory != 'off':
-            by_key = {(case.label, name): case for case in cases for name in impl_names[case]}
-            specs = [dict(case=case.label, block=case.block, impl=name, shape=list(case.shape), backward=backward,
-                          device=device, threads=torch.get_num_threads(), seed=seed)
-                     for case in cases for name in impl_names[case]]
-
-            def record(result: Dict[str, Any]) -> None:
-                case = by_key[(result['case'], result['impl'])]
-                mem[case][result['impl']] = result['peak_extra_bytes']
-                mem_method[case] = result['method']
-                bar.set_postfix_str(f'memory {case.label}')
-                bar.update(1)
-            if memory == 'subprocess' and dev.type == 'cpu':
-                run_in_fresh_interpreter('gczoo.bench.layers:measure_layer_memory', specs, record)
-            else:
-                measure_layer_memory(specs, record)
+        mem, mem_method = _memory_of(cases, impl_names, backward, device, seed, memory, bar)
 
     return [_layer_row(case, case is large_case, backward, n_rounds[case], times[case], mem[case], mem_method[case],
                        diffs[case], dev, clock) for case in cases]

@@ -156,6 +156,62 @@ def _many_compiled_models():
     return cfg.patch(**limits)
 
 
+_Pairing = Tuple[str, Optional[str], Optional[str]]  # a zoo model's references: (base, nearest, control)
+
+
+def _model_entries(models: Sequence[str], control: bool) -> Tuple[Dict[str, 'ModelEntry'], Dict[str, _Pairing]]:
+    """Every model to build (zoo models, their plain timm ResNets, A/A copies, nearest timm models) and
+    each zoo model's references."""
+    entries: Dict[str, ModelEntry] = {}
+    pairing: Dict[str, _Pairing] = {}
+    for name in models:
+        base = f'resnet{ZOO_MODELS[name].depth}'
+        entries[name] = ModelEntry(name, partial(timm.create_model, name), ZOO_MODELS[name].summary)
+        entries.setdefault(base, ModelEntry(base, partial(timm.create_model, base), f"timm '{base}'"))
+        if control:
+            entries.setdefault(base + _CONTROL, ModelEntry(base + _CONTROL, partial(timm.create_model, base),
+                                                           f"timm '{base}', a second copy: the A/A control"))
+        nearest = nearest_timm_model(name)
+        if nearest is not None:
+            entries.setdefault(nearest.label, nearest)
+        pairing[name] = (base, nearest.label if nearest else None, base + _CONTROL if control else None)
+    return entries, pairing
+
+
+def _build_all(entries: Dict[str, 'ModelEntry'], img_size: int, dev: torch.device, channels_last: bool,
+               progress: bool) -> Tuple[Dict[str, nn.Module], Dict[str, Dict[str, Any]]]:
+    """Each entry built (seed 0) on ``dev``, with its parameter count and GMACs."""
+    built: Dict[str, nn.Module] = {}
+    raw: Dict[str, Dict[str, Any]] = {}
+    for label, entry in tqdm(entries.items(), desc='build + GMACs', disable=not progress, dynamic_ncols=True):
+        torch.manual_seed(0)
+        model = entry.build()
+        raw[label] = dict(description=entry.description, params_m=sum(p.numel() for p in model.parameters()) / 1e6,
+                          gmacs=count_complexity(model, img_size)['gmacs'])
+        model = model.to(dev)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        built[label] = model
+    return built, raw
+
+
+def _add_figures(raw: Dict[str, Dict[str, Any]], batches: Sequence[int], modes: Sequence[str],
+                 times: Dict[Tuple[int, str], List[Dict[str, List[float]]]], peaks: Dict[int, Dict[str, float]]) -> None:
+    """Median step times and img/s of every model, per batch size (and at the top level for one)."""
+    for label in raw:
+        raw[label]['by_batch'] = {}
+        for b in batches:
+            figures = raw[label]['by_batch'][b] = {}
+            for mode in modes:
+                all_times = [t for group_times in times[b, mode] for t in group_times.get(label, [])]
+                figures[f'{mode}_ms'] = statistics.median(all_times) * 1e3
+                figures[f'{mode}_img_s'] = b / statistics.median(all_times)
+                figures[f'{mode}_times_s'] = all_times
+            figures['train_peak_mib'] = peaks.get(b, {}).get(label)
+        if len(batches) == 1:  # one batch size: the figures also at the top level
+            raw[label].update(raw[label]['by_batch'][batches[0]])
+
+
 def bench_models(
         models: Optional[Sequence[str]] = None,
         batch: Union[int, Sequence[int]] = 8,
@@ -197,32 +253,8 @@ def bench_models(
     if amp:
         amp_dtype = torch.bfloat16 if dev.type == 'cpu' or torch.cuda.is_bf16_supported() else torch.float16
 
-    entries: Dict[str, ModelEntry] = {}
-    pairing: Dict[str, Tuple[str, Optional[str], Optional[str]]] = {}  # zoo -> (base, nearest, control)
-    for name in models:
-        base = f'resnet{ZOO_MODELS[name].depth}'
-        entries[name] = ModelEntry(name, partial(timm.create_model, name), ZOO_MODELS[name].summary)
-        entries.setdefault(base, ModelEntry(base, partial(timm.create_model, base), f"timm '{base}'"))
-        if control:
-            entries.setdefault(base + _CONTROL, ModelEntry(base + _CONTROL, partial(timm.create_model, base),
-                                                           f"timm '{base}', a second copy: the A/A control"))
-        nearest = nearest_timm_model(name)
-        if nearest is not None:
-            entries.setdefault(nearest.label, nearest)
-        pairing[name] = (base, nearest.label if nearest else None, base + _CONTROL if control else None)
-
-    built: Dict[str, nn.Module] = {}
-    raw: Dict[str, Dict[str, Any]] = {}
-    for label, entry in tqdm(entries.items(), desc='build + GMACs', disable=not progress, dynamic_ncols=True):
-        torch.manual_seed(0)
-        model = entry.build()
-        raw[label] = dict(description=entry.description, params_m=sum(p.numel() for p in model.parameters()) / 1e6,
-                          gmacs=count_complexity(model, img_size)['gmacs'])
-        model = model.to(dev)
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        built[label] = model
-
+    entries, pairing = _model_entries(models, control)
+    built, raw = _build_all(entries, img_size, dev, channels_last, progress)
     groups = [[name, *(ref for ref in pairing[name] if ref)] for name in models]
     times: Dict[Tuple[int, str], List[Dict[str, List[float]]]] = {}
     peaks: Dict[int, Dict[str, float]] = {}  # CUDA: batch -> label -> training step's peak MiB
@@ -248,18 +280,7 @@ def bench_models(
                 del fns
                 gc.collect()
 
-    for label in built:
-        raw[label]['by_batch'] = {}
-        for b in batches:
-            figures = raw[label]['by_batch'][b] = {}
-            for mode in modes:
-                all_times = [t for group_times in times[b, mode] for t in group_times.get(label, [])]
-                figures[f'{mode}_ms'] = statistics.median(all_times) * 1e3
-                figures[f'{mode}_img_s'] = b / statistics.median(all_times)
-                figures[f'{mode}_times_s'] = all_times
-            figures['train_peak_mib'] = peaks.get(b, {}).get(label)
-        if len(batches) == 1:  # one batch size: the figures also at the top level
-            raw[label].update(raw[label]['by_batch'][batches[0]])
+    _add_figures(raw, batches, modes, times, peaks)
     rows = [_model_row(name, group_idx, b, pairing[name], raw, times, modes, img_size, dev, amp_dtype,
                        channels_last, clock, steps)
             for b in batches for group_idx, name in enumerate(models)]

@@ -138,16 +138,8 @@ def render_model_card(
     depth = get_depth(zoo.depth)
     paper, resnet_paper = get_paper(zoo.paper), get_paper('resnet')
     cost = complexity_of(model_name, complexity)
-    model = meta_model(model_name)
-    reductions = {info['module']: info['reduction'] for info in model.feature_info}
     metadata = card_data(model_name, results, base_model=base_model, datasets=datasets)
     backbone = depth.imagenet_resnet
-
-    placement_lines = []
-    for stage, how, channels, names in _block_positions(model):
-        shown = ', '.join(f'`{n}`' for n in names[:6]) + (f' ... ({len(names)} in all)' if len(names) > 6 else '')
-        placement_lines.append(
-            f'| {_stage_label(stage, zoo.depth, reductions)} | {len(names)} | {channels} | {how} | {shown} |')
     block_lines = [f'- `{p.attn}`: {ATTN_SPECS[p.attn].cls.__name__} - {ATTN_SPECS[p.attn].summary}'
                    + (f' (settings: {dict(p.kwargs)})' if p.kwargs else '') for p in zoo.placements]
     reported = reported_figures(model_name, zoo.paper)
@@ -175,13 +167,32 @@ def render_model_card(
             f'- **Paper:** {paper.title}, [arXiv:{paper.arxiv}]({paper.url})',
         ]),
         '### Attention blocks\n\n' + '\n'.join(block_lines),
-        '### Where the blocks sit\n\n'
-        '| stage | attention blocks | channels | position | modules |\n|---|---:|---:|---|---|\n' + '\n'.join(placement_lines),
+        _placement_section(model_name, zoo.depth),
         '## Accuracy\n\n' + _accuracy_section(model_name, results, registry),
     ]
     if weights:
         sections.append('## Pretrained weights\n\n' + weights)
-    sections += [
+    sections += _usage_sections(model_name, backbone, pretrained)
+    sections.append('## Citation\n\n```bibtex\n' + paper.bibtex + '\n\n' + resnet_paper.bibtex + '\n```')
+    # huggingface_hub writes (and re-parses) the YAML front matter
+    return str(ModelCard(f'---\n{metadata.to_yaml()}\n---\n\n' + '\n\n'.join(sections) + '\n'))
+
+
+def _placement_section(model_name: str, depth: int) -> str:
+    """The table of where the attention blocks sit (stage, count, channels, position, module names)."""
+    model = meta_model(model_name)
+    reductions = {info['module']: info['reduction'] for info in model.feature_info}
+    lines = []
+    for stage, how, channels, names in _block_positions(model):
+        shown = ', '.join(f'`{n}`' for n in names[:6]) + (f' ... ({len(names)} in all)' if len(names) > 6 else '')
+        lines.append(f'| {_stage_label(stage, depth, reductions)} | {len(names)} | {channels} | {how} | {shown} |')
+    return ('### Where the blocks sit\n\n'
+            '| stage | attention blocks | channels | position | modules |\n|---|---:|---:|---|---|\n' + '\n'.join(lines))
+
+
+def _usage_sections(model_name: str, backbone: str, pretrained: str) -> List[str]:
+    """Create, torch.hub, fine-tune and evaluate: the commands a card shows."""
+    return [
         '## Usage',
         '### Create the model\n\n```python\nimport timm\nimport gczoo  # registers the gczoo models with timm\n\n'
         + pretrained +
@@ -197,7 +208,4 @@ def render_model_card(
         '### Evaluate\n\n'
         f'```bash\ngczoo eval --model {model_name} --checkpoint model.safetensors --data-dir /path/to/imagenet\n'
         f'NPROC=8 scripts/eval.sh --model local-dir:path/to/weights --data-dir /path/to/imagenet\n```',
-        '## Citation\n\n```bibtex\n' + paper.bibtex + '\n\n' + resnet_paper.bibtex + '\n```',
     ]
-    # huggingface_hub writes (and re-parses) the YAML front matter
-    return str(ModelCard(f'---\n{metadata.to_yaml()}\n---\n\n' + '\n\n'.join(sections) + '\n'))

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn as nn
 
 from gczoo.args import ArgumentParser, device_name, fraction, positive_float, positive_int, non_negative_int
 from gczoo.errors import one_line
@@ -121,10 +122,35 @@ def _data_config(args: argparse.Namespace, model: torch.nn.Module) -> Dict[str, 
     return config
 
 
+def _eval_model(args: argparse.Namespace) -> nn.Module:
+    model_kwargs = dict(args.model_kwargs)
+    if args.in_chans:
+        model_kwargs['in_chans'] = args.in_chans
+    if args.gp:
+        model_kwargs['global_pool'] = args.gp
+    return create_eval_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint or None,
+                             num_classes=args.num_classes, use_ema=args.use_ema, **model_kwargs)
+
+
+def _describe_transform(data_config: Dict[str, Any]) -> str:
+    return (f'input {tuple(data_config["input_size"])}, crop_pct {data_config["crop_pct"]}, '
+            f'{data_config["crop_mode"]}, {data_config["interpolation"]}, '
+            f'mean {tuple(round(m, 4) for m in data_config["mean"])}, std {tuple(round(s, 4) for s in data_config["std"])}')
+
+
+def _gather(bad_files: List[str]) -> List[str]:
+    """Every rank's skipped files, sorted (this rank's alone without a process group)."""
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        return bad_files
+    gathered: List[List[str]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, bad_files)
+    return sorted(f for rank_files in gathered for f in rank_files)
+
+
 def evaluate(args: argparse.Namespace, command: str = '') -> Dict[str, Any]:
     """One evaluation as ``gczoo eval`` does it (any torchrun process group is joined as the caller set it
     up); returns the results dict (the same on every rank)."""
-    import torch.distributed as dist
     from timm.data import create_transform
     from torch.utils.data import DataLoader
 
@@ -132,13 +158,7 @@ def evaluate(args: argparse.Namespace, command: str = '') -> Dict[str, Any]:
 
     folder = find_eval_folder(_data_root(args), args.split)  # before building the model: fail fast
     env = init_distributed(args.device)
-    model_kwargs = dict(args.model_kwargs)
-    if args.in_chans:
-        model_kwargs['in_chans'] = args.in_chans
-    if args.gp:
-        model_kwargs['global_pool'] = args.gp
-    model = create_eval_model(args.model, pretrained=args.pretrained, checkpoint=args.checkpoint or None,
-                              num_classes=args.num_classes, use_ema=args.use_ema, **model_kwargs)
+    model = _eval_model(args)
     num_classes = int(model.num_classes)
     if num_classes < 1:
         raise ValueError(f'--model {args.model!r} has no classifier head (num_classes={num_classes})')
@@ -166,21 +186,14 @@ def evaluate(args: argparse.Namespace, command: str = '') -> Dict[str, Any]:
         print(f'gczoo eval: {args.model} ({sum(p.numel() for p in model.parameters()) / 1e6:.2f} M params, '
               f'{num_classes} classes) on {folder}: {len(dataset)} images, {len(class_names)} class folders; '
               f'labels: {mapping.description}; world size {env.world_size}', flush=True)
-        print(f'gczoo eval: transform: input {tuple(data_config["input_size"])}, crop_pct {data_config["crop_pct"]}, '
-              f'{data_config["crop_mode"]}, {data_config["interpolation"]}, '
-              f'mean {tuple(round(m, 4) for m in data_config["mean"])}, '
-              f'std {tuple(round(s, 4) for s in data_config["std"])}', flush=True)
+        print(f'gczoo eval: transform: {_describe_transform(data_config)}', flush=True)
     metrics = validate(model, skipping, num_classes=num_classes, device=env.device, amp_dtype=amp_dtype,
                        channels_last=args.channels_last, progress=None if args.no_progress or not env.is_main else 'eval')
     if not all(torch.isfinite(torch.tensor([metrics['top1'], metrics['top5'], metrics['loss']]))):
         raise ValueError(f'--model {args.model!r}: the evaluation produced non-finite results (loss '
                          f'{metrics["loss"]}); the weights or the input preprocessing are broken')
 
-    bad_files = list(skipping.bad_files)
-    if dist.is_available() and dist.is_initialized():
-        gathered: List[List[str]] = [[] for _ in range(dist.get_world_size())]
-        dist.all_gather_object(gathered, bad_files)
-        bad_files = sorted(f for rank_files in gathered for f in rank_files)
+    bad_files = _gather(list(skipping.bad_files))
     top1, top5 = round(metrics['top1'], 4), round(metrics['top5'], 4)
     params = sum(p.numel() for p in model.parameters())
     return {

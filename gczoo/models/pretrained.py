@@ -63,6 +63,23 @@ def _resolve_source(source: Union[str, os.PathLike, Mapping[str, torch.Tensor], 
     raise TypeError(f'source must be a path, a timm model name, a state dict or a module, got {type(source).__name__}')
 
 
+def _source_only_keys(src: StateDict, target: Mapping[str, torch.Tensor], head: Tuple[str, ...],
+                      skip_mismatched_classifier: bool, report: 'LoadReport', out: StateDict) -> List[str]:
+    """The source keys the model has no place for: a classifier and BN counters are ignored (reported),
+    the rest returned as unexpected."""
+    unexpected = []
+    for key in src:
+        if key in target:
+            continue
+        if key.startswith(head) or key.endswith('num_batches_tracked'):
+            report.ignored.append(key)
+            if key.startswith(head) and not skip_mismatched_classifier:
+                out[key] = src[key]  # the model has no head (num_classes=0): load_pretrained drops it
+        else:
+            unexpected.append(key)
+    return unexpected
+
+
 def transplant_state_dict(
         model: nn.Module,
         source: Mapping[str, torch.Tensor],
@@ -133,16 +150,7 @@ def transplant_state_dict(
             continue
         out[key] = value
         report.loaded.append(key)
-    unexpected = []
-    for key in src:
-        if key in target:
-            continue
-        if key.startswith(head) or key.endswith('num_batches_tracked'):
-            report.ignored.append(key)
-            if key.startswith(head) and not skip_mismatched_classifier:
-                out[key] = src[key]  # the model has no head (num_classes=0): load_pretrained drops it
-        else:
-            unexpected.append(key)
+    unexpected = _source_only_keys(src, target, head, skip_mismatched_classifier, report, out)
     mismatch = StateDictMismatch(missing, unexpected, mis_shaped)
     if mismatch:
         raise CheckpointError(

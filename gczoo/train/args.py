@@ -124,7 +124,8 @@ def _interpolation(text: str) -> str:
 
 
 def build_parser() -> ArgumentParser:
-    """The command line of ``python -m gczoo.train`` / ``gczoo train`` / ``scripts/train.sh``."""
+    """The command line of ``python -m gczoo.train`` / ``gczoo train`` / ``scripts/train.sh`` (timm train.py's
+    flags, one group per function below)."""
     p = ArgumentParser(
         prog='gczoo train', description=(
             'Train or fine-tune a gczoo (or any timm) model: one CPU process, 8 GPUs, or several nodes, with timm '
@@ -135,7 +136,19 @@ def build_parser() -> ArgumentParser:
     p.add_argument('-c', '--config', default='', metavar='FILE',
                    help='YAML file of flag values (e.g. an OUT/args.yaml, gczoo\'s or timm\'s) used as defaults; '
                         'flags given on the command line win (as timm train.py)')
+    _data_flags(p)
+    _model_flags(p)
+    _speed_flags(p)
+    _optimizer_flags(p)
+    _schedule_flags(p)
+    _augmentation_flags(p)
+    _ema_flags(p)
+    _run_flags(p)
+    return p
 
+
+def _data_flags(p: ArgumentParser) -> None:
+    """The data flags."""
     g = p.add_argument_group('data')
     g.add_argument('--data-dir', '--data', dest='data_dir', metavar='DIR', default=None,
                    help='dataset root; ImageNet/ImageFolder layout DIR/<split>/<class>/<image> '
@@ -157,6 +170,9 @@ def build_parser() -> ArgumentParser:
                    help='data loading worker processes per rank (' + _default_help('workers') + ')')
     g.add_argument('--pin-mem', action='store_true', help='pin host memory in the loaders (faster copies to GPU)')
 
+
+def _model_flags(p: ArgumentParser) -> None:
+    """The model flags."""
     g = p.add_argument_group('model')
     g.add_argument('--model', default=None, metavar='NAME',
                    help='any timm model name; gczoo registers its zoo (' + _default_help('model') + ')')
@@ -214,6 +230,9 @@ def build_parser() -> ArgumentParser:
                         'weights still train: results no longer depend on how the global batch is split across '
                         'ranks; usual for fine-tuning with small per-GPU batches')
 
+
+def _speed_flags(p: ArgumentParser) -> None:
+    """The batch, precision and speed flags."""
     g = p.add_argument_group('batch, precision and speed')
     g.add_argument('-b', '--batch-size', type=positive_int, default=None, metavar='N',
                    help='batch size per process (' + _default_help('batch_size') + ')')
@@ -256,6 +275,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument('--deterministic', action='store_true',
                    help='torch.use_deterministic_algorithms and deterministic cuDNN (CPU runs are already)')
 
+
+def _optimizer_flags(p: ArgumentParser) -> None:
+    """The optimizer flags."""
     g = p.add_argument_group('optimizer')
     g.add_argument('--opt', default=None, metavar='NAME',
                    help="any timm optimizer: sgd, momentum, adamw, lamb, ... (" + _default_help('opt') + ')')
@@ -278,6 +300,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument('--opt-kwargs', nargs='*', default={}, action=ParseKwargs, metavar='KEY=VALUE',
                    help='more keyword arguments for the optimizer')
 
+
+def _schedule_flags(p: ArgumentParser) -> None:
+    """The learning rate schedule flags."""
     g = p.add_argument_group('learning rate schedule')
     g.add_argument('--sched', default='cosine', metavar='NAME',
                    help='cosine, tanh, step, multistep, plateau, poly, wsd, rsqrt, constant or none (timm schedulers)')
@@ -321,6 +346,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument('--patience-epochs', type=non_negative_int, default=10, metavar='N',
                    help='plateau schedule patience')
 
+
+def _augmentation_flags(p: ArgumentParser) -> None:
+    """The augmentation, regularization and loss flags."""
     g = p.add_argument_group('augmentation, regularization and loss')
     g.add_argument('--no-aug', action='store_true', help='no training augmentation (resize + center crop only)')
     g.add_argument('--scale', type=unit_fraction, nargs=2, default=None, metavar=('MIN', 'MAX'),
@@ -361,6 +389,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument('--bce-pos-weight', type=positive_float, default=None, metavar='W',
                    help='BCE: weight of positive targets')
 
+
+def _ema_flags(p: ArgumentParser) -> None:
+    """The model EMA flags."""
     g = p.add_argument_group('model EMA')
     g.add_argument('--model-ema', action='store_true',
                    help='keep an exponential moving average of the weights (timm ModelEmaV3); validated each epoch, '
@@ -370,6 +401,9 @@ def build_parser() -> ArgumentParser:
     g.add_argument('--model-ema-warmup', action='store_true', help='EMA decay warmup')
     g.add_argument('--model-ema-force-cpu', action='store_true', help='keep the EMA on the CPU')
 
+
+def _run_flags(p: ArgumentParser) -> None:
+    """The run, output and checkpoints flags."""
     g = p.add_argument_group('run, output and checkpoints')
     g.add_argument('--seed', type=non_negative_int, default=42, metavar='S',
                    help='seed of init, data order and augmentation')
@@ -393,7 +427,6 @@ def build_parser() -> ArgumentParser:
                         % FAULT_EXIT_CODE)
     g.add_argument('--fail-rank', type=_rank, default=-1, metavar='R',
                    help='testing: the rank that --fail-at-step stops (-1: the last rank)')
-    return p
 
 
 def uses_embedded_digits(args: argparse.Namespace) -> bool:
