@@ -62,10 +62,11 @@ class FCNHead(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.convs[0](x)
-        out = self.context(out)
-        for conv in self.convs[1:]:
+        out = x
+        for i, conv in enumerate(self.convs):
             out = conv(out)
+            if i == 0:  # the attention block sits after the first conv (mmseg's CCHead/NLHead/GCHead)
+                out = self.context(out)
         if self.conv_cat is not None:
             out = self.conv_cat(torch.cat([x, out], dim=1))
         return self.conv_seg(self.dropout(out))

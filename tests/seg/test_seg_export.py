@@ -43,3 +43,15 @@ def test_onnx_runtime_matches_eager(name):
     model = _model(name)
     proto = export_segmentor_onnx(model, torch.randn(2, 3, 64, 72))
     assert check_onnx(proto, model, [torch.randn(1, 3, 64, 72), torch.randn(2, 3, 80, 57)]) < 1e-4
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings('ignore::DeprecationWarning', 'ignore::FutureWarning')
+@pytest.mark.parametrize('name', ['ccnet_r50_d8', 'nlnet_r50_d8', 'gcnet_r50_d8'])
+def test_torchscript(name):
+    model = _model(name)
+    scripted = torch.jit.script(model)
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        expected = model(x)
+        assert float((scripted(x) - expected).abs().max() / expected.abs().max()) < 1e-5
