@@ -167,6 +167,8 @@ def test_local_dir_model_with_label_names(data, tmp_path, capsys):
     assert res['top1'] == round(100 * 3 / 7, 4)  # the 3 'cat' images
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_distributed_two_processes_match_one(data, tmp_path, capsys):
     # a random 3-class model: predictions and loss differ per image, so a dropped or repeated
     # image (uneven shards: 4 + 3 images, last batches of 2 and 1) would change the numbers
@@ -381,3 +383,18 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     pixels = np.asarray(decode_image(str(tmp_path / 'deep.png')))
     expected = np.rint(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
     assert (pixels[..., 0] == expected).all() and pixels.max() < 255  # white only where the image is
+
+
+def test_validate_reports_a_nan_loss_instead_of_dropping_it():
+    """torchmetrics' SumMetric drops NaN by default: a diverged model reported eval_loss 0.0."""
+    from gczoo.evaluate import validate
+
+    class Diverged(torch.nn.Module):
+        def forward(self, x):
+            out = torch.zeros(x.shape[0], 3)
+            out[0] = float('nan')
+            return out
+
+    loader = [(torch.zeros(2, 3, 4, 4), torch.tensor([0, 1]))]
+    metrics = validate(Diverged(), loader, num_classes=3)
+    assert metrics['count'] == 2 and np.isnan(metrics['loss'])

@@ -38,8 +38,10 @@ def validate(
         'top1': torchmetrics.classification.MulticlassAccuracy(num_classes=num_classes, top_k=1, average='micro'),
         f'top{top_k}': torchmetrics.classification.MulticlassAccuracy(num_classes=num_classes, top_k=top_k, average='micro'),
     }).to(device)
-    loss_sum = torchmetrics.SumMetric().to(device)
-    count = torchmetrics.SumMetric().to(device)
+    # nan_strategy='disable': torchmetrics' default drops NaN values with a warning, which made a
+    # diverged model report a mean loss of 0.0; a NaN loss must reach the callers' finiteness checks
+    loss_sum = torchmetrics.SumMetric(nan_strategy='disable').to(device)
+    count = torchmetrics.SumMetric(nan_strategy='disable').to(device)
     criterion = criterion or nn.CrossEntropyLoss()
     autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None
                 else contextlib.nullcontext())
