@@ -2,7 +2,6 @@
 formulation, and reports time and memory ratios (no timed assertions)."""
 import json
 
-import torch
 
 from gczoo.bench.cchead import EinsumCrissCross, build_cc_impls, cc_max_abs_diff
 from gczoo.cli import main

@@ -2,7 +2,6 @@
 mmseg-layout checkpoints (``meta`` + ``state_dict``, mmseg's exact keys and shapes) load through
 ``pretrained=True`` from torch's hub cache and give the reference's logits, whole and slide mode, at two
 input sizes; the key layout at full size for every model; bad checkpoints fail with one message."""
-import os
 
 import pytest
 import torch
