@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # GPU truth (issue 21): one command that proves every CUDA path of gczoo against numbers and measures it.
 #
-#   scripts/gpu_check.sh [OUT]        (default OUT=output/gpu_check; no network; under 8 minutes on one GPU)
+#   scripts/gpu_check.sh [OUT]        (no network; under 8 minutes on one GPU)
+#
+# OUT (and PYTHON, default: python on PATH) are taken from the current folder; default OUT: output/gpu_check
+# in the repository. A missing interpreter, torch/timm/pytest or an unwritable OUT: one line, exit 2.
 #
 # 1. The CUDA tests (pytest -m cuda; tests/cuda/ and every other test marked cuda): each block's forward
 #    and backward in float32/float16/bfloat16 (half modules and autocast) against float64 CPU, channels_last,
@@ -19,14 +22,24 @@
 # Without a GPU, step 1 runs (each test skips with its reason), one line says so and the script exits 0.
 # GCZOO_CUDA_TESTS_ON=cpu runs the tests' arithmetic on the CPU instead (a dry run of the tests).
 set -euo pipefail
+# OUT and PYTHON are paths as the caller wrote them, from the caller's folder (the script then runs in the repo)
+absolute() { if [[ "$1" == /* ]]; then printf '%s' "$1"; else printf '%s' "$PWD/$1"; fi; }
+OUT="${1:-}"
+[[ -n "$OUT" ]] && OUT=$(absolute "$OUT")
+PYTHON="${PYTHON:-$(command -v python || command -v python3 || true)}"
+[[ -n "$PYTHON" ]] || { echo "gpu_check: no python on PATH; activate the environment gczoo is installed in, or set PYTHON=" >&2; exit 2; }
+[[ "$PYTHON" == */* ]] && PYTHON=$(absolute "$PYTHON")
 cd "$(dirname "$0")/.."
-PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
-OUT="${1:-output/gpu_check}"
-mkdir -p "$OUT/bench" 2>/dev/null || { echo "gpu_check: cannot create the output folder $OUT; pass another one" >&2; exit 2; }
+OUT="${OUT:-$PWD/output/gpu_check}"
+mkdir -p "$OUT/bench" 2>/dev/null && [[ -w "$OUT/bench" ]] || {
+    echo "gpu_check: cannot create the output folder $OUT; pass another one" >&2; exit 2; }
 start=$(date +%s)
 
-has_gpu=$("$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))') || {
-    echo "gpu_check: python ($PYTHON) cannot import torch; activate the environment gczoo is installed in" >&2; exit 2; }
+missing=$("$PYTHON" -c 'import importlib.util as u; print(" ".join(m for m in ("torch", "timm", "pytest") if u.find_spec(m) is None))' 2>/dev/null) || {
+    echo "gpu_check: cannot run python ($PYTHON); set PYTHON= to the interpreter of the environment gczoo is installed in" >&2; exit 2; }
+[[ -z "$missing" ]] || {
+    echo "gpu_check: python ($PYTHON) cannot import ${missing// /, }; activate the environment gczoo is installed in (pip install -e '.[test]'), or set PYTHON=" >&2; exit 2; }
+has_gpu=$("$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))')
 if [[ "$has_gpu" == 1 ]]; then
     "$PYTHON" -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"gpu_check: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}")' \
         | tee "$OUT/device.txt"

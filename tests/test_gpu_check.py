@@ -40,3 +40,36 @@ def test_readme_states_what_ran_on_a_gpu():
     text = (REPO / 'README.md').read_text()
     assert 'scripts/gpu_check.sh' in text
     assert '### On a GPU: `scripts/gpu_check.sh`' in text
+
+
+def _python_without_torch(folder):
+    """An interpreter that runs, but without site-packages: no torch, timm or pytest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fake = folder / 'python'
+    fake.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S -E "$@"\n')
+    fake.chmod(0o755)
+    return fake
+
+
+def _gpu_check(args, cwd, python):
+    return subprocess.run(['bash', str(REPO / 'scripts' / 'gpu_check.sh'), *args], capture_output=True, text=True,
+                          timeout=60, env=subprocess_env(PYTHON=str(python)), cwd=str(cwd))
+
+
+def test_gpu_check_refuses_a_python_without_torch_in_one_line(tmp_path):
+    fake = _python_without_torch(tmp_path / 'bin')
+    proc = _gpu_check([str(tmp_path / 'out')], REPO, fake)
+    assert proc.returncode == 2 and proc.stdout == ''
+    assert proc.stderr.strip().splitlines() == [  # no traceback before it
+        f"gpu_check: python ({fake}) cannot import torch, timm, pytest; activate the environment gczoo is installed "
+        f"in (pip install -e '.[test]'), or set PYTHON="]
+    proc = _gpu_check([str(tmp_path / 'out')], REPO, tmp_path / 'no' / 'python')
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
+    assert proc.stderr.startswith(f'gpu_check: cannot run python ({tmp_path / "no" / "python"}); set PYTHON=')
+
+
+def test_gpu_check_takes_out_and_python_from_the_callers_folder(tmp_path):
+    _python_without_torch(tmp_path / 'bin')  # stops the script right after it made OUT
+    proc = _gpu_check(['rel_out'], tmp_path, 'bin/python')  # both relative to cwd, which is not the repo
+    assert proc.returncode == 2 and f'python ({tmp_path / "bin" / "python"}) cannot import torch' in proc.stderr
+    assert (tmp_path / 'rel_out' / 'bench').is_dir() and not (REPO / 'rel_out').exists()
