@@ -46,7 +46,9 @@ if [[ "$has_gpu" == 1 ]]; then
 fi
 
 echo "gpu_check: [1/3] the CUDA tests (pytest -m cuda)"
-"$PYTHON" -m pytest -q -m cuda -rs -p no:cacheprovider --junitxml "$OUT/cuda_tests.xml" tests
+"$PYTHON" -m pytest -q -m cuda -rs -p no:cacheprovider --junitxml "$OUT/cuda_tests.xml" tests || { rc=$?
+    echo "gpu_check: the CUDA tests failed (pytest exit status $rc; the failures are above and in $OUT/cuda_tests.xml); the benchmarks did not run" >&2
+    exit "$rc"; }
 
 if [[ "$has_gpu" != 1 && "${GCZOO_CUDA_TESTS_ON:-}" != cpu ]]; then
     echo "gpu_check: no CUDA GPU on this machine (torch.cuda.is_available() is False): the CUDA tests skipped and no benchmark ran; run scripts/gpu_check.sh where a GPU is"

@@ -73,3 +73,15 @@ def test_gpu_check_takes_out_and_python_from_the_callers_folder(tmp_path):
     proc = _gpu_check(['rel_out'], tmp_path, 'bin/python')  # both relative to cwd, which is not the repo
     assert proc.returncode == 2 and f'python ({tmp_path / "bin" / "python"}) cannot import torch' in proc.stderr
     assert (tmp_path / 'rel_out' / 'bench').is_dir() and not (REPO / 'rel_out').exists()
+
+
+def test_gpu_check_says_when_the_cuda_tests_failed(tmp_path):
+    fake = tmp_path / 'python'  # the real interpreter, whose `-m pytest` fails as a failed test run does
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = pytest ]; then echo "1 failed"; exit 1; fi\n'
+                    f'exec "{sys.executable}" "$@"\n')
+    fake.chmod(0o755)
+    proc = _gpu_check([str(tmp_path / 'out')], REPO, fake)
+    assert proc.returncode == 1, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f'gpu_check: the CUDA tests failed (pytest exit status 1; the failures are above and in '
+        f'{tmp_path / "out" / "cuda_tests.xml"}); the benchmarks did not run')
