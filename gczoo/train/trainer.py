@@ -44,7 +44,7 @@ from .guards import any_rank, diverged, non_finite_tensors, warn_frozen_attentio
 from .loaders import build_loaders, train_data_config
 from .outputs import EXPORT_DIR, export_best, plot_summary, write_args, write_results, write_summary
 from .rundir import RunLock, claim_run_dir, elastic_restart_count
-from .state import Progress, checkpoint_payload, rank_states, restore_training_state
+from .state import Progress, RunData, TrainingState, checkpoint_payload, rank_states, restore_training_state
 
 __all__ = ['Trainer', 'train']
 
@@ -110,7 +110,7 @@ class Trainer:
         self.checkpoint_files = CheckpointFiles(self.out_dir, args.checkpoint_hist,
                                                 decreasing=args.eval_metric == 'loss')
         if ckpt is not None:
-            self.progress = restore_training_state(self, ckpt, self.resume_path)
+            self.progress = restore_training_state(self.state, ckpt, self.resume_path)
             self.checkpoint_files.load(ckpt.get('history_files'))
             self.log(f'resumed from {self.resume_path}: epoch {self.progress.epoch + 1}, batch '
                      f'{self.progress.batches_done}/{self.batches_per_epoch}, update {self.progress.num_updates}')
@@ -126,12 +126,12 @@ class Trainer:
         """``--start-epoch`` (timm's: counted from 0, it overrides the resumed epoch; the schedule starts there)."""
         p = self.progress
         p.epoch, p.batches_done, p.loss_sum, p.loss_count = epoch, 0, 0.0, 0
-        p.num_updates = epoch * self.updates_per_epoch
+        p.num_updates = epoch * self.optimization.updates_per_epoch
         p.history = [row for row in p.history if row['epoch'] < epoch]  # rows count epochs from 0, as timm's
-        if self.scheduler is not None:
-            self.scheduler.step(epoch)
-            self.scheduler.step_update(p.num_updates)
-        self.log(f'--start-epoch {epoch}: training starts at epoch {epoch + 1} of {self.num_epochs}')
+        if self.optimization.scheduler is not None:
+            self.optimization.scheduler.step(epoch)
+            self.optimization.scheduler.step_update(p.num_updates)
+        self.log(f'--start-epoch {epoch}: training starts at epoch {epoch + 1} of {self.optimization.num_epochs}')
 
     def close(self) -> None:
         """Release the output folder's lock (rank 0)."""
@@ -192,12 +192,15 @@ class Trainer:
             self.log('--freeze-bn-stats: BatchNorm uses its running statistics; affine weights train')
 
     def _build_optimization(self) -> None:
-        parts = create_optimization(self.args, self.model, num_classes=self.num_classes,
-                                    world_size=self.env.world_size, batches_per_epoch=self.batches_per_epoch,
-                                    device=self.device, amp_dtype=self.amp_dtype, log=self.log)
-        for name in ('lr', 'optimizer', 'scheduler', 'num_epochs', 'updates_per_epoch', 'loss_scaler', 'model_ema',
-                     'mixup_fn', 'train_loss_fn', 'val_loss_fn'):
-            setattr(self, name, getattr(parts, name))
+        self.optimization = create_optimization(
+            self.args, self.model, num_classes=self.num_classes, world_size=self.env.world_size,
+            batches_per_epoch=self.batches_per_epoch, device=self.device, amp_dtype=self.amp_dtype, log=self.log)
+        # what a checkpoint saves and a resume restores, passed explicitly (as timm's CheckpointSaver takes them)
+        self.state = TrainingState(
+            self.args, self.env, self.model, self.optimization,
+            RunData(list(self.class_names), len(self.train_set), len(self.val_set), self.data_what,
+                    self.batches_per_epoch, self.loader_generator),
+            self.log)
 
     def _wrap_model(self) -> None:
         self.train_model: nn.Module = self.model
@@ -213,12 +216,14 @@ class Trainer:
     def save_checkpoint(self, metric: Optional[float] = None, best: bool = False) -> None:
         """Write ``last.pth.tar``; with an epoch's ``metric`` also ``model_best.pth.tar`` (if ``best``) and
         ``checkpoint-<epoch>.pth.tar`` (if it ranks). Every rank must call it."""
-        ranks = rank_states(self)
+        ranks = rank_states(self.state, self.progress)
         if not self.env.is_main:
             return
         # checkpoint-<epoch> counts from 0 like summary.csv and timm's CheckpointSaver (progress.epoch is epochs done)
         epoch = self.progress.epoch - 1 if metric is not None else None
-        self.checkpoint_files.save(checkpoint_payload(self, ranks), epoch=epoch, metric=metric, best=best)
+        elapsed = self.progress.elapsed + time.time() - self.process_started
+        self.checkpoint_files.save(checkpoint_payload(self.state, self.progress, ranks, elapsed), epoch=epoch,
+                                   metric=metric, best=best)
 
     def _where(self, after_update: bool = False) -> str:
         p, batches = self.progress, self.batches_per_epoch
@@ -228,12 +233,13 @@ class Trainer:
 
     def _check_weights_finite(self, before: str) -> None:
         """Stop before validating or saving weights that hold NaN/inf (a collective)."""
-        modules = [self.model] + ([self.model_ema.module] if self.model_ema is not None else [])
+        ema = self.optimization.model_ema
+        modules = [self.model] + ([ema.module] if ema is not None else [])
         bad = non_finite_tensors(modules)
         if any_rank(bool(bad), self.device):
             what = f'the weights hold NaN or infinite values ({", ".join(bad[:6]) or "on another rank"})'
-            raise diverged(what, f'{self._where(after_update=True)}, {before}', self.args, self.lr, self.amp_dtype,
-                           self.out_dir / LAST_CHECKPOINT)
+            raise diverged(what, f'{self._where(after_update=True)}, {before}', self.args, self.optimization.lr,
+                           self.amp_dtype, self.out_dir / LAST_CHECKPOINT)
 
     # -- training ----------------------------------------------------------------------------
 
@@ -244,11 +250,11 @@ class Trainer:
         self.log(f'{a.model}: {n_params / 1e6:.2f}M parameters, {self.num_classes} classes | {self.data_what}: '
                  f'{len(self.train_set)} train / {len(self.val_set)} val images | {self.env.world_size} process(es) '
                  f'on {self.device}, batch {a.batch_size} x {self.env.world_size} x {a.grad_accum_steps} accum, '
-                 f'lr {self.lr:g}, {self.num_epochs} epochs | output {self.out_dir}')
-        if self.progress.epoch >= self.num_epochs:
-            self.log(f'the checkpoint is at epoch {self.progress.epoch}, the schedule has {self.num_epochs}: '
-                     f'nothing left to train')
-        while self.progress.epoch < self.num_epochs:
+                 f'lr {self.optimization.lr:g}, {self.optimization.num_epochs} epochs | output {self.out_dir}')
+        if self.progress.epoch >= self.optimization.num_epochs:
+            self.log(f'the checkpoint is at epoch {self.progress.epoch}, the schedule has '
+                     f'{self.optimization.num_epochs}: nothing left to train')
+        while self.progress.epoch < self.optimization.num_epochs:
             epoch_start = time.time()
             images = self.train_epoch()
             self.end_epoch(images, train_time=time.time() - epoch_start, epoch_start=epoch_start)
@@ -265,15 +271,16 @@ class Trainer:
     def _backward(self, loss: torch.Tensor, need_update: bool) -> None:
         """timm train.py's backward: ``NativeScaler`` (backward, unscale, clip, step) under float16, else plain."""
         args = self.args
-        if self.loss_scaler is not None:
-            self.loss_scaler(loss, self.optimizer, clip_grad=args.clip_grad, clip_mode=args.clip_mode,
-                             parameters=self.model.parameters(), need_update=need_update)
+        if self.optimization.loss_scaler is not None:
+            self.optimization.loss_scaler(loss, self.optimization.optimizer, clip_grad=args.clip_grad,
+                                          clip_mode=args.clip_mode, parameters=self.model.parameters(),
+                                          need_update=need_update)
             return
         loss.backward()
         if need_update:
             if args.clip_grad is not None:
                 dispatch_clip_grad(self.model.parameters(), value=args.clip_grad, mode=args.clip_mode)
-            self.optimizer.step()
+            self.optimization.optimizer.step()
 
     def train_epoch(self) -> int:
         """The rest of the current epoch (all of it unless resumed mid-epoch); returns this rank's image count."""
@@ -281,19 +288,20 @@ class Trainer:
 
         args, env, p = self.args, self.env, self.progress
         epoch = p.epoch
-        if self.mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
-            self.mixup_fn.mixup_enabled = False
+        if self.optimization.mixup_fn is not None and args.mixup_off_epoch and epoch >= args.mixup_off_epoch:
+            self.optimization.mixup_fn.mixup_enabled = False
         self.sampler.set_epoch(epoch)
         self.sampler.set_start(p.batches_done * args.batch_size)
         self.train_set.set_epoch(epoch)
         self._set_train_mode()
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
-        bar = tqdm(total=self.batches_per_epoch, initial=p.batches_done, desc=f'epoch {epoch + 1}/{self.num_epochs}',
-                   unit='batch', leave=False, dynamic_ncols=True, disable=not self.show_progress)
+        bar = tqdm(total=self.batches_per_epoch, initial=p.batches_done,
+                   desc=f'epoch {epoch + 1}/{self.optimization.num_epochs}', unit='batch', leave=False,
+                   dynamic_ncols=True, disable=not self.show_progress)
         images_seen = 0
         bad_loss: Optional[float] = None  # a non-finite loss in the update being accumulated
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimization.optimizer.zero_grad(set_to_none=True)
         for batch_idx, (images, targets) in enumerate(self.train_loader, start=p.batches_done):
             # the update groups are fixed by the position in the epoch, so a resumed epoch keeps them
             group_start = (batch_idx // args.grad_accum_steps) * args.grad_accum_steps
@@ -303,19 +311,20 @@ class Trainer:
             targets = targets.to(self.device, non_blocking=True)
             if args.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            if self.mixup_fn is not None:
-                images, targets = self.mixup_fn(images, targets)
+            if self.optimization.mixup_fn is not None:
+                images, targets = self.optimization.mixup_fn(images, targets)
             # DDP all-reduces gradients on the last micro-batch of an update only
             sync = self.train_model.no_sync() if env.distributed and not need_update else contextlib.nullcontext()
             with sync:
                 with autocast:
-                    loss = self.train_loss_fn(self.train_model(images), targets)
+                    loss = self.optimization.train_loss_fn(self.train_model(images), targets)
                 loss_value = float(loss.detach().float().item())
                 if not math.isfinite(loss_value):
                     bad_loss = loss_value
                 if need_update and any_rank(bad_loss is not None, self.device):  # before the update is applied
                     what = f'the training loss is {bad_loss if bad_loss is not None else "NaN/inf on another rank"}'
-                    raise diverged(what, self._where(), args, self.lr, self.amp_dtype, self.out_dir / LAST_CHECKPOINT)
+                    raise diverged(what, self._where(), args, self.optimization.lr, self.amp_dtype,
+                                   self.out_dir / LAST_CHECKPOINT)
                 self._backward(loss / group_size, need_update)
             p.loss_sum += loss_value * images.shape[0]
             p.loss_count += images.shape[0]
@@ -325,13 +334,13 @@ class Trainer:
             if not need_update:
                 continue
 
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimization.optimizer.zero_grad(set_to_none=True)
             p.num_updates += 1
-            if self.model_ema is not None:
-                self.model_ema.update(self.model, step=p.num_updates)
-            if self.scheduler is not None:
-                self.scheduler.step_update(num_updates=p.num_updates)
-            lr = self.optimizer.param_groups[0]['lr']
+            if self.optimization.model_ema is not None:
+                self.optimization.model_ema.update(self.model, step=p.num_updates)
+            if self.optimization.scheduler is not None:
+                self.optimization.scheduler.step_update(num_updates=p.num_updates)
+            lr = self.optimization.optimizer.param_groups[0]['lr']
             bar.set_postfix(loss=f'{p.loss_sum / max(p.loss_count, 1):.4f}', lr=f'{lr:.3g}')
             if (args.fail_at_step == p.num_updates and env.rank == args.fail_rank
                     and elastic_restart_count() == 0):
@@ -354,7 +363,7 @@ class Trainer:
             model = copy.deepcopy(model).to(self.device)
         loader = SkippingLoader(self.val_loader)
         metrics = validate(model, loader, num_classes=self.num_classes, device=self.device, amp_dtype=self.amp_dtype,
-                           channels_last=self.args.channels_last, criterion=self.val_loss_fn,
+                           channels_last=self.args.channels_last, criterion=self.optimization.val_loss_fn,
                            progress=label if self.show_progress else None)
         skipped: List[str] = list(loader.bad_files)
         if self.env.distributed:
@@ -372,12 +381,13 @@ class Trainer:
                               device=self.device)
         if self.env.distributed:
             dist.all_reduce(totals)
-        lr = self.optimizer.param_groups[0]['lr']
+        lr = self.optimization.optimizer.param_groups[0]['lr']
         # the ranks' BatchNorm statistics differ (each followed its own batches): make them one model's, so
         # what every rank validates is what rank 0 saves (timm's --dist-bn)
         distribute_bn(self.model, args.dist_bn, self.device)
-        if self.model_ema is not None:
-            distribute_bn(self.model_ema.module, args.dist_bn, self.device)  # ModelEmaV3 averages each rank's
+        if self.optimization.model_ema is not None:
+            # ModelEmaV3 averages each rank's own BN statistics
+            distribute_bn(self.optimization.model_ema.module, args.dist_bn, self.device)
         self._check_weights_finite('before validation')
         metrics = self._validate(self.model, 'validate')
         row: Dict[str, Any] = {
@@ -385,8 +395,8 @@ class Trainer:
             'eval_loss': metrics['loss'], 'eval_top1': metrics['top1'], 'eval_top5': metrics['top5'], 'lr': lr,
             'images_per_s': float(totals[2]) / train_time if train_time > 0 else None, 'epoch_time': 0.0}
         chosen = metrics
-        if self.model_ema is not None:
-            chosen = self._validate(self.model_ema.module, 'validate EMA')
+        if self.optimization.model_ema is not None:
+            chosen = self._validate(self.optimization.model_ema.module, 'validate EMA')
             row.update(ema_eval_loss=chosen['loss'], ema_eval_top1=chosen['top1'], ema_eval_top5=chosen['top5'])
         row['epoch_time'] = time.time() - epoch_start
         self.val_counts = {'evaluated': int(metrics['count']), 'skipped': len(metrics['skipped']),
@@ -395,8 +405,8 @@ class Trainer:
             self.log(f'validation skipped {len(metrics["skipped"])} unreadable image(s), counted nowhere: '
                      f'{", ".join(metrics["skipped"][:5])}' + (' ...' if len(metrics['skipped']) > 5 else ''))
         metric = chosen[args.eval_metric]
-        if self.scheduler is not None:
-            self.scheduler.step(epoch + 1, metric)
+        if self.optimization.scheduler is not None:
+            self.optimization.scheduler.step(epoch + 1, metric)
         is_best = p.best is None or (metric < p.best['metric'] if args.eval_metric == 'loss'
                                      else metric > p.best['metric'])
         if is_best:
@@ -407,10 +417,10 @@ class Trainer:
         if self.env.is_main:
             write_summary(self.out_dir, p.history)
             plot_summary(self.out_dir, p.history)
-            ema = f"  EMA top-1 {row['ema_eval_top1']:.2f}" if self.model_ema is not None else ''
+            ema = f"  EMA top-1 {row['ema_eval_top1']:.2f}" if self.optimization.model_ema is not None else ''
             speed = f"{row['images_per_s']:.0f} img/s  " if row['images_per_s'] is not None else ''
             train_loss = row['train_loss'] if row['train_loss'] is not None else float('nan')
-            print(f"epoch {epoch + 1}/{self.num_epochs}  train_loss {train_loss:.4f}  eval_loss "
+            print(f"epoch {epoch + 1}/{self.optimization.num_epochs}  train_loss {train_loss:.4f}  eval_loss "
                   f"{row['eval_loss']:.4f}  top-1 {row['eval_top1']:.2f}  top-5 {row['eval_top5']:.2f}{ema}  "
                   f"lr {lr:.3g}  "
                   f"{speed}{row['epoch_time']:.1f} s", flush=True)
@@ -444,7 +454,7 @@ class Trainer:
                 'data': self.data_what, 'train_images': len(self.train_set), 'val_images': len(self.val_set),
                 'val_images_evaluated': counts.get('evaluated'), 'val_images_skipped': counts.get('skipped'),
                 'val_skipped_files': counts.get('skipped_files'),
-                'world_size': self.env.world_size, 'epochs': self.num_epochs, 'num_updates': p.num_updates,
+                'world_size': self.env.world_size, 'epochs': self.optimization.num_epochs, 'num_updates': p.num_updates,
                 'best': p.best, 'final': final,
                 'wall_time_s': p.elapsed + time.time() - self.process_started,
                 'this_process_s': time.time() - self.started,
