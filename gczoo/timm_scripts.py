@@ -9,17 +9,19 @@ imported. This runs the script as ``python SCRIPT.py ARGS`` would -- as ``__main
     gczoo timm validate.py /data/imagenet --model resnet50_gc --pretrained
     torchrun --nproc-per-node 8 --no-python gczoo timm train.py /data/imagenet --model resnet50_gc ...
 
-A script that is missing, not a ``.py`` file, or not one of timm's (it never imports timm) ends in one
-line and exit status 2; the script's own exit status is returned.
+A script that is missing, a folder, not a ``.py`` file, or not one of timm's (it never imports timm), and
+a script asking timm for a name this timm does not have (a script from a newer timm) end in one line and
+exit status 2; the script's own exit status is returned. ``sys.argv[0]`` is the path as given and
+``__file__`` its absolute form, as ``python SCRIPT.py`` sets them; a ``--`` before the script is skipped.
 """
 import os
 import re
-import runpy
 import sys
+import types
 from pathlib import Path
 from typing import List, Optional
 
-from gczoo.errors import UsageError
+from gczoo.errors import UsageError, one_line
 
 __all__ = ['USAGE', 'check_script', 'run_script', 'main']
 
@@ -34,6 +36,9 @@ USAGE = ('usage: gczoo timm SCRIPT.py [ARGS ...]\n\n'
 def check_script(path: str) -> Path:
     """``path`` as a readable Python file that imports timm, or ``UsageError`` saying what is wrong."""
     script = Path(path)
+    if script.is_dir():
+        raise UsageError(f'{path!r} is a folder, not a script; give the path of one of timm\'s scripts in it, '
+                         f'e.g. {os.path.join(path, "validate.py")}')
     if script.suffix != '.py':
         raise UsageError(f'{path!r} is not a Python script (.py); give one of timm\'s scripts, e.g. validate.py '
                          f'from https://github.com/huggingface/pytorch-image-models')
@@ -48,14 +53,42 @@ def check_script(path: str) -> Path:
     return script
 
 
-def run_script(script: Path, args: List[str]) -> int:
-    """Run ``script`` as ``__main__`` with ``args`` after ``import gczoo``; its exit status."""
+def _newer_timm(script: Path, error: ImportError) -> UsageError:
+    import timm
+    return UsageError(f'{script.name} needs what this timm {timm.__version__} does not have ({one_line(error)}): it '
+                      f'is from another timm release; use the script from timm\'s v{timm.__version__} tag (git '
+                      f'checkout v{timm.__version__} in its clone) or upgrade timm')
+
+
+def _exec_as_main(path: str) -> None:
+    """``path``'s code run as ``__main__`` (runpy.run_path would also rewrite ``sys.argv[0]`` to ``path``)."""
+    with open(path, 'rb') as f:
+        code = compile(f.read(), path, 'exec', dont_inherit=True)
+    main_module = types.ModuleType('__main__')
+    main_module.__dict__.update(__file__=path, __cached__=None, __loader__=None, __package__=None, __spec__=None)
+    saved = sys.modules.get('__main__')
+    sys.modules['__main__'] = main_module  # pickle and multiprocessing find the script's classes there
+    try:
+        exec(code, main_module.__dict__)
+    finally:
+        if saved is not None:
+            sys.modules['__main__'] = saved
+
+
+def run_script(script: Path, args: List[str], argv0: Optional[str] = None) -> int:
+    """Run ``script`` as ``__main__`` with ``args`` after ``import gczoo``; its exit status. ``sys.argv[0]``
+    is ``argv0`` (the path as the user wrote it; default ``str(script)``), ``__file__`` the absolute path."""
     import gczoo  # noqa: F401  (registers the zoo models with timm before the script asks for one)
     saved_argv, saved_path = sys.argv, list(sys.path)
-    sys.argv = [str(script)] + list(args)
+    sys.argv = [str(script) if argv0 is None else argv0] + list(args)
+    path = os.path.join(os.getcwd(), script)  # Python (3.9+) makes __main__.__file__ absolute, not normalised
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python SCRIPT.py` sets sys.path[0]
     try:
-        runpy.run_path(str(script), run_name='__main__')
+        _exec_as_main(path)
+    except ImportError as e:
+        if (e.name or '').split('.')[0] != 'timm':
+            raise
+        raise _newer_timm(script, e) from e
     except SystemExit as e:  # the script's own sys.exit / argparse's exit
         if e.code is None or isinstance(e.code, int):
             return int(e.code or 0)
@@ -69,7 +102,8 @@ def run_script(script: Path, args: List[str]) -> int:
 def main(argv: Optional[List[str]] = None) -> int:
     """``gczoo timm SCRIPT.py ARGS``: see the module docstring."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    argv = argv[1:] if argv[:1] == ['--'] else argv  # `gczoo timm -- SCRIPT.py ARGS`
     if not argv or argv[0] in ('-h', '--help'):
         print(USAGE)
         return 0 if argv else 2
-    return run_script(check_script(argv[0]), argv[1:])
+    return run_script(check_script(argv[0]), argv[1:], argv0=argv[0])

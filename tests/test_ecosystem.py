@@ -123,6 +123,40 @@ def test_gczoo_timm_returns_the_scripts_exit_status(tmp_path):
     assert gczoo_main(['timm', str(script), '--flag', 'x']) == 3
 
 
+def test_gczoo_timm_sets_argv_file_and_path_as_python_does(tmp_path, monkeypatch, capsys):
+    """``python ./d s/s p.py -- x``: argv[0] as written, __file__ absolute, sys.path[0] the script's folder,
+    classes defined in the script picklable (``__main__`` is the script); ``gczoo timm -- SCRIPT`` too."""
+    folder = tmp_path / 'd s'
+    folder.mkdir()
+    (folder / 's p.py').write_text(
+        'import os, pickle, sys, timm\nclass Thing: pass\npickle.loads(pickle.dumps(Thing()))\n'
+        'print(repr([sys.argv, __file__, sys.path[0], __name__, timm.is_model("resnet18_gc")]))\n')
+    monkeypatch.chdir(tmp_path)
+    expected = [['./d s/s p.py', '--', 'x'], str(folder / 's p.py'), str(folder), '__main__', True]
+    for argv in (['timm', './d s/s p.py', '--', 'x'], ['timm', '--', './d s/s p.py', '--', 'x']):
+        assert gczoo_main(argv) == 0, capsys.readouterr().err
+        assert capsys.readouterr().out.strip() == repr(expected)
+    assert sys.argv[0] != './d s/s p.py' and sys.modules['__main__'].__name__ == '__main__'
+
+
+def test_gczoo_timm_one_line_for_a_folder_or_a_script_of_another_timm(tmp_path, capsys):
+    (tmp_path / 'scripts.py').mkdir()
+    newer = tmp_path / 'newer.py'
+    newer.write_text('import timm\nfrom timm.layers import a_layer_of_a_later_timm\n')
+    cases = [(tmp_path / 'scripts.py', 'is a folder, not a script'),
+             (newer, f'newer.py needs what this timm {timm.__version__} does not have (cannot import name '
+                     f"'a_layer_of_a_later_timm' from 'timm.layers'")]
+    for path, message in cases:
+        assert gczoo_main(['timm', str(path)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith('gczoo timm: error: ') and message in err and err.count('\n') == 1, err
+    assert f'v{timm.__version__} tag' in err
+    other = tmp_path / 'other.py'  # an ImportError of another package stays the script's own (a traceback)
+    other.write_text('import timm\nimport a_package_nobody_has\n')
+    with pytest.raises(ModuleNotFoundError):
+        gczoo_main(['timm', str(other)])
+
+
 # ---------------------------------------------------------------------------------------------
 # 2. transformers loads an export, with timm's logits
 
