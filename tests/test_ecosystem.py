@@ -296,6 +296,36 @@ def test_freeze_backbone_bn_keeps_the_attention_norms_trainable():
     assert isinstance(zoo.bn1, FrozenBatchNorm2d) and frozen_zero_init(zoo) == []
 
 
+def test_freeze_backbone_bn_twice_compiled_plain_timm_and_ddp(tmp_path):
+    import torch.distributed as dist
+    from timm.layers import freeze_batch_norm_2d
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from gczoo.layers import freeze_backbone_bn, frozen_zero_init
+    twice = freeze_backbone_bn(freeze_backbone_bn(_backbone_with_non_local()))
+    assert isinstance(twice[1], FrozenBatchNorm2d) and type(twice[3][0].norm) is nn.BatchNorm2d
+    assert isinstance(freeze_backbone_bn(timm.create_model('resnet18', num_classes=2)).bn1, FrozenBatchNorm2d)
+    compiled = torch.compile(_backbone_with_non_local(), backend='eager')
+    x = torch.randn(2, 3, 6, 10)
+    compiled(x)  # compiled and run once, then frozen: the next call runs the frozen model
+    assert freeze_backbone_bn(compiled) is compiled and isinstance(compiled._orig_mod[1], FrozenBatchNorm2d)
+    assert type(compiled._orig_mod[3][0].norm) is nn.BatchNorm2d
+    torch.testing.assert_close(compiled(x), compiled._orig_mod(x))
+    trained = _backbone_with_non_local()
+    with torch.no_grad():
+        trained[3][0].norm.weight.fill_(0.3)  # a trained (non-zero) weight frozen is not the identity
+    assert frozen_zero_init(freeze_batch_norm_2d(trained)) == []
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "pg"}', rank=0, world_size=1)
+    try:
+        ddp = nn.parallel.DistributedDataParallel(_backbone_with_non_local())
+        with pytest.raises(ValueError, match='already wrapped in DistributedDataParallel.*freeze first, then wrap'):
+            freeze_backbone_bn(ddp)  # it used to work, then the second step failed on the frozen parameters
+        assert type(ddp.module[1]) is nn.BatchNorm2d
+        assert frozen_zero_init(freeze_batch_norm_2d(ddp)) == ['module.3.0.norm.weight (FrozenBatchNorm2d)']
+    finally:
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------------------------------------
 # 5. missing weights are not an out-of-memory for timm's validate.py
 

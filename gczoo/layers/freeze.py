@@ -40,7 +40,13 @@ def freeze_backbone_bn(model: nn.Module) -> nn.Module:
     """``model`` with every BatchNorm outside the gczoo attention blocks turned into timm's
     ``FrozenBatchNorm2d`` (``timm.layers.freeze_batch_norm_2d``, in place where it can be); the blocks'
     norms, the Non-local block's zero-initialised output BN among them, stay trainable. Returns the
-    model (a new module only if ``model`` itself is a BatchNorm), as timm's function does."""
+    model (a new module only if ``model`` itself is a BatchNorm), as timm's function does. Freeze before
+    wrapping in ``DistributedDataParallel`` (a wrapped model is refused: DDP keeps the parameters it was
+    built with, and the frozen norms' would never get gradients); ``torch.compile``'d models are fine."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        raise ValueError('freeze_backbone_bn: the model is already wrapped in DistributedDataParallel, which keeps '
+                         'the BatchNorm parameters it was built with (its next step fails on them); freeze first, '
+                         'then wrap: DistributedDataParallel(freeze_backbone_bn(model), ...)')
     classes = _attention_classes()
     if isinstance(model, classes):
         return model
