@@ -186,6 +186,24 @@ def test_transformers_loads_an_export_with_timms_logits(tmp_path):
     assert 'num_classes' not in json.loads((folder / 'config.json').read_text())['model_args']  # the cause
 
 
+def test_export_of_one_channel_headless_and_features_only_models(tmp_path):
+    """in_chans=1 and num_classes=0 round-trip through ``local-dir:``; a features_only model is refused in one
+    line that says how to get it (and that way works)."""
+    model = _random_weights(timm.create_model('resnet18_gc', in_chans=1, num_classes=0))
+    folder = save_pretrained(model, tmp_path / 'gray')
+    config = json.loads((folder / 'config.json').read_text())
+    assert config['num_classes'] == 0 and config['model_args']['in_chans'] == 1
+    x = torch.randn(1, 1, 40, 56, dtype=torch.float64)
+    back = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(back.double()(x), model.double()(x))
+        features = timm.create_model(f'local-dir:{folder}', pretrained=True, features_only=True).eval().double()
+        torch.testing.assert_close(features(x)[-1], model.forward_features(x))
+    with pytest.raises(ValueError, match=r'cannot save a FeatureListNet \(a features_only model\).*features_only=True'):
+        save_pretrained(features, tmp_path / 'features')
+    assert not (tmp_path / 'features').exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. an export's metadata describes the weights in it
 

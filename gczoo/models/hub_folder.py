@@ -83,6 +83,10 @@ def save_pretrained(
     from timm.models import save_for_hf
     if not hasattr(model, 'pretrained_cfg'):
         raise TypeError(f'model must be a timm model (with a pretrained_cfg), got {type(model).__name__}')
+    if not hasattr(model, 'num_classes'):  # timm's features_only wrappers (FeatureListNet, FeatureHooks, ...)
+        raise ValueError(f'cannot save a {type(model).__name__} (a features_only model) in timm\'s Hub layout: save '
+                         f'the classification model (num_classes=0 for no head) and build the features_only model '
+                         f'from the folder: timm.create_model("local-dir:DIR", pretrained=True, features_only=True)')
     out = Path(out_dir)
     model_config: Dict[str, Any] = {'num_classes': model.num_classes}
     if label_names is not None:
