@@ -398,3 +398,20 @@ def test_summary_epochs_count_from_zero_like_timm(tmp_path):
     best = json.loads((run / 'results.json').read_text())['best']['epoch']
     assert best in (0, 1) and (run / f'checkpoint-{best}.pth.tar').is_file()
     assert sorted(p.name for p in run.glob('checkpoint-*')) == ['checkpoint-0.pth.tar', 'checkpoint-1.pth.tar']
+
+
+@pytest.mark.slow
+def test_summary_of_a_resumed_run_is_contiguous_from_zero(tmp_path):
+    """Resumed from an earlier epoch's checkpoint with more epochs: epochs 0..N-1 once each, the rows before
+    the resume point those of the first run (timm's update_summary would append after the old rows)."""
+    data = make_image_folder(tmp_path / 'data', train_per_class=2, val_per_class=1, size=16)
+    assert run_train(tiny_args(data, tmp_path, 'run', epochs=2, img_size=16, checkpoint_hist=2)) == 0
+    run = tmp_path / 'run'
+    first = summary_rows(run)
+    assert [r['epoch'] for r in first] == ['0', '1']
+    assert run_train(tiny_args(data, tmp_path, 'run', epochs=3, img_size=16, checkpoint_hist=3,
+                               resume=run / 'checkpoint-0.pth.tar')) == 0
+    rows = summary_rows(run)
+    assert [r['epoch'] for r in rows] == ['0', '1', '2']
+    assert rows[0] == first[0]
+    assert json.loads((run / 'results.json').read_text())['best']['epoch'] in (0, 1, 2)
