@@ -204,6 +204,26 @@ def test_export_of_one_channel_headless_and_features_only_models(tmp_path):
     assert not (tmp_path / 'features').exists()
 
 
+@pytest.mark.slow
+def test_transformers_without_import_gczoo_says_upgrade_timm_as_the_readme_warns(tmp_path):
+    """What a user sees when gczoo was not imported: transformers' own "upgrade timm" (README's warning), and
+    the same folder loading in the same process once ``import gczoo`` ran."""
+    folder = save_pretrained(timm.create_model('resnet18_gc', num_classes=3), tmp_path / 'export')
+    code = ('import sys, transformers\n'
+            'try:\n    transformers.AutoModelForImageClassification.from_pretrained(sys.argv[1])\n'
+            'except ImportError as e:\n    print("REFUSED", e)\n'
+            'import gczoo\nm = transformers.AutoModelForImageClassification.from_pretrained(sys.argv[1])\n'
+            'print("LOADED", m.config.architecture, m.num_labels)\n')
+    out = subprocess.run([sys.executable, '-c', code, str(folder)], capture_output=True, text=True, timeout=300,
+                         env=subprocess_env())
+    assert out.returncode == 0, out.stderr[-2000:]
+    refused, loaded = [line for line in out.stdout.splitlines() if line.startswith(('REFUSED', 'LOADED'))]
+    assert "'resnet18_gc' is not supported in your version of timm" in refused and 'upgrade timm' in refused
+    assert loaded == 'LOADED resnet18_gc 3'
+    readme = (Path(__file__).resolve().parents[1] / 'README.md').read_text()
+    assert 'Without `import gczoo`, transformers says' in readme and 'upgrading timm does not help' in readme
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. an export's metadata describes the weights in it
 
