@@ -21,6 +21,7 @@
 #
 # Without a GPU, step 1 runs (each test skips with its reason), one line says so and the script exits 0.
 # GCZOO_CUDA_TESTS_ON=cpu runs the tests' arithmetic on the CPU instead (a dry run of the tests).
+if [ -z "${BASH_VERSION:-}" ]; then echo "gpu_check: run it with bash (scripts/gpu_check.sh or bash scripts/gpu_check.sh), not sh" >&2; exit 2; fi
 set -euo pipefail
 # OUT and PYTHON are paths as the caller wrote them, from the caller's folder (the script then runs in the repo)
 absolute() { if [[ "$1" == /* ]]; then printf '%s' "$1"; else printf '%s' "$PWD/$1"; fi; }

@@ -1,5 +1,6 @@
 """scripts/gpu_check.sh without a GPU (issue 21): the CUDA tests are collected and skip with the reason,
 one line says no GPU is here, exit 0; the README's GPU section says what was (not) measured."""
+import os
 import subprocess
 import sys
 
@@ -85,3 +86,12 @@ def test_gpu_check_says_when_the_cuda_tests_failed(tmp_path):
     assert proc.stderr.strip().splitlines()[-1] == (
         f'gpu_check: the CUDA tests failed (pytest exit status 1; the failures are above and in '
         f'{tmp_path / "out" / "cuda_tests.xml"}); the benchmarks did not run')
+
+
+@pytest.mark.skipif(not os.path.exists('/bin/sh') or 'bash' in os.path.realpath('/bin/sh'), reason='/bin/sh is bash')
+def test_gpu_check_under_sh_says_to_use_bash(tmp_path):
+    proc = subprocess.run(['/bin/sh', str(REPO / 'scripts' / 'gpu_check.sh'), str(tmp_path / 'out')],
+                          capture_output=True, text=True, timeout=60, env=subprocess_env(PYTHON=sys.executable))
+    assert proc.returncode == 2 and proc.stdout == ''
+    assert proc.stderr.strip().splitlines() == ['gpu_check: run it with bash (scripts/gpu_check.sh or bash '
+                                                'scripts/gpu_check.sh), not sh']
