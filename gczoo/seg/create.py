@@ -9,7 +9,7 @@ zoo's one path: the URL's file in torch's hub cache (``gczoo.models.sources.fetc
 as timm does for a new head. ``checkpoint_path=`` loads a local file (mmseg's layout or gczoo's).
 """
 import os
-from typing import Any, Optional, Union
+from typing import Any, List, Optional, Union
 
 from gczoo.models.sources import fetch_url
 from gczoo.models.weights import load_weights, read_checkpoint
@@ -22,16 +22,17 @@ __all__ = ['create_segmentor', 'load_segmentor_checkpoint']
 
 
 def load_segmentor_checkpoint(model: Segmentor, path: Union[str, os.PathLike], *, what: str = 'checkpoint',
-                              skip_mismatched_classifier: bool = False) -> None:
+                              skip_mismatched_classifier: bool = False) -> List[str]:
     """Load an mmseg-layout or gczoo-layout checkpoint file into ``model`` through the one weight-loading
-    path (every key and shape checked first; nothing loaded unless all fit)."""
+    path (every key and shape checked first; nothing loaded unless all fit). ``skip_mismatched_classifier``:
+    ``conv_seg`` weights of another class count are left at init (their keys are returned), as timm does."""
     checkpoint = read_checkpoint(path)
     source = f'{what} {str(path)!r}'
     state = checkpoint.get('state_dict', checkpoint)
     if isinstance(state, dict) and is_mmseg_layout(state):
         state = convert_mmseg_state_dict(checkpoint, source=source)
-    load_weights(model, state, what=source, skip_mismatched_classifier=skip_mismatched_classifier,
-                 hint='Is it a checkpoint of this segmentor (system and depth)?')
+    return load_weights(model, state, what=source, skip_mismatched_classifier=skip_mismatched_classifier,
+                        hint='Is it a checkpoint of this segmentor (system and depth), with this num_classes?')
 
 
 def create_segmentor(
@@ -49,7 +50,9 @@ def create_segmentor(
         name: a :func:`list_segmentors` name, optionally ``.tag`` (:func:`list_segmentors(pretrained=True)`).
         pretrained: load the tag's mmseg checkpoint (the default tag when the name has none).
         num_classes: classes of the heads (default: the tag's, else 19, Cityscapes').
-        checkpoint_path: a local checkpoint to load instead (mmseg's or gczoo's layout).
+        checkpoint_path: a local checkpoint of this model to load instead (mmseg's or gczoo's layout, the same
+            num_classes; to start a new head from one, ``load_segmentor_checkpoint(...,
+            skip_mismatched_classifier=True)``).
         cache_dir: where URL weights are cached (default ``torch.hub.get_dir()/checkpoints``).
         kwargs: ``align_corners`` (default: the tag's), ``dropout``, head options.
     """
@@ -67,8 +70,8 @@ def create_segmentor(
     model = Segmentor(spec.name, classes, **kwargs)
     if tag is not None:
         model.pretrained_cfg.update(tag=tag.tag, url=tag.source, **data)
-    if checkpoint_path is not None:
-        load_segmentor_checkpoint(model, checkpoint_path, skip_mismatched_classifier=classes != source_classes)
+    if checkpoint_path is not None:  # this model's own weights: every key must fit, the classifiers too
+        load_segmentor_checkpoint(model, checkpoint_path)
     elif pretrained:
         path = fetch_url(tag.source, what=f'pretrained weights for {tag.name!r}', cache_dir=cache_dir,
                          hint='or pass checkpoint_path= to a local copy')

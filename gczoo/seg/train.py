@@ -36,7 +36,7 @@ from gczoo.train.checkpoint import atomic_save, capture_rng, plain, restore_rng
 from gczoo.train.guards import TrainingDiverged
 from gczoo.train.outputs import write_args, write_results
 
-from .create import create_segmentor
+from .create import create_segmentor, load_segmentor_checkpoint
 from .data import LAYOUTS, SegSample, find_samples, read_image, read_mask
 from .datasets import IGNORE_INDEX
 from .inference import normalize, resize_image, test_size
@@ -168,12 +168,16 @@ def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, args:
 def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
     """The run (see the module docstring); returns ``results.json``'s content."""
     from gczoo.distributed import init_distributed
+    if args.pretrained and args.initial_checkpoint:
+        raise ValueError('pass --pretrained or --initial-checkpoint, not both')
     out = check_output_dir(args.output, '--output')
     samples = find_samples(args.data_dir, args.dataset, args.split)
     env = init_distributed(args.device)
     torch.manual_seed(args.seed)
-    model = create_segmentor(args.model, pretrained=args.pretrained, num_classes=args.num_classes,
-                             checkpoint_path=args.initial_checkpoint or None)
+    model = create_segmentor(args.model, pretrained=args.pretrained, num_classes=args.num_classes)
+    if args.initial_checkpoint:  # a new --num-classes leaves conv_seg at init, as with --pretrained
+        load_segmentor_checkpoint(model, args.initial_checkpoint, what='--initial-checkpoint',
+                                  skip_mismatched_classifier=True)
     align = model.align_corners
     scale = None if args.no_resize else tuple(args.scale or _DEFAULT_SCALE[args.dataset])
     data = SegTrainFolder(samples, model.num_classes, crop=tuple(args.crop_size), scale=scale,

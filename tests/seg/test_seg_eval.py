@@ -189,3 +189,16 @@ def test_eval_seg_two_processes_match_one(tmp_path, checkpoint, capsys):
     assert one['world_size'] == 1 and two['world_size'] == 2
     assert two['pixels'] == one['pixels'] == sum(h * w for h, w in SIZES)
     assert two['mIoU'] == pytest.approx(one['mIoU'], abs=1e-9) and two['IoU'] == pytest.approx(one['IoU'], nan_ok=True)
+
+
+def test_checkpoint_of_another_class_count_is_refused(checkpoint):
+    """checkpoint_path= is the model's own weights: a classifier of another size is an error, never left at init;
+    load_segmentor_checkpoint(skip_mismatched_classifier=True) starts a new head on purpose."""
+    from gczoo.errors import CheckpointError
+    from gczoo.seg import load_segmentor_checkpoint
+    with pytest.raises(CheckpointError, match='conv_seg'):
+        create_segmentor('ccnet_r50_d8', num_classes=5, checkpoint_path=checkpoint)
+    model = create_segmentor('ccnet_r50_d8', num_classes=5)
+    skipped = load_segmentor_checkpoint(model, checkpoint, skip_mismatched_classifier=True)
+    assert sorted(skipped) == ['auxiliary_head.conv_seg.bias', 'auxiliary_head.conv_seg.weight',
+                               'decode_head.conv_seg.bias', 'decode_head.conv_seg.weight']
