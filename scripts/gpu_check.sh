@@ -24,6 +24,12 @@
 if [ -z "${BASH_VERSION:-}" ]; then echo "gpu_check: run it with bash (scripts/gpu_check.sh or bash scripts/gpu_check.sh), not sh" >&2; exit 2; fi
 set -euo pipefail
 # OUT and PYTHON are paths as the caller wrote them, from the caller's folder (the script then runs in the repo)
+usage='usage: scripts/gpu_check.sh [OUT]   (OUT: the results folder, default output/gpu_check in the repository)'
+case "${1:-}" in
+    -h|--help) echo "$usage"; exit 0 ;;
+    -*) echo "gpu_check: unknown option $1 (it takes one argument, the results folder); $usage" >&2; exit 2 ;;
+esac
+[[ $# -le 1 ]] || { echo "gpu_check: $# arguments given, it takes at most one (the results folder); $usage" >&2; exit 2; }
 absolute() { if [[ "$1" == /* ]]; then printf '%s' "$1"; else printf '%s' "$PWD/$1"; fi; }
 OUT="${1:-}"
 [[ -n "$OUT" ]] && OUT=$(absolute "$OUT")

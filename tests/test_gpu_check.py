@@ -95,3 +95,15 @@ def test_gpu_check_under_sh_says_to_use_bash(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ''
     assert proc.stderr.strip().splitlines() == ['gpu_check: run it with bash (scripts/gpu_check.sh or bash '
                                                 'scripts/gpu_check.sh), not sh']
+
+
+def test_gpu_check_takes_no_flags_and_one_folder(tmp_path):
+    usage = 'usage: scripts/gpu_check.sh [OUT]   (OUT: the results folder, default output/gpu_check in the repository)'
+    proc = _gpu_check(['--help'], tmp_path, sys.executable)
+    assert proc.returncode == 0 and proc.stdout.strip() == usage
+    for args, message in ((['--out', 'x'], 'unknown option --out'), (['a', 'b'], '2 arguments given')):
+        proc = _gpu_check(args, tmp_path, sys.executable)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+            f'gpu_check: {message} (it takes one argument, the results folder); {usage}'
+            if args[0].startswith('-') else f'gpu_check: {message}, it takes at most one (the results folder); {usage}']
+    assert list(tmp_path.iterdir()) == []  # no folder named --help, --out or a was made
