@@ -48,6 +48,7 @@ from gczoo.models.hub_folder import (  # noqa: F401  (re-exported: the loading h
     save_pretrained, verify_weights,
 )
 from gczoo.models.registry import resolve_model_name
+from gczoo.train import ARGS_FILE, BEST_CHECKPOINT, EXPORT_DIR, LAST_CHECKPOINT, RESULTS_FILE  # the run's file names
 
 __all__ = [
     'WEIGHTS_NAME', 'CONFIG_NAME', 'CARD_NAME', 'HUB_FILES', 'save_pretrained', 'read_weights_shapes',
@@ -61,8 +62,8 @@ CARD_NAME = 'README.md'
 HUB_FILES = (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME)
 
 # checkpoint file names looked for in a training output folder, best first
-_CHECKPOINT_NAMES = ('model_best.pth.tar', 'best.pth.tar', 'best.pth', 'checkpoint_best.pth', 'model_best.pth',
-                     'last.pth.tar', 'last.pth', 'checkpoint_last.pth', 'checkpoint.pth.tar', 'checkpoint.pth')
+_CHECKPOINT_NAMES = (BEST_CHECKPOINT, 'best.pth.tar', 'best.pth', 'checkpoint_best.pth', 'model_best.pth',
+                     LAST_CHECKPOINT, 'last.pth', 'checkpoint_last.pth', 'checkpoint.pth.tar', 'checkpoint.pth')
 _DATA_ARG_KEYS = ('input_size', 'img_size', 'in_chans', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std')
 
 
@@ -147,7 +148,7 @@ def load_training_output(
     results, args = _read_run(out_dir, results)
     if label_names is None and isinstance(results.get('class_names'), list):
         label_names = [str(n) for n in results['class_names']]
-    if ckpt is None and (out_dir / 'export' / WEIGHTS_NAME).is_file():
+    if ckpt is None and (out_dir / EXPORT_DIR / WEIGHTS_NAME).is_file():
         return _from_export(out_dir, model_name, label_names, results, args)
     return _from_checkpoint(_find_checkpoint(out_dir, ckpt), model_name, label_names, results, args)
 
@@ -155,11 +156,11 @@ def load_training_output(
 def _read_run(out_dir: Path, results: Optional[Mapping[str, Any]]) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """A run's results (``results.json`` unless given) and args (``args.yaml``/``args.json``/results' ``args``)."""
     if results is None:
-        results = _read_mapping(out_dir / 'results.json', 'results') if (out_dir / 'results.json').is_file() else {}
+        results = _read_mapping(out_dir / RESULTS_FILE, 'results') if (out_dir / RESULTS_FILE).is_file() else {}
     results = dict(results)
     args: Dict[str, Any] = {}
-    if (out_dir / 'args.yaml').is_file():  # what gczoo train (and timm's train.py) write to every run
-        args = _read_mapping(out_dir / 'args.yaml', 'training args')
+    if (out_dir / ARGS_FILE).is_file():  # what gczoo train (and timm's train.py) write to every run
+        args = _read_mapping(out_dir / ARGS_FILE, 'training args')
     elif (out_dir / 'args.json').is_file():
         args = _read_mapping(out_dir / 'args.json', 'training args')
     elif isinstance(results.get('args'), Mapping):  # gczoo train keeps its args in results.json
@@ -169,7 +170,7 @@ def _read_run(out_dir: Path, results: Optional[Mapping[str, Any]]) -> Tuple[Dict
 
 def _from_export(out_dir: Path, model_name: Optional[str], label_names: Optional[Sequence[str]],
                  results: Dict[str, Any], args: Dict[str, Any]) -> TrainedWeights:
-    export = out_dir / 'export'
+    export = out_dir / EXPORT_DIR
     model = create_model(f'local-dir:{export}', pretrained=True)
     cfg = model.pretrained_cfg
     name = cfg['architecture']
@@ -177,11 +178,10 @@ def _from_export(out_dir: Path, model_name: Optional[str], label_names: Optional
         raise ValueError(f'--model {model_name!r} disagrees with the export\'s architecture {name!r} ({export})')
     data_keys = _DATA_ARG_KEYS + ('test_input_size', 'test_crop_pct')
     data_config = {k: cfg[k] for k in data_keys if cfg.get(k) is not None}
-    labels = list(label_names) if label_names is not None else cfg.get('label_names')
+    labels = (list(label_names) if label_names is not None else list(cfg.get('label_names') or [])) or None
     origin = (cfg.get('notes') or [f'weights of {out_dir.name}/export'])[0]  # what the export said of them
     metadata = {'origin': origin, 'license': cfg.get('license')}
-    return TrainedWeights(model, name, data_config, list(labels) if labels else None, results, args, str(export),
-                          metadata)
+    return TrainedWeights(model, name, data_config, labels, results, args, str(export), metadata)
 
 
 def _find_checkpoint(out_dir: Path, ckpt: Optional[Path]) -> Path:

@@ -12,23 +12,26 @@ cache for a Hub repo, and the one explanation of each when the weights cannot be
 
 Either failure is one :class:`~gczoo.errors.PretrainedWeightsError` that names what was wanted, the
 URL or repo, the cache folder looked in and what to do (:func:`url_download_error`,
-:func:`hub_download_error`). Segmentation and video backbones, the pretrained tags
+:func:`hub_download_error`; :func:`explain_download_errors` for what timm fetches itself). Segmentation and video backbones, the pretrained tags
 (``gczoo.models.tags``) and the Hub folders (``gczoo.models.hub_folder``) all fetch through here.
 """
+import contextlib
 import os
+import pickle
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import Iterator, List, Optional, Sequence, Union
 from urllib.parse import urlparse
 
 import torch
 
 from gczoo.errors import PretrainedWeightsError
 
-from .weights import WEIGHTS_NAME
+from .weights import WEIGHTS_NAME, unpickling_refused
 
 __all__ = [
     'WEIGHTS_NAME', 'download_error_types', 'is_download_error', 'url_cache_dir', 'url_file_name', 'url_cached_path',
     'url_download_error', 'fetch_url', 'hub_cache_dir', 'hub_not_cached', 'hub_download_error', 'fetch_from_hub',
+    'explain_download_errors',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -159,3 +162,29 @@ def fetch_from_hub(repo_id: str, filename: str = WEIGHTS_NAME, *, what: str,
         return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir))
     except download_error_types() as e:
         raise hub_download_error(repo_id, [filename], cache_dir, e, what) from e
+
+
+# ----------------------------------------------------------------------------------------------
+# weights timm fetches itself
+
+
+@contextlib.contextmanager
+def explain_download_errors(variant: str, enabled: bool = True) -> Iterator[None]:
+    """Turn a failed weight download into one ``PretrainedWeightsError`` saying where to get weights, and a
+    pickle timm refused to read into gczoo's ``CheckpointError`` (which never offers to unpickle it)."""
+    if not enabled:
+        yield
+        return
+    try:
+        yield
+    except RuntimeError as e:  # timm read the file itself and weights_only refused it
+        if not isinstance(e.__cause__, pickle.UnpicklingError):
+            raise
+        raise unpickling_refused(e.__cause__, source=f'the pretrained weights of {variant!r}') from e
+    except download_error_types() as e:
+        raise PretrainedWeightsError(
+            f'Could not load pretrained weights for {variant!r} ({_reason(e)}). '
+            f'If you are offline, set HF_HUB_OFFLINE=1 with the weights in your Hub cache (HF_HOME), '
+            f'load a folder with timm.create_model("local-dir:DIR"), pass '
+            f'pretrained_cfg_overlay=dict(file="model.safetensors"), or train weights with scripts/train.sh.'
+        ) from e
