@@ -71,6 +71,7 @@ def test_timm_counterparts_exist_where_timm_has_one():
         assert ('timm' in build_layer_impls(block, 32)) == (block in ('nl', 'se', 'gc', 'cbam'))
 
 
+@pytest.mark.slow  # ~7 s
 def test_layers_smoke(tmp_path):
     code = main([
         'layers', '--blocks', 'nl', 'se', 'cc', '--batch', '2', '--channels', '16', '--size', '8',
@@ -245,6 +246,7 @@ def test_backward_targets_are_the_training_step_ones():
     assert row['targets_met'] is True and 'mem' in row['targets_within_noise']
 
 
+@pytest.mark.slow  # ~9 s: a fresh interpreter measures the memory
 def test_memory_subprocess_is_explicit(tmp_path):
     """The CPU memory figures come from `python -m gczoo.bench.memory_child TARGET` (one fresh interpreter)."""
     from gczoo.bench.memory import probe_main, run_in_fresh_interpreter

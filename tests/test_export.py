@@ -33,6 +33,7 @@ from gczoo.layers import ATTN_SPECS, create_attn
 
 ort = pytest.importorskip('onnxruntime')
 pytest.importorskip('onnx')
+pytestmark = pytest.mark.onnx  # every test here exports ONNX (or checks the export command) and runs ONNX Runtime
 
 TOL = 1e-4
 BLOCK_CHANNELS = 32
@@ -135,6 +136,7 @@ def _assert_all_match(what: str, results: Dict[str, object]) -> None:
     assert not bad, f'{what}: exports failing or off by more than {TOL} (abs, rel): {bad} (all: {results})'
 
 
+@pytest.mark.slow  # 1-5 s each on one core (three exports and ONNX Runtime per block)
 @pytest.mark.parametrize('name', sorted(ATTN_SPECS))
 def test_block_exports_and_matches_eager(name):
     block = _perturbed(create_attn(name, BLOCK_CHANNELS)).eval()
@@ -142,6 +144,7 @@ def test_block_exports_and_matches_eager(name):
     _assert_all_match(name, _check_exports(block, inputs, BLOCK_MIN_SIZE.get(name, 2), dynamo_onnx=True))
 
 
+@pytest.mark.slow  # 2-35 s each on one core
 @pytest.mark.parametrize('name', MODELS)
 def test_model_exports_and_matches_eager(name):
     dynamo = name in DYNAMO_MODELS or os.environ.get('GCZOO_EXPORT_ALL', '') not in ('', '0')
@@ -188,6 +191,7 @@ def _checkpoint(tmp_path, model_name: str) -> Tuple[nn.Module, str]:
     return model, str(path)
 
 
+@pytest.mark.slow  # ~14 s
 def test_export_command_onnx_with_preprocessing(tmp_path, capsys):
     import onnx
 
@@ -210,6 +214,7 @@ def test_export_command_onnx_with_preprocessing(tmp_path, capsys):
     assert _max_error(_ort_outputs(out.read_bytes(), [x]), [ref])[0] <= TOL
 
 
+@pytest.mark.slow  # ~18 s
 def test_export_command_pt2_and_static_torchscript(tmp_path, capsys):
     model, checkpoint = _checkpoint(tmp_path, 'resnet18_gc')
     out = tmp_path / 'gc18.pt2'

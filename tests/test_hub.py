@@ -222,6 +222,7 @@ print(json.dumps(errors))
 '''
 
 
+@pytest.mark.slow  # ~8 s
 def test_round_trip_hub_cache_offline_with_hf_home(published, tmp_path, images, reference_logits):
     """HF_HOME + HF_HUB_OFFLINE=1 in a fresh process, as a user sets them: timm's hf-hub: loads from the cache."""
     hf_home = tmp_path / 'hf_home'

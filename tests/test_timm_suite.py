@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.timm_suite, pytest.mark.slow]  # minutes: every zoo model through timm's own tests
 
 
 @pytest.mark.timeout(1800)

@@ -155,6 +155,7 @@ def test_export_loads_through_timm_local_dir_with_equal_logits(reference_run):
         torch.testing.assert_close(loaded(x), reference(x), rtol=0, atol=0)
 
 
+@pytest.mark.slow
 def test_bf16_channels_last_accumulation_ema_mixup_attn_lr_run(data_dir, tmp_path):
     """The other code paths in one short run: autocast bf16 on CPU, channels-last, 2-step accumulation,
     EMA (validated and exported), mixup/cutmix with smoothing, attention lr x 10, per-update schedule."""
@@ -176,6 +177,7 @@ def test_bf16_channels_last_accumulation_ema_mixup_attn_lr_run(data_dir, tmp_pat
 # crash and resume
 # ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_sigkill_then_resume_ends_bit_identical(data_dir, reference_run, tmp_path):
     """kill -9 the run while it trains (after its first checkpoint), --resume auto: same weights, same metrics
     as the reference run, which wrote checkpoints at epoch ends only."""
@@ -249,6 +251,8 @@ def ddp_runs(data_dir, tmp_path_factory):
     return out, double
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_ddp_two_processes_match_one_process_with_the_same_global_batch(ddp_runs):
     out, _ = ddp_runs
     single, double = load_training_checkpoint(out / 'single' / LAST_CHECKPOINT), load_training_checkpoint(
@@ -304,6 +308,8 @@ def test_best_checkpoint_gives_the_logged_metrics_one_process(data_dir, referenc
     _assert_best_checkpoint_gives_the_logged_metrics(tmp_path / 'ema', data_dir, ema=True)
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_best_checkpoint_gives_the_logged_metrics_two_processes(bn_ddp_run, data_dir):
     """--dist-bn reduce (the default, as timm's) averages the ranks' BatchNorm statistics before every
     validation, so the weights rank 0 saves are the ones every rank validated. (With --dist-bn '' this
@@ -315,6 +321,8 @@ def test_best_checkpoint_gives_the_logged_metrics_two_processes(bn_ddp_run, data
     assert measured['loss'] == pytest.approx(float(summary_rows(out / 'bn')[-1]['ema_eval_loss']), rel=1e-5)
 
 
+@pytest.mark.slow
+@pytest.mark.ddp
 def test_torchrun_restart_resumes_from_last_checkpoint_and_finishes(bn_ddp_run):
     """A rank dies at update 3 on the first attempt (before that update's checkpoint); torchrun
     --max-restarts 1 (through scripts/train.sh) restarts both ranks, which resume mid-epoch from the
