@@ -47,6 +47,11 @@ missing=$("$PYTHON" -c 'import importlib.util as u; print(" ".join(m for m in ("
 [[ -z "$missing" ]] || {
     echo "gpu_check: python ($PYTHON) cannot import ${missing// /, }; activate the environment gczoo is installed in (pip install -e '.[test]'), or set PYTHON=" >&2; exit 2; }
 has_gpu=$("$PYTHON" -c 'import torch; print(int(torch.cuda.is_available()))')
+case "${GCZOO_CUDA_TESTS_ON:-}" in
+    '') ;;
+    cpu) [[ "$has_gpu" != 1 ]] || { echo "gpu_check: GCZOO_CUDA_TESTS_ON=cpu would run the CUDA tests on the CPU of a machine that has a GPU; unset it (it is for a dry run where no GPU is)" >&2; exit 2; } ;;
+    *) echo "gpu_check: GCZOO_CUDA_TESTS_ON=$GCZOO_CUDA_TESTS_ON is not understood: its one value is cpu (a CPU dry run of the CUDA tests); unset it to test on the GPU" >&2; exit 2 ;;
+esac
 if [[ "$has_gpu" == 1 ]]; then
     "$PYTHON" -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"gpu_check: {p.name}, {p.total_memory / 2**30:.0f} GiB, torch {torch.__version__}, CUDA {torch.version.cuda}")' \
         | tee "$OUT/device.txt"

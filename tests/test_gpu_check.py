@@ -107,3 +107,17 @@ def test_gpu_check_takes_no_flags_and_one_folder(tmp_path):
             f'gpu_check: {message} (it takes one argument, the results folder); {usage}'
             if args[0].startswith('-') else f'gpu_check: {message}, it takes at most one (the results folder); {usage}']
     assert list(tmp_path.iterdir()) == []  # no folder named --help, --out or a was made
+
+
+def test_gpu_check_refuses_a_cpu_dry_run_on_a_gpu_and_unknown_values(tmp_path):
+    gpu = tmp_path / 'python'  # the real interpreter, except that it reports a CUDA GPU
+    gpu.write_text(f'#!/bin/sh\ncase "$2" in *cuda.is_available*) echo 1; exit 0;; esac\nexec "{sys.executable}" "$@"\n')
+    gpu.chmod(0o755)
+    for python, value, message in (
+            (gpu, 'cpu', 'GCZOO_CUDA_TESTS_ON=cpu would run the CUDA tests on the CPU of a machine that has a GPU'),
+            (sys.executable, 'CPU', 'GCZOO_CUDA_TESTS_ON=CPU is not understood: its one value is cpu')):
+        proc = subprocess.run(['bash', str(REPO / 'scripts' / 'gpu_check.sh'), str(tmp_path / 'out')],
+                              capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+                              env=subprocess_env(PYTHON=str(python), GCZOO_CUDA_TESTS_ON=value))
+        assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
+        assert 'CUDA tests (pytest' not in proc.stdout  # stopped before the tests
