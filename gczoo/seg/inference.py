@@ -2,7 +2,7 @@
 mean/std, logits resized back to the image's size with the config's ``align_corners``.
 
 * :func:`normalize` -- mmseg's ``SegDataPreProcessor``: ``(x - mean) / std`` on 0..255 RGB values.
-* :func:`test_size` -- mmcv's ``Resize(scale, keep_ratio=True)``: the factor
+* :func:`rescale_size` -- mmcv's ``Resize(scale, keep_ratio=True)``: the factor
   ``min(max(scale) / long edge, min(scale) / short edge)``, each side ``int(side * factor + 0.5)``.
 * :func:`predict_logits` -- whole mode is ``model(x)`` (``encode_decode``: logits resized to the input's
   size); slide mode runs crops of ``crop_size`` every ``stride`` (the last crop flush with the border,
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['normalize', 'test_size', 'resize_image', 'predict_logits', 'segment_image']
+__all__ = ['normalize', 'rescale_size', 'resize_image', 'predict_logits', 'segment_image']
 
 Size = Tuple[int, int]
 
@@ -35,7 +35,7 @@ def normalize(images: torch.Tensor, mean: Sequence[float], std: Sequence[float])
     return (x - m) / s
 
 
-def test_size(height: int, width: int, scale: Optional[Sequence[int]]) -> Size:
+def rescale_size(height: int, width: int, scale: Optional[Sequence[int]]) -> Size:
     """The (H, W) mmcv's keep-ratio ``Resize(scale)`` gives an image of (height, width); unchanged without a scale."""
     if not scale:
         return height, width
@@ -92,7 +92,7 @@ def segment_image(model: nn.Module, image: torch.Tensor, config: Mapping[str, An
         raise ValueError(f'expected one (3, H, W) RGB image, got shape {tuple(image.shape)}')
     height, width = image.shape[1:]
     device = next(model.parameters()).device
-    images = resize_image(image.unsqueeze(0).to(device), test_size(height, width, config.get('scale')))
+    images = resize_image(image.unsqueeze(0).to(device), rescale_size(height, width, config.get('scale')))
     x = normalize(images, config['mean'], config['std'])
     logits = predict_logits(model, x, mode=config.get('mode', 'whole'), crop_size=config.get('crop_size'),
                             stride=config.get('stride'))

@@ -39,7 +39,7 @@ from gczoo.train.outputs import write_args, write_results
 from .create import create_segmentor, load_segmentor_checkpoint
 from .data import LAYOUTS, SegSample, find_samples, read_image, read_mask
 from .datasets import IGNORE_INDEX
-from .inference import normalize, resize_image, test_size
+from .inference import normalize, rescale_size, resize_image
 from .tags import MMSEG_MEAN, MMSEG_STD, SEG_DATA
 
 __all__ = ['FORMAT', 'SegTrainFolder', 'build_parser', 'train_segmentor', 'main']
@@ -65,7 +65,7 @@ class SegTrainFolder(Dataset):
         r = self.ratio[0] + (self.ratio[1] - self.ratio[0]) * float(torch.rand((), generator=gen))
         height, width = image.shape[1:]
         if self.scale:
-            size = test_size(height, width, (self.scale[0] * r, self.scale[1] * r))
+            size = rescale_size(height, width, (self.scale[0] * r, self.scale[1] * r))
         else:
             size = (max(1, int(height * r + 0.5)), max(1, int(width * r + 0.5)))
         image = resize_image(image.unsqueeze(0), size)[0]
