@@ -1,14 +1,9 @@
 """Publishing weights to the Hugging Face Hub: a training output -> a checked Hub folder -> an upload.
 
-A Hub repository of gczoo weights holds exactly three files:
-
-* ``model.safetensors`` -- the state dict (never a pickle: no ``.bin``/``.pth``);
-* ``config.json`` -- timm's format (``architecture``, ``num_classes``, ``num_features``,
-  ``global_pool``, ``label_names``, ``model_args``, ``pretrained_cfg`` with the data config the
-  weights were trained and evaluated with, and ``hf_hub_filename: model.safetensors`` so timm's
-  Hub loader never falls back to a pickled ``pytorch_model.bin``);
-* ``README.md`` -- the model card with the measured results (``gczoo.cards.render_model_card``), its
-  Hub metadata saying where the weights come from (``base_model``, ``datasets``).
+A Hub repository of gczoo weights holds exactly the three files ``gczoo.models.hub_folder`` describes:
+``model.safetensors``, ``config.json`` in timm's format, and ``README.md``, the model card with the
+measured results (``gczoo.cards.render_model_card``) and Hub metadata saying where the weights come
+from (``base_model``, ``datasets``).
 
 Loading such a folder back (``local-dir:``, ``hf-hub:``, the checks around ``timm.create_model``) is
 ``gczoo.models.hub_folder``'s job; its names are re-exported here. The Hub cache is
