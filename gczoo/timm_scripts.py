@@ -10,9 +10,10 @@ imported. This runs the script as ``python SCRIPT.py ARGS`` would -- as ``__main
     torchrun --nproc-per-node 8 --no-python gczoo timm train.py /data/imagenet --model resnet50_gc ...
 
 A script that is missing, a folder, not a ``.py`` file, or not one of timm's (it never imports timm), and
-a script asking timm for a name this timm does not have (a script from a newer timm) end in one line and
-exit status 2; the script's own exit status is returned. ``sys.argv[0]`` is the path as given and
-``__file__`` its absolute form, as ``python SCRIPT.py`` sets them; a ``--`` before the script is skipped.
+a script asking timm for a name this timm does not have (a script from a newer timm) or for a model
+nobody registers (``--model resnet50_gcc``: the closest names) end in one line and exit status 2; the
+script's own exit status is returned. ``sys.argv[0]`` is the path as given and ``__file__`` its absolute
+form, as ``python SCRIPT.py`` sets them; a ``--`` before the script is skipped.
 """
 import os
 import re
@@ -75,6 +76,16 @@ def _exec_as_main(path: str) -> None:
             sys.modules['__main__'] = saved
 
 
+def _unknown_model(name: str) -> UsageError:
+    import timm
+
+    from gczoo.models.registry import close_model_names
+    close = close_model_names(name)
+    return UsageError(f'the script asked timm for the model {name!r}, which neither timm {timm.__version__} nor gczoo '
+                      f'registers' + (f'; closest: {", ".join(close)}' if close else '')
+                      + '; `gczoo list` shows the zoo\'s models')
+
+
 def run_script(script: Path, args: List[str], argv0: Optional[str] = None) -> int:
     """Run ``script`` as ``__main__`` with ``args`` after ``import gczoo``; its exit status. ``sys.argv[0]``
     is ``argv0`` (the path as the user wrote it; default ``str(script)``), ``__file__`` the absolute path."""
@@ -89,6 +100,10 @@ def run_script(script: Path, args: List[str], argv0: Optional[str] = None) -> in
         if (e.name or '').split('.')[0] != 'timm':
             raise
         raise _newer_timm(script, e) from e
+    except RuntimeError as e:  # timm.create_model's, for a --model that no package registered
+        if not str(e).startswith('Unknown model ('):
+            raise
+        raise _unknown_model(str(e)[len('Unknown model ('):].rstrip(')')) from e
     except SystemExit as e:  # the script's own sys.exit / argparse's exit
         if e.code is None or isinstance(e.code, int):
             return int(e.code or 0)

@@ -139,6 +139,20 @@ def test_gczoo_timm_sets_argv_file_and_path_as_python_does(tmp_path, monkeypatch
     assert sys.argv[0] != './d s/s p.py' and sys.modules['__main__'].__name__ == '__main__'
 
 
+def test_gczoo_timm_one_line_for_a_mistyped_model(tmp_path, capsys):
+    """timm's validate.py with --model resnet18_gcc: timm's 'Unknown model' traceback becomes one line with the
+    closest names (a RuntimeError of anything else stays the script's traceback)."""
+    assert gczoo_main(['timm', str(VALIDATE_PY), str(tmp_path), '--model', 'resnet18_gcc', '--device', 'cpu']) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the script's own log lines
+    assert err.startswith("gczoo timm: error: the script asked timm for the model 'resnet18_gcc', which neither "
+                          "timm"), err
+    assert 'closest: resnet18_gc' in err
+    other = tmp_path / 'other.py'
+    other.write_text('import timm\nraise RuntimeError("the script\'s own")\n')
+    with pytest.raises(RuntimeError, match="the script's own"):
+        gczoo_main(['timm', str(other)])
+
+
 def test_gczoo_timm_one_line_for_a_folder_or_a_script_of_another_timm(tmp_path, capsys):
     (tmp_path / 'scripts.py').mkdir()
     newer = tmp_path / 'newer.py'
