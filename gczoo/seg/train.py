@@ -17,6 +17,7 @@ Outputs in ``--output``: ``args.yaml``, ``summary.csv`` (one row per logged iter
 Under torchrun each rank takes every ``world_size``-th sample of the epoch's order (DDP, SyncBatchNorm).
 """
 import argparse
+import contextlib
 import csv
 import io
 import time
@@ -35,6 +36,7 @@ from gczoo.models.weights import read_checkpoint
 from gczoo.train.checkpoint import atomic_save, capture_rng, plain, restore_rng
 from gczoo.train.guards import TrainingDiverged
 from gczoo.train.outputs import write_args, write_results
+from gczoo.train.rundir import RunLock
 
 from .create import create_segmentor, load_segmentor_checkpoint
 from .data import LAYOUTS, SegSample, find_samples, read_image, read_mask
@@ -171,6 +173,9 @@ def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
     if args.pretrained and args.initial_checkpoint:
         raise ValueError('pass --pretrained or --initial-checkpoint, not both')
     out = check_output_dir(args.output, '--output')
+    if (out / 'last.pth.tar').exists() and not args.resume:
+        raise ValueError(f'--output {str(out)!r} already holds a run (last.pth.tar): continue it with --resume '
+                         f'{str(out / "last.pth.tar")!r} or write to another --output')
     samples = find_samples(args.data_dir, args.dataset, args.split)
     env = init_distributed(args.device)
     torch.manual_seed(args.seed)
@@ -178,7 +183,6 @@ def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
     if args.initial_checkpoint:  # a new --num-classes leaves conv_seg at init, as with --pretrained
         load_segmentor_checkpoint(model, args.initial_checkpoint, what='--initial-checkpoint',
                                   skip_mismatched_classifier=True)
-    align = model.align_corners
     scale = None if args.no_resize else tuple(args.scale or _DEFAULT_SCALE[args.dataset])
     data = SegTrainFolder(samples, model.num_classes, crop=tuple(args.crop_size), scale=scale,
                           ratio=tuple(args.ratio_range), seed=args.seed)
@@ -193,9 +197,26 @@ def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
         net = nn.parallel.DistributedDataParallel(_TrainForward(convert_sync_batchnorm(model)))
         model = net.module.model
     out.mkdir(parents=True, exist_ok=True)
+    with RunLock(out) if env.is_main else contextlib.nullcontext():
+        if env.is_main:
+            import yaml
+            write_args(out, yaml.safe_dump(plain(vars(args)), sort_keys=False))
+        it, loss_value = _train_loop(net, model, optimizer, data, args, env, out, start, summary)
+    results = dict(model=args.model, iterations=it, final_loss=loss_value, num_classes=model.num_classes,
+                   world_size=env.world_size)
     if env.is_main:
-        import yaml
-        write_args(out, yaml.safe_dump(plain(vars(args)), sort_keys=False))
+        from safetensors.torch import save
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        atomic_write(out / 'model.safetensors', lambda f: f.write(save(weights)))
+        write_results(out, results)
+    return results
+
+
+def _train_loop(net: nn.Module, model: nn.Module, optimizer: torch.optim.Optimizer, data: SegTrainFolder,
+                args: argparse.Namespace, env: Any, out: Path, start: int,
+                summary: List[Dict[str, Any]]) -> Tuple[int, float]:
+    """Iterations ``start`` .. ``--iters`` (or ``--stop-at``): poly LR, the losses, the guard, checkpoints."""
+    samples, align = data.samples, model.align_corners
     it, loss_value, tick = start, float('nan'), time.time()
     per_epoch = len(_epoch_batches(len(samples), args.batch_size, args.seed, 0, env.rank, env.world_size))
     while it < args.iters:
@@ -229,14 +250,7 @@ def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
                 break
         if args.stop_at is not None and it >= args.stop_at:
             break
-    results = dict(model=args.model, iterations=it, final_loss=loss_value, num_classes=model.num_classes,
-                   world_size=env.world_size)
-    if env.is_main:
-        from safetensors.torch import save
-        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        atomic_write(out / 'model.safetensors', lambda f: f.write(save(weights)))
-        write_results(out, results)
-    return results
+    return it, loss_value
 
 
 class _TrainForward(nn.Module):

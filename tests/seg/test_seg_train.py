@@ -63,3 +63,7 @@ def test_bad_inputs_one_line(tmp_path, capsys):
     assert main(_args(root, tmp_path / 'o', '--resume', str(tmp_path / 'foreign.pth'))) == 2
     err = capsys.readouterr().err
     assert 'not a gczoo train-seg checkpoint' in err and len(err.strip().splitlines()) == 1
+    (tmp_path / 'used').mkdir()
+    (tmp_path / 'used' / 'last.pth.tar').write_bytes(b'x')
+    assert main(_args(root, tmp_path / 'used')) == 2  # an earlier run's folder is not overwritten
+    assert 'already holds a run' in capsys.readouterr().err
