@@ -67,3 +67,13 @@ def test_bad_inputs_one_line(tmp_path, capsys):
     (tmp_path / 'used' / 'last.pth.tar').write_bytes(b'x')
     assert main(_args(root, tmp_path / 'used')) == 2  # an earlier run's folder is not overwritten
     assert 'already holds a run' in capsys.readouterr().err
+
+
+@pytest.mark.slow  # ~5 s: three steps
+def test_divergence_is_one_line(tmp_path, capsys):
+    root = _folder(tmp_path / 'cs', n=2)
+    argv = _args(root, tmp_path / 'o', '--lr', '1e30', '--min-lr', '1e30')
+    argv[argv.index('--iters') + 1] = '3'
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and 'the loss is' in err[0] and 'lower --lr' in err[0]
