@@ -183,7 +183,7 @@ def _output_path(args) -> Path:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``gczoo export`` (errors are printed by ``gczoo.cli.run``)."""
+    """``gczoo export`` (errors are printed by ``gczoo.runner.run``)."""
     args = _parser().parse_args(argv)
     if args.opset < MIN_OPSET:
         raise UsageError(f'argument --opset: must be >= {MIN_OPSET}, got {args.opset}')

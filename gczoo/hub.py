@@ -468,7 +468,7 @@ def _parser() -> ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``gczoo publish``: see ``gczoo publish --help`` (errors are printed by ``gczoo.cli.run``)."""
+    """``gczoo publish``: see ``gczoo publish --help`` (errors are printed by ``gczoo.runner.run``)."""
     args = _parser().parse_args(argv)
     label_names = _read_label_names(args.label_names) if args.label_names else None
     results = _read_mapping(Path(args.results), 'results') if args.results else None

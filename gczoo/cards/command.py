@@ -52,7 +52,7 @@ def _parser() -> ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``gczoo cards`` (errors are printed by ``gczoo.cli.run``)."""
+    """``gczoo cards`` (errors are printed by ``gczoo.runner.run``)."""
     args = _parser().parse_args(argv)
     out = Path(args.out_dir)
     complexity_path = out / COMPLEXITY_FILE

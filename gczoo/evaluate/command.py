@@ -283,7 +283,7 @@ def _print_result(results: Dict[str, Any]) -> None:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``gczoo eval`` (errors are printed by ``gczoo.cli.run``)."""
+    """``gczoo eval`` (errors are printed by ``gczoo.runner.run``)."""
     from gczoo.distributed import cleanup_distributed, is_main_process
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)

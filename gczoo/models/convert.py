@@ -409,7 +409,7 @@ def _parser() -> ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    """``gczoo convert SRC OUT`` (errors are printed by ``gczoo.cli.run``)."""
+    """``gczoo convert SRC OUT`` (errors are printed by ``gczoo.runner.run``)."""
     args = _parser().parse_args(argv)
     report = convert_checkpoint(args.src, args.out, layout=args.layout, model=args.model)
     print(report)

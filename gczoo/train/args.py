@@ -1,6 +1,6 @@
 """The flags of ``gczoo train``: timm train.py's names and meanings, every value checked.
 
-The parser is ``gczoo.args.ArgumentParser`` (a bad flag is one line, exit 2, through ``gczoo.cli.run``)
+The parser is ``gczoo.args.ArgumentParser`` (a bad flag is one line, exit 2, through ``gczoo.runner.run``)
 and every number has a checked type (``--lr nan``, ``--smoothing 2``, ``--workers -1`` are refused:
 0 is never a silent stand-in for a default). Flags whose default depends on the data are ``None`` here
 and filled by ``gczoo.train.config.parse_args``: timm's defaults for your data (``--data-dir``), a

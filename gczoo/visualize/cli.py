@@ -2,7 +2,7 @@
 query-independence table and chart).
 
 Each ``main`` parses its flags with ``gczoo.args`` (checked types; a bad flag is one ``UsageError``),
-checks the output folder before any model is loaded, and raises on failure: ``gczoo.cli.run`` prints
+checks the output folder before any model is loaded, and raises on failure: ``gczoo.runner.run`` prints
 one line and exits 2.
 """
 import argparse
