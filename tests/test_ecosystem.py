@@ -207,6 +207,10 @@ def test_export_of_one_channel_headless_and_features_only_models(tmp_path):
     folder = save_pretrained(model, tmp_path / 'gray')
     config = json.loads((folder / 'config.json').read_text())
     assert config['num_classes'] == 0 and config['model_args']['in_chans'] == 1
+    from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD  # one value per channel, as timm resolves it
+    assert config['pretrained_cfg']['input_size'][0] == 1
+    assert config['pretrained_cfg']['mean'] == pytest.approx([sum(IMAGENET_DEFAULT_MEAN) / 3])
+    assert config['pretrained_cfg']['std'] == pytest.approx([sum(IMAGENET_DEFAULT_STD) / 3])
     x = torch.randn(1, 1, 40, 56, dtype=torch.float64)
     back = timm.create_model(f'local-dir:{folder}', pretrained=True).eval()
     with torch.no_grad():

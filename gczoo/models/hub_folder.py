@@ -105,6 +105,7 @@ def save_pretrained(
     config['pretrained_cfg'] = _describe_weights(config['pretrained_cfg'], config['architecture'], tag=tag,
                                                  origin=origin, license=license)
     config['pretrained_cfg']['hf_hub_filename'] = WEIGHTS_NAME
+    _match_channels(config['pretrained_cfg'])
     config_path.write_text(json.dumps(config, indent=2))
     for name in (WEIGHTS_NAME, CONFIG_NAME):  # safetensors writes 0600 whatever the umask
         os.chmod(out / name, umask_mode())
@@ -132,6 +133,16 @@ def _describe_weights(cfg: Dict[str, Any], architecture: str, *, tag: Optional[s
     if license is not None:
         cfg['license'] = license
     return cfg
+
+
+def _match_channels(cfg: Dict[str, Any]) -> None:
+    """mean/std with one value per input channel (an ``in_chans=1`` model built from an RGB tag keeps the
+    tag's three): their average, the value timm's ``resolve_data_config`` would use after a warning."""
+    channels = (cfg.get('input_size') or [None])[0]
+    for key in ('mean', 'std'):
+        value = cfg.get(key)
+        if isinstance(channels, int) and isinstance(value, (list, tuple)) and len(value) not in (1, channels):
+            cfg[key] = [sum(value) / len(value)] * channels
 
 
 def file_name(value: Any) -> str:
