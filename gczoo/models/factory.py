@@ -35,7 +35,7 @@ from gczoo.errors import CheckpointError, PretrainedWeightsError
 
 from .hub_folder import CONFIG_NAME, LOAD_ONLY_KWARGS, check_hub_folder, read_config, read_weights_shapes
 from .registry import check_architecture, resolve_model_name
-from .sources import hub_cache_dir, hub_download_error, is_download_error
+from .sources import hub_cached_file, hub_download_error, is_download_error
 from .weights import (
     WEIGHTS_NAME, StateDict, check_state_dict, classifier_names, compare_state_dicts, first_conv_names, format_keys,
     load_weights, pickle_refusal, read_state_dict,
@@ -100,14 +100,9 @@ def _pin_safetensors(overlay: Dict[str, Any]) -> None:
 
 
 def _unreadable_cached(hub_repo: Optional[str], hub_files: List[str], cache_dir: Optional[PathLike]) -> str:
-    if hub_repo is None:
-        return ''
-    from huggingface_hub import try_to_load_from_cache
-    from timm.models._hub import hf_split
-    repo, revision = hf_split(hub_repo)
-    cached = try_to_load_from_cache(repo, hub_files[-1], cache_dir=hub_cache_dir(cache_dir), revision=revision)
+    cached = hub_cached_file(hub_repo, hub_files[-1], cache_dir) if hub_repo is not None else None
     return (f' (the cached file {cached!r}; delete it, or run `hf cache delete`, and download again)'
-            if isinstance(cached, str) else '')
+            if cached is not None else '')
 
 
 @contextlib.contextmanager

@@ -12,8 +12,9 @@ cache for a Hub repo, and the one explanation of each when the weights cannot be
 
 Either failure is one :class:`~gczoo.errors.PretrainedWeightsError` that names what was wanted, the
 URL or repo, the cache folder looked in and what to do (:func:`url_download_error`,
-:func:`hub_download_error`; :func:`explain_download_errors` for what timm fetches itself). Segmentation and video backbones, the pretrained tags
-(``gczoo.models.tags``) and the Hub folders (``gczoo.models.hub_folder``) all fetch through here.
+:func:`hub_download_error`; :func:`explain_download_errors` for what timm fetches itself).
+Segmentation and video backbones, the pretrained tags (``gczoo.models.tags``) and
+``gczoo.models.create_model`` all fetch through here.
 """
 import contextlib
 import os
@@ -30,8 +31,8 @@ from .weights import WEIGHTS_NAME, unpickling_refused
 
 __all__ = [
     'WEIGHTS_NAME', 'download_error_types', 'is_download_error', 'url_cache_dir', 'url_file_name', 'url_cached_path',
-    'url_download_error', 'fetch_url', 'hub_cache_dir', 'hub_not_cached', 'hub_download_error', 'fetch_from_hub',
-    'explain_download_errors',
+    'url_download_error', 'fetch_url', 'hub_cache_dir', 'hub_cached_file', 'hub_not_cached', 'hub_download_error',
+    'fetch_from_hub', 'explain_download_errors',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -119,14 +120,19 @@ def hub_cache_dir(cache_dir: Optional[PathLike] = None) -> str:
     return os.path.abspath(str(cache_dir or constants.HF_HUB_CACHE))
 
 
-def hub_not_cached(repo_id: str, files: Sequence[str], cache_dir: Optional[PathLike] = None) -> List[str]:
-    """Which of a Hub repo's ``files`` are not in the Hub cache (``repo_id`` may end in ``@revision``)."""
+def hub_cached_file(repo_id: str, filename: str, cache_dir: Optional[PathLike] = None) -> Optional[str]:
+    """The Hub cache's copy of ``filename`` of ``repo_id`` (``ORG/REPO[@revision]``), None if not cached."""
     from huggingface_hub import try_to_load_from_cache
     from timm.models._hub import hf_split
     repo, revision = hf_split(repo_id)
+    found = try_to_load_from_cache(repo, filename, cache_dir=hub_cache_dir(cache_dir), revision=revision)
+    return found if isinstance(found, str) else None
+
+
+def hub_not_cached(repo_id: str, files: Sequence[str], cache_dir: Optional[PathLike] = None) -> List[str]:
+    """Which of a Hub repo's ``files`` are not in the Hub cache (``repo_id`` may end in ``@revision``)."""
     try:
-        return [f for f in files if not isinstance(
-            try_to_load_from_cache(repo, f, cache_dir=hub_cache_dir(cache_dir), revision=revision), str)]
+        return [f for f in files if hub_cached_file(repo_id, f, cache_dir) is None]
     except ValueError:  # an invalid repo id: the download error says so
         return list(files)
 
