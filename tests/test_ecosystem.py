@@ -352,6 +352,30 @@ def test_freeze_backbone_bn_keeps_the_attention_norms_trainable():
     assert isinstance(zoo.bn1, FrozenBatchNorm2d) and frozen_zero_init(zoo) == []
 
 
+class _BufferFrozenBN(nn.Module):
+    """detectron2's FrozenBatchNorm2d in short: weight, bias and statistics as buffers (not torchvision's class)."""
+
+    def __init__(self, bn: nn.BatchNorm2d):
+        super().__init__()
+        for name in ('weight', 'bias', 'running_mean', 'running_var'):
+            self.register_buffer(name, getattr(bn, name).detach().clone())
+
+    def forward(self, x):
+        scale = self.weight * (self.running_var + 1e-5).rsqrt()
+        return x * scale[:, None, None] + (self.bias - self.running_mean * scale)[:, None, None]
+
+
+def test_frozen_zero_init_finds_any_frozen_norm_class():
+    model = _backbone_with_non_local()
+    block = model[3][0]
+    block.norm = _BufferFrozenBN(block.norm)  # as detectron2's convert_frozen_batchnorm leaves it
+    from gczoo.layers import frozen_zero_init
+    assert frozen_zero_init(model) == ['3.0.norm.weight (_BufferFrozenBN)']
+    with torch.no_grad():
+        block.norm.weight.fill_(0.5)
+    assert frozen_zero_init(model) == []
+
+
 def test_freeze_backbone_bn_twice_compiled_plain_timm_and_ddp(tmp_path):
     import torch.distributed as dist
     from timm.layers import freeze_batch_norm_2d

@@ -70,14 +70,17 @@ def _is_zero(t: torch.Tensor) -> bool:
 
 def frozen_zero_init(model: nn.Module) -> List[str]:
     """Names of the attention blocks' weights that are exactly zero and cannot train: the weight of a
-    ``FrozenBatchNorm2d`` (a buffer) or a parameter with ``requires_grad=False`` (biases aside). Each keeps
-    its block at the identity for the whole training."""
+    ``FrozenBatchNorm2d`` (torchvision's, timm's, detectron2's: any module whose ``weight`` is a buffer) or
+    a parameter with ``requires_grad=False`` (biases aside). Each keeps its block at the identity for the
+    whole training."""
     frozen_norms = _frozen_norm_classes()
     found: List[str] = []
     for block_name, block in attention_modules(model):
         prefix = f'{block_name}.' if block_name else ''
         for name, sub in block.named_modules():
-            if isinstance(sub, frozen_norms) and _is_zero(sub.weight):
+            # a weight kept as a buffer never trains: torchvision's/timm's FrozenBatchNorm2d, detectron2's, ...
+            buffer = dict(sub.named_buffers(recurse=False)).get('weight')
+            if (isinstance(sub, frozen_norms) or buffer is not None) and _is_zero(sub.weight):
                 kind = type(sub).__name__
                 found.append(f'{prefix}{name}.weight ({kind})' if name else f'{block_name}.weight ({kind})')
         for name, param in block.named_parameters():
