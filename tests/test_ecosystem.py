@@ -242,6 +242,22 @@ def test_transformers_without_import_gczoo_says_upgrade_timm_as_the_readme_warns
     assert 'Without `import gczoo`, transformers says' in readme and 'upgrading timm does not help' in readme
 
 
+def test_export_of_a_compiled_or_ddp_wrapped_model_is_the_models(tmp_path):
+    """A compiled model failed with 'ZooResNet does not support len()', a DDP one was refused as not timm's."""
+    import torch.distributed as dist
+    from safetensors.torch import load_file
+    model = _random_weights(timm.create_model('resnet18_gc', num_classes=3))
+    dist.init_process_group('gloo', init_method=f'file://{tmp_path / "pg"}', rank=0, world_size=1)
+    try:
+        wrapped = {'compiled': torch.compile(model, backend='eager'), 'ddp': nn.parallel.DistributedDataParallel(model)}
+        for name, module in wrapped.items():
+            weights = load_file(str(save_pretrained(module, tmp_path / name) / 'model.safetensors'))
+            assert weights.keys() == model.state_dict().keys(), name
+            assert all(torch.equal(weights[k], v) for k, v in model.state_dict().items())
+    finally:
+        dist.destroy_process_group()
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. an export's metadata describes the weights in it
 

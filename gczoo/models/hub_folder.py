@@ -79,8 +79,12 @@ def save_pretrained(
       from scratch by gczoo train" or "fine-tuned from resnet50_gc.a1_in1k_identity") and
       ``license`` set them when given;
     * ``pretrained_cfg.hf_hub_filename`` pins the safetensors file for Hub loading.
+
+    A DDP-wrapped, ``torch.compile``'d or EMA-wrapped model is unwrapped first (``timm.utils.unwrap_model``).
     """
     from timm.models import save_for_hf
+    from timm.utils import unwrap_model
+    model = unwrap_model(model)  # DDP's .module, torch.compile's _orig_mod, timm's ModelEma: the model itself
     if not hasattr(model, 'pretrained_cfg'):
         raise TypeError(f'model must be a timm model (with a pretrained_cfg), got {type(model).__name__}')
     if not hasattr(model, 'num_classes'):  # timm's features_only wrappers (FeatureListNet, FeatureHooks, ...)
