@@ -258,6 +258,28 @@ def test_export_of_a_compiled_or_ddp_wrapped_model_is_the_models(tmp_path):
         dist.destroy_process_group()
 
 
+def test_an_interrupted_save_pretrained_leaves_the_folder_as_it_was(tmp_path, monkeypatch):
+    import timm.models
+    model = timm.create_model('resnet18_gc', num_classes=3)
+    folder = save_pretrained(model, tmp_path / 'export')
+    (folder / 'README.md').write_text('a card')  # a Hub clone's other files stay
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    def crash(module, out, **kwargs):
+        (Path(out) / 'model.safetensors').write_bytes(b'half')
+        raise OSError(28, 'No space left on device', str(Path(out) / 'model.safetensors'))
+
+    monkeypatch.setattr(timm.models, 'save_for_hf', crash)
+    with pytest.raises(OSError) as info:
+        save_pretrained(model, folder)
+    assert str(folder / 'model.safetensors') in str(info.value)  # named as the user knows it, not the staging copy
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+    monkeypatch.undo()
+    save_pretrained(_random_weights(model), folder, label_names=['a', 'b', 'c'])
+    assert sorted(p.name for p in folder.iterdir()) == ['README.md', 'config.json', 'model.safetensors']
+    assert json.loads((folder / 'config.json').read_text())['label_names'] == ['a', 'b', 'c']
+
+
 # ---------------------------------------------------------------------------------------------
 # 3. an export's metadata describes the weights in it
 

@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from gczoo.errors import CheckpointError
-from gczoo.files import umask_mode
+from gczoo.files import staged_folder, umask_mode
 
 from .gczoo import ZOO_MODELS
 from .registry import check_architecture
@@ -80,6 +80,9 @@ def save_pretrained(
       ``license`` set them when given;
     * ``pretrained_cfg.hf_hub_filename`` pins the safetensors file for Hub loading.
 
+    The files are written aside and moved in when complete (``gczoo.files.staged_folder``, merged into an
+    existing folder): a failure or crash leaves ``out_dir`` as it was, never half-written.
+
     A DDP-wrapped, ``torch.compile``'d or EMA-wrapped model is unwrapped first (``timm.utils.unwrap_model``).
     """
     from timm.models import save_for_hf
@@ -99,9 +102,17 @@ def save_pretrained(
             raise ValueError(f'label_names has {len(label_names)} names but the model has {model.num_classes} classes')
         model_config['label_names'] = label_names
     model_args = {k: v for k, v in getattr(model, '_model_args', {}).items() if k not in _NON_ARCH_ARGS}
-    save_for_hf(model, str(out), model_config=model_config, model_args=model_args,
-                safe_serialization=True, data_config=data_config)
-    config_path = out / CONFIG_NAME
+    with staged_folder(out, merge=True) as staging:  # an interrupted save leaves the folder as it was
+        save_for_hf(model, str(staging), model_config=model_config, model_args=model_args,
+                    safe_serialization=True, data_config=data_config)
+        _fix_config(staging / CONFIG_NAME, tag=tag, origin=origin, license=license)
+        for name in (WEIGHTS_NAME, CONFIG_NAME):  # safetensors writes 0600 whatever the umask
+            os.chmod(staging / name, umask_mode())
+    return out
+
+
+def _fix_config(config_path: Path, *, tag: Optional[str], origin: Optional[str], license: Optional[str]) -> None:
+    """save_for_hf's config.json made what ``save_pretrained`` promises (see its docstring)."""
     config = json.loads(config_path.read_text())
     # save_for_hf starts from the model's recorded factory kwargs, so drop the non-architecture ones here
     config['model_args'] = {k: v for k, v in config.get('model_args', {}).items() if k not in _NON_ARCH_ARGS}
@@ -111,9 +122,6 @@ def save_pretrained(
     config['pretrained_cfg']['hf_hub_filename'] = WEIGHTS_NAME
     _match_channels(config['pretrained_cfg'])
     config_path.write_text(json.dumps(config, indent=2))
-    for name in (WEIGHTS_NAME, CONFIG_NAME):  # safetensors writes 0600 whatever the umask
-        os.chmod(out / name, umask_mode())
-    return out
 
 
 # the pretrained_cfg fields that describe a tag's source weights (timm's filter_pretrained_cfg already drops
