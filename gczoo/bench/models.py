@@ -28,7 +28,9 @@ from tqdm import tqdm
 
 from gczoo.complexity import count_complexity
 from gczoo.layers import ATTN_SPECS
+from gczoo.errors import UsageError
 from gczoo.models import ZOO_MODELS
+from gczoo.models.registry import resolve_model_name
 
 from .memory import peak_extra_memory
 from .report import fmt, markdown, verdict
@@ -236,9 +238,10 @@ def bench_models(
     reference is stepped in every group it belongs to; its img/s is the median over all its steps).
     """
     models = list(ZOO_MODELS) if models is None else list(models)
-    unknown = [m for m in models if m not in ZOO_MODELS]
-    if unknown:
-        raise ValueError(f'models must be zoo models ({", ".join(ZOO_MODELS)}), got unknown {unknown}')
+    for name in models:  # untrained architectures: no tag, no weights folder
+        if resolve_model_name(name, what='models', zoo=ZOO_MODELS, folders=False).tag:
+            raise UsageError(f'models: {name!r}: name the architecture without a tag (the benchmark builds it '
+                             f'untrained)')
     for mode in modes:
         if mode not in MODEL_MODES:
             raise ValueError(f'modes must be among {list(MODEL_MODES)}, got {mode!r}')
