@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-__all__ = ['VIDEO_SUFFIXES', 'FRAME_SUFFIXES', 'ClipSampling', 'scan_clip_folder', 'sample_test_clips',
-           'crop_offsets', 'read_clip', 'read_frames', 'clip_views', 'ClipFolder']
+__all__ = ['VIDEO_SUFFIXES', 'FRAME_SUFFIXES', 'ClipSampling', 'scan_clip_folder', 'empty_classes',
+           'sample_test_clips', 'crop_offsets', 'read_clip', 'read_frames', 'clip_views', 'ClipFolder']
 
 VIDEO_SUFFIXES = ('.mp4', '.avi', '.mkv', '.webm', '.mov', '.m4v')
 FRAME_SUFFIXES = ('.jpg', '.jpeg', '.png', '.bmp')
@@ -77,9 +77,18 @@ def scan_clip_folder(root: os.PathLike) -> Tuple[List[Tuple[str, str]], List[str
     samples = [(str(clip), name) for name in classes for clip in sorted((root / name).iterdir())
                if not clip.name.startswith('.') and _is_clip(clip)]
     if not samples:
+        loose = [p for name in classes for p in (root / name).iterdir() if p.suffix.lower() in FRAME_SUFFIXES]
+        detail = (f'; it holds images directly (e.g. {str(loose[0])!r}): that is an image dataset, a clip is a '
+                  f'video file or a folder of one clip\'s frames (ROOT/<class>/<clip>/<frame>.jpg)' if loose else '')
         raise ValueError(f'{str(root)!r} has class folders but no clips in them (video files with suffixes '
-                         f'{" ".join(VIDEO_SUFFIXES)}, or folders of frames)')
+                         f'{" ".join(VIDEO_SUFFIXES)}, or folders of frames){detail}')
     return samples, classes
+
+
+def empty_classes(samples: Sequence[Tuple[str, str]], classes: Sequence[str]) -> List[str]:
+    """The class folders of :func:`scan_clip_folder` that hold no clip (they still take a class index)."""
+    found = {name for _, name in samples}
+    return [name for name in classes if name not in found]
 
 
 def sample_test_clips(num_frames: int, clip_len: int, frame_interval: int, num_clips: int) -> np.ndarray:
@@ -109,32 +118,50 @@ def _frame_files(folder: Path) -> List[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
 
 
+def _video_frames(path: Path, choose: Callable[[int], np.ndarray]) -> List[np.ndarray]:
+    """The decoded frames ``choose(num_frames)`` of a video, only those kept in memory (a long video is
+    never held whole): one pass when the stream's frame count is right, else a counting pass first."""
+    import av  # the video decoder (pip install av)
+    known = None
+    for _ in range(2):
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise ValueError('the file has no video stream')
+            stream = container.streams.video[0]
+            num_frames = known if known is not None else int(stream.frames or 0)
+            indices = choose(num_frames).ravel().tolist() if num_frames > 0 else []
+            wanted, kept, count = set(indices), {}, 0
+            for frame in container.decode(stream):
+                if count in wanted:
+                    kept[count] = frame.to_ndarray(format='rgb24')
+                count += 1
+        if count == 0:
+            raise ValueError('the video has no frames')
+        if count == num_frames:
+            return [kept[i] for i in indices]
+        known = count  # the container's count was missing or wrong: choose again from the decoded one
+    raise ValueError('the video decodes to another number of frames on each read')
+
+
 def read_clip(path: str, choose: Callable[[int], np.ndarray]) -> torch.Tensor:
     """The frames ``choose(num_frames)`` (indices, any shape) of one clip, (len, H, W, 3) uint8 in index
-    order; ``ValueError`` saying why when the clip cannot be read."""
+    order; ``ValueError`` saying why when the clip cannot be read. Frames are read as timm reads images
+    (``gczoo.evaluate.decode_image``: grey and RGBA to RGB, 16-bit scaled to 8 bits, not clipped)."""
     p = Path(path)
     if p.is_dir():
         files = _frame_files(p)
         if not files:
             raise ValueError('no frames (.jpg/.png/.bmp files) in the folder')
         indices = choose(len(files)).ravel().tolist()
-        from PIL import Image
-        cache: Dict[int, np.ndarray] = {}
-        for i in set(indices):
-            with Image.open(files[i]) as im:
-                cache[i] = np.asarray(im.convert('RGB'))
+        from gczoo.evaluate import decode_image
+        cache: Dict[int, np.ndarray] = {i: np.asarray(decode_image(str(files[i]))) for i in set(indices)}
         frames = [cache[i] for i in indices]
     else:
-        import av  # the video decoder (pip install av)
-        with av.open(str(p)) as container:
-            if not container.streams.video:
-                raise ValueError('the file has no video stream')
-            decoded = [f.to_ndarray(format='rgb24') for f in container.decode(video=0)]
-        if not decoded:
-            raise ValueError('the video has no frames')
-        frames = [decoded[i] for i in choose(len(decoded)).ravel().tolist()]
+        frames = _video_frames(p, choose)
     if len({f.shape for f in frames}) != 1:
-        raise ValueError('its frames differ in size')
+        sizes = sorted({f'{f.shape[1]}x{f.shape[0]}' for f in frames})
+        raise ValueError(f'its frames differ in size ({", ".join(sizes[:4])}): every frame of a clip must have '
+                         f'the same width x height')
     return torch.from_numpy(np.stack(frames))
 
 

@@ -62,7 +62,8 @@ def convert_mmaction2(checkpoint: Mapping[str, Any], source: str = 'checkpoint')
     state = unwrap_state_dict(checkpoint, source=source)
     if not is_mmaction2_layout(state):
         raise CheckpointError(
-            f'{source} is not an mmaction2 Recognizer3D checkpoint (no backbone.conv1.conv.weight; keys start '
+            f'{source} is not an mmaction2 Recognizer3D checkpoint of a ResNet3d (I3D) backbone (no '
+            f'backbone.conv1.conv.weight; keys start '
             f'{format_keys(sorted(state)[:3])}). Pass a gczoo ResNet3d state dict instead, or one of mmaction2\'s '
             f'I3D checkpoints.')
     out: StateDict = {}

@@ -23,9 +23,9 @@ import torch.nn as nn
 
 from gczoo.args import ArgumentParser, non_negative_int, positive_int
 from gczoo.evaluate import SkippingLoader, collate_skipping, read_class_map, validate
-from gczoo.files import atomic_write_text
+from gczoo.files import atomic_write_text, check_output_dir
 
-from .clips import ClipFolder, ClipSampling, scan_clip_folder
+from .clips import ClipFolder, ClipSampling, empty_classes, scan_clip_folder
 from .factory import VIDEO_MODELS, create_video_model
 
 __all__ = ['ViewAverage', 'map_classes', 'build_parser', 'evaluate_video', 'main']
@@ -113,6 +113,10 @@ def evaluate_video(args: argparse.Namespace) -> Dict[str, Any]:
     from gczoo.distributed import ShardSampler, init_distributed
 
     samples, class_names = scan_clip_folder(args.data_dir)  # before building the model: fail fast
+    if args.results_file:  # before hours of decoding, not after
+        if Path(args.results_file).is_dir():
+            raise ValueError(f'--results-file {args.results_file!r} is a folder; give a file name (results.json)')
+        check_output_dir(Path(args.results_file).resolve().parent, '--results-file')
     env = init_distributed(args.device)
     overlay = dict(file=args.checkpoint) if args.checkpoint else None
     model = create_video_model(args.model, pretrained=bool(args.pretrained or args.checkpoint),
@@ -126,6 +130,10 @@ def evaluate_video(args: argparse.Namespace) -> Dict[str, Any]:
                         sampler=ShardSampler(len(dataset), env.rank, env.world_size),
                         num_workers=args.workers, collate_fn=collate_skipping)
     skipping = SkippingLoader(loader)
+    empty = empty_classes(samples, class_names)
+    if env.is_main and empty:
+        print(f'gczoo eval-video: note: {len(empty)} class folder(s) hold no clip ({", ".join(empty[:5])}); they '
+              f'keep their class index', flush=True)
     if env.is_main:
         print(f'gczoo eval-video: {args.model} ({model.num_classes} classes) on {args.data_dir}: {len(dataset)} clips, '
               f'{len(class_names)} classes; {sampling.num_clips} clips x {sampling.num_crops} crops of '

@@ -14,7 +14,7 @@ import fnmatch
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
 from gczoo.models.sources import fetch_url
-from gczoo.models.weights import load_weights, read_checkpoint
+from gczoo.models.weights import StateDict, load_weights, read_checkpoint, unwrap_state_dict
 
 from .convert import convert_mmaction2, is_mmaction2_layout
 from .resnet3d import I3D_INFLATE, I3D_NON_LOCAL, ResNet3d
@@ -64,6 +64,23 @@ def _split(model_name: str) -> Tuple[str, Optional[str]]:
     return name, tag or None
 
 
+def _adapt_first_conv(state: StateDict, in_chans: int) -> StateDict:
+    """RGB weights of ``conv1`` for ``in_chans`` channels: timm's ``adapt_input_conv`` rule (summed for 1,
+    repeated and rescaled for more), applied to the 5D kernel seen as 4D."""
+    from timm.models import adapt_input_conv
+    w = state.get('conv1.weight')
+    if w is None or w.dim() != 5 or w.shape[1] != 3 or in_chans == 3:
+        return state
+    o, _, t, h, k = w.shape
+    adapted = adapt_input_conv(in_chans, w.reshape(o, 3, t * h, k)).reshape(o, in_chans, t, h, k)
+    return {**state, 'conv1.weight': adapted}
+
+
+def _is_mmaction2(state: Mapping[str, Any]) -> bool:
+    # an mmaction2 recognizer of any kind (TSN, SlowFast...): convert_mmaction2 names what does not fit
+    return is_mmaction2_layout(state) or any(str(k).startswith(('backbone.', 'cls_head.')) for k in state)
+
+
 def _read_pretrained(model: ResNet3d, name: str, tag: Any, overlay: Mapping[str, Any],
                      cache_dir: Optional[Any]) -> None:
     what = f'pretrained weights for {tag.name!r}'
@@ -72,8 +89,8 @@ def _read_pretrained(model: ResNet3d, name: str, tag: Any, overlay: Mapping[str,
         hint='or pass pretrained_cfg_overlay=dict(file="path/to/checkpoint.pth")')
     checkpoint = read_checkpoint(path)
     source = f'{what} ({str(path)!r})'
-    state = convert_mmaction2(checkpoint, source) if is_mmaction2_layout(checkpoint.get('state_dict', checkpoint)) \
-        else checkpoint
+    state = unwrap_state_dict(checkpoint, source=source)
+    state = _adapt_first_conv(convert_mmaction2(state, source) if _is_mmaction2(state) else state, model.in_chans)
     load_weights(model, state, what=source, skip_mismatched_classifier=True,
                  hint=f'Is it a checkpoint of {name} (mmaction2 config {tag.source_name})?')
 
@@ -96,7 +113,8 @@ def create_video_model(
         num_classes: classes of ``fc`` (default: the tag's 400 Kinetics classes); another number keeps
             the pretrained backbone and leaves ``fc`` at init, as timm does. 0: features only.
         cache_dir: the folder URL weights are cached in, instead of torch's.
-        **kwargs: :class:`ResNet3d` arguments (``drop_rate=``, ``non_local_kwargs=``...).
+        **kwargs: :class:`ResNet3d` arguments (``drop_rate=``, ``non_local_kwargs=``, ``in_chans=``: with
+            pretrained weights conv1's RGB kernels are adapted by timm's rule, summed for 1 channel).
     """
     name, tag_name = _split(model_name)
     tags = video_tags_for(name)
@@ -111,8 +129,9 @@ def create_video_model(
     model = ResNet3d(**{**VIDEO_MODELS[name].kwargs, **kwargs, 'num_classes': classes})
     if pretrained:
         _read_pretrained(model, name, tag, dict(pretrained_cfg_overlay or {}), cache_dir)
-    model.pretrained_cfg = dict(
-        config, architecture=name, tag=tag.tag if (pretrained and tag) else None,
-        url=tag.source if (pretrained and tag) else None, num_classes=classes)
+    # as timm: the (named or default) tag's cfg whether or not its weights were loaded, with the overlay
+    model.pretrained_cfg = {**config, 'architecture': name, 'tag': tag.tag if tag else None,
+                            'url': tag.source if tag else None, **dict(pretrained_cfg_overlay or {}),
+                            'num_classes': classes}
     model.default_cfg = model.pretrained_cfg
     return model

@@ -38,7 +38,7 @@ from gczoo.distributed import ShardSampler
 from gczoo.evaluate import collate_skipping
 from gczoo.train.loaders import Loaders
 
-from .clips import ClipFolder, ClipSampling, read_clip, scan_clip_folder
+from .clips import ClipFolder, ClipSampling, empty_classes, read_clip, scan_clip_folder
 from .factory import create_video_model, is_video_model
 from .resnet3d import ResNet3d
 
@@ -66,7 +66,13 @@ class TrainClipTransform:
 
     def __call__(self, path: str) -> torch.Tensor:
         rng = np.random  # seeded per sample by SeededTransformDataset
-        frames = read_clip(path, lambda n: sample_train_clip(n, self.clip_len, self.frame_interval, rng))
+        try:
+            frames = read_clip(path, lambda n: sample_train_clip(n, self.clip_len, self.frame_interval, rng))
+        except ModuleNotFoundError:
+            raise
+        except Exception as e:  # noqa: BLE001  (any decoder failure: one line naming the clip)
+            text = ' '.join(str(e).split()) or type(e).__name__
+            raise ValueError(f'training clip {path!r} cannot be read ({text}): fix or remove it') from e
         x = frames.permute(0, 3, 1, 2).float()  # (T, 3, H, W), 0-255
         h, w = x.shape[-2:]
         short = min(h, w)
@@ -157,6 +163,10 @@ def build_video_training(args: argparse.Namespace, env: Any, device: torch.devic
     _refuse_image_flags(args)
     train_samples, classes, train_dir = _split(args.data_dir, args.train_split)
     val_samples, val_classes, val_dir = _split(args.data_dir, args.val_split)
+    empty = empty_classes(train_samples, classes)
+    if empty:
+        raise ValueError(f'{str(train_dir)!r} has class folders with no clip in them ({", ".join(empty[:5])}): a class '
+                         f'with no training clip cannot be learnt; add clips or remove the folder(s)')
     unknown = sorted(set(val_classes) - set(classes))
     if unknown:
         raise ValueError(f'validation split {str(val_dir)!r} has classes the training split does not: {unknown[:5]}')

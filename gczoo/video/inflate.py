@@ -13,6 +13,7 @@ which stay at their zero init, the identity). :class:`InflationReport` lists wha
 """
 import dataclasses
 import os
+import re
 from typing import List, Mapping, Tuple, Union
 
 import torch
@@ -40,11 +41,20 @@ class InflationReport:
                 f'{format_keys(self.unused) if self.unused else "nothing"}')
 
 
+# the weights of a 2D ResNet block (not of an attention block inside it, which the 3D model may lack)
+_RESNET_BLOCK = re.compile(r'^layer\d+\.\d+\.(conv\d|bn\d|downsample)\.')
+
+
 def _may_stay_at_init(key: str) -> bool:
     return '.non_local.' in key or key.startswith('fc.') or key.endswith('num_batches_tracked')
 
 
 def _inflate_one(key: str, w2d: torch.Tensor, target: torch.Tensor, source: str) -> torch.Tensor:
+    if key == 'conv1.weight' and w2d.dim() == 4 and w2d.shape[1] != target.shape[1] \
+            and (w2d.shape[0],) + tuple(w2d.shape[2:]) == (target.shape[0],) + tuple(target.shape[3:]):
+        raise CheckpointError(
+            f'{source}: conv1.weight takes {w2d.shape[1]} input channel(s), the 3D model {target.shape[1]}: create '
+            f'the 3D model with in_chans={w2d.shape[1]} (create_video_model(..., in_chans={w2d.shape[1]}))')
     if w2d.dim() != 4 or tuple(w2d.shape) != tuple(target.shape[:2]) + tuple(target.shape[3:]):
         raise CheckpointError(
             f'{source}: {key} has shape {list(w2d.shape)}, which does not inflate to {list(target.shape)} '
@@ -90,6 +100,12 @@ def inflate_state_dict(state_2d: Mapping[str, torch.Tensor], model: nn.Module,
             f'{source} lacks ResNet weights the 3D model needs: {format_keys(missing)}. Inflate a 2D ResNet of '
             f'the same depth with timm\'s key names (e.g. timm\'s resnet50, or a gczoo resnet50_* model).')
     report.unused += [k for k in state_2d if k not in target]
+    deeper = [k for k in report.unused if _RESNET_BLOCK.match(k)]
+    if deeper:
+        raise CheckpointError(
+            f'{source} has ResNet blocks the 3D model has no place for: {format_keys(deeper)} (a deeper ResNet, '
+            f'e.g. a ResNet-101 into the ResNet-50 I3D); it would load part of the 2D network. Inflate a 2D ResNet '
+            f'of the same depth (timm\'s resnet50, or a gczoo resnet50_* model).')
     return out, report
 
 

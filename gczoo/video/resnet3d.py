@@ -76,9 +76,9 @@ class Bottleneck3d(nn.Module):
         return self.non_local(x)
 
 
-def _check_clip(x: torch.Tensor, min_frames: int, min_size: int) -> None:
-    if x.dim() != 5 or x.shape[1] != 3:
-        raise ValueError(f'ResNet3d takes clips (B, 3, T, H, W), got a tensor of shape {list(x.shape)}')
+def _check_clip(x: torch.Tensor, min_frames: int, min_size: int, in_chans: int = 3) -> None:
+    if x.dim() != 5 or x.shape[1] != in_chans:
+        raise ValueError(f'ResNet3d takes clips (B, {in_chans}, T, H, W), got a tensor of shape {list(x.shape)}')
     if not x.is_floating_point():
         raise TypeError(f'ResNet3d takes a floating-point clip (normalised frames), got {x.dtype}')
     if x.shape[2] < min_frames or x.shape[3] < min_size or x.shape[4] < min_size:
@@ -101,6 +101,7 @@ class ResNet3d(nn.Module):
         pool1_stride_t: temporal stride of the stem's max-pool; with_pool2: the 2x1x1 pool after layer1.
         drop_rate: dropout before ``fc`` (I3DHead's dropout_ratio=0.5).
         base_width: channels of the stem (64).
+        in_chans: channels of a frame (3, RGB; timm's ``in_chans``).
     """
 
     def __init__(
@@ -116,14 +117,18 @@ class ResNet3d(nn.Module):
             with_pool2: bool = True,
             drop_rate: float = 0.5,
             base_width: int = 64,
+            in_chans: int = 3,
     ):
         super().__init__()
         layers = tuple(int(n) for n in layers)
         non_local = non_local if non_local is not None else tuple((0,) * n for n in layers)
         self._check_patterns(layers, inflate, non_local)
+        if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
+            raise ValueError(f'in_chans must be an int >= 1 (channels of a frame), got {in_chans!r}')
         self.num_classes = num_classes
         self.drop_rate = drop_rate
-        self.conv1 = nn.Conv3d(3, base_width, tuple(conv1_kernel), stride=(conv1_stride_t, 2, 2),
+        self.in_chans = in_chans
+        self.conv1 = nn.Conv3d(in_chans, base_width, tuple(conv1_kernel), stride=(conv1_stride_t, 2, 2),
                                padding=tuple((k - 1) // 2 for k in conv1_kernel), bias=False)
         self.bn1 = nn.BatchNorm3d(base_width)
         self.act1 = nn.ReLU(inplace=True)
@@ -206,10 +211,10 @@ class ResNet3d(nn.Module):
             nn.init.zeros_(self.fc.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, T, H, W) -> layer4's (B, num_features, T', H', W')."""
+        """(B, in_chans, T, H, W) -> layer4's (B, num_features, T', H', W')."""
         if not torch.jit.is_scripting():
             if not is_fx_symbolic_tracing() and not torch.compiler.is_exporting():
-                _check_clip(x, self._min_frames, self._min_size)
+                _check_clip(x, self._min_frames, self._min_size, self.in_chans)
         x = self.maxpool(self.act1(self.bn1(self.conv1(x))))
         x = self.pool2(self.layer1(x))
         x = self.layer2(x)
