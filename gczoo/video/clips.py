@@ -2,7 +2,8 @@
 decoded by PyAV or on folders of decoded frames.
 
 Layout: ``ROOT/<class>/<clip>``, a clip being a video file (``.mp4 .avi .mkv .webm .mov .m4v``, read
-with PyAV: ``pip install av``) or a folder of frames (``.jpg .jpeg .png .bmp``, in name order).
+with PyAV: ``pip install av``) or a folder of frames (``.jpg .jpeg .png .bmp``, in natural name order:
+``2.jpg`` before ``10.jpg``; hidden files skipped).
 torchvision 0.29's ``torchvision.io`` has no video reader any more, so PyAV is the one decoder.
 
 The views of one clip follow mmaction2's test pipeline (``SampleFrames(test_mode=True)``, ``Resize``,
@@ -21,8 +22,9 @@ A clip that cannot be read (not a video, no frames, a broken image) is returned 
 """
 import dataclasses
 import os
+import re
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -114,8 +116,15 @@ def crop_offsets(height: int, width: int, crop: int, num_crops: int) -> List[Tup
     return [(0, 0), (2 * step, 0), (step, 0)]
 
 
+def _natural(path: Path) -> List[Any]:
+    # numbers compare as numbers, so unpadded frame names keep time order: 2.jpg before 10.jpg
+    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', path.name)]
+
+
 def _frame_files(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES)
+    """The frames of a folder in time order (natural name order); hidden files (``._0001.jpg``) are not frames."""
+    return sorted((p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith('.')),
+                  key=_natural)
 
 
 def _video_frames(path: Path, choose: Callable[[int], np.ndarray]) -> List[np.ndarray]:

@@ -141,6 +141,9 @@ def _split(data_dir: Any, split: str) -> Tuple[List[Tuple[str, str]], List[str],
 def _create_model(args: argparse.Namespace, num_classes: int, log: Callable[[str], None]) -> ResNet3d:
     from gczoo.models.weights import load_weights
     kwargs = {k: v for k, v in args.model_kwargs.items() if k not in ('clip_len', 'frame_interval')}
+    if kwargs.get('in_chans', 3) != 3:
+        raise ValueError(f'--model-kwargs in_chans={kwargs["in_chans"]}: the clip loaders read RGB frames (3 '
+                         f'channels); fine-tune with in_chans=3')
     if args.drop is not None:
         kwargs['drop_rate'] = args.drop
     overlay = dict(file=args.pretrained_path) if args.pretrained_path else None

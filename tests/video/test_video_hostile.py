@@ -83,6 +83,17 @@ def test_frames_of_different_sizes_name_the_sizes(tmp_path):
     assert views is None and str(folder) in bad and '8x6' in bad and '8x7' in bad
 
 
+def test_unpadded_frame_names_keep_time_order_and_hidden_files_are_skipped(tmp_path):
+    from PIL import Image
+    folder = tmp_path / 'clip'
+    folder.mkdir()
+    for i in (1, 2, 10):
+        Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(folder / f'frame_{i}.png')
+    (folder / '._frame_1.png').write_bytes(b'AppleDouble metadata, not an image')
+    frames = read_clip(str(folder), lambda n: np.arange(n))
+    assert frames[:, 0, 0, 0].tolist() == [1, 2, 10]  # not 1, 10, 2
+
+
 @pytest.mark.parametrize('container', ['mp4', 'mkv'])
 def test_a_video_gives_the_chosen_frames_of_a_full_decode(tmp_path, container):
     path = tmp_path / f'v.{container}'
@@ -200,6 +211,9 @@ def test_train_refuses_an_empty_class_folder_and_a_folder_of_images(tmp_path, ca
             Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / split / c / '0.png')
     err = _one_line_error(capsys, _train_argv(images, tmp_path / 'out'))
     assert 'holds images directly' in err
+    (data / 'train' / 'empty').rmdir()
+    err = _one_line_error(capsys, _train_argv(data, tmp_path / 'out', 'in_chans=1'))  # a --model-kwargs value
+    assert 'in_chans=1' in err and 'RGB' in err
 
 
 def test_eval_video_names_an_empty_class_folder(clips, capsys):
