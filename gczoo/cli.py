@@ -52,6 +52,10 @@ def list_main(argv: Optional[List[str]] = None) -> int:
     print('\nVideo models  (gczoo.video.create_video_model(name); clips (B, 3, T, H, W)):')
     for name, video in VIDEO_MODELS.items():
         print(f'  {name:<15} {video.summary}')
+    from gczoo.seg import SEGMENTORS  # issue 18: outside timm's registry
+    print('\nSegmentation models  (gczoo.seg.create_segmentor(name); logits (B, K, H, W)):')
+    for name, seg in SEGMENTORS.items():
+        print(f'  {name:<15} {seg.summary}')
     return 0
 
 

@@ -37,6 +37,12 @@ class SegmentorSpec:
     def backbone(self) -> str:
         return f'resnet{self.depth}c'
 
+    @property
+    def summary(self) -> str:
+        head = {'ccnet': "CCNet's RCCA head (criss-cross attention x2)", 'nlnet': "NLNet's Non-local head",
+                'gcnet': "GCNet's GC head"}[self.system]
+        return f"mmseg's ResNetV1c-{self.depth}-D8 (timm {self.backbone}, output stride 8) + {head}"
+
 
 SEGMENTORS: Dict[str, SegmentorSpec] = {
     s.name: s for s in (

@@ -184,3 +184,10 @@ def test_r101_pretrained_logits_equal_reference(system, tmp_path, monkeypatch):
         assert _rel(model(x), reference.inference(x)) <= 1e-5
         kw = dict(mode='slide', crop_size=(36, 36), stride=(24, 24))
         assert _rel(predict_logits(model, x, **kw), reference.inference(x, **kw)) <= 1e-5
+
+
+def test_gczoo_list_names_the_segmentors(capsys):
+    from gczoo.cli import main
+    assert main(['list']) == 0
+    out = capsys.readouterr().out
+    assert 'Segmentation models' in out and "ccnet_r101_d8   mmseg's ResNetV1c-101-D8 (timm resnet101c" in out
