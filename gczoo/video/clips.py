@@ -116,9 +116,10 @@ def crop_offsets(height: int, width: int, crop: int, num_crops: int) -> List[Tup
     return [(0, 0), (2 * step, 0), (step, 0)]
 
 
-def _natural(path: Path) -> List[Any]:
+def _natural(path: Path) -> Tuple[List[Any], str]:
     # numbers compare as numbers, so unpadded frame names keep time order: 2.jpg before 10.jpg
-    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', path.name)]
+    # (parts alternate str, int, str...: always comparable; the name itself breaks ties such as 01 / 1)
+    return [int(part) if part.isdigit() else part for part in re.split(r'(\d+)', path.name)], path.name
 
 
 def _frame_files(folder: Path) -> List[Path]:
