@@ -279,7 +279,11 @@ def _repo_section(weights: TrainedWeights, repo_id: str, tag: str) -> str:
               'data_config = timm.data.resolve_model_data_config(model)',
               'transform = timm.data.create_transform(**data_config, is_training=False)', '```', '',
               f'Offline: `HF_HUB_OFFLINE=1` with the repo in the Hub cache (`hf download {repo_id}`), or '
-              f"`timm.create_model('local-dir:DIR', pretrained=True)` on a downloaded copy of this folder.", '']
+              f"`timm.create_model('local-dir:DIR', pretrained=True)` on a downloaded copy of this folder.", '',
+              f"transformers: `import gczoo` first, then `AutoModelForImageClassification.from_pretrained("
+              f"'{repo_id}')`; without it transformers says the architecture is not supported by your timm "
+              "(upgrading timm does not help).",
+              '']
     return '\n'.join(lines)
 
 

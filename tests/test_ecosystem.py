@@ -336,6 +336,8 @@ def test_publish_of_an_export_keeps_its_description(tmp_path):
     got = _described(files[1].parent)
     assert got['tag'] == 'digits' and got['notes'] == ['trained from scratch by gczoo train']
     assert '**Recipe tag:** `digits` (trained from scratch by gczoo train)' in (tmp_path / 'hub' / 'README.md').read_text()
+    card = (tmp_path / 'hub' / 'README.md').read_text()  # what a transformers user of the repo must do
+    assert "transformers: `import gczoo` first, then `AutoModelForImageClassification.from_pretrained(" in card
     lone = tmp_path / 'lone.pth'
     torch.save(model.state_dict(), lone)
     got = _described(write_hub_folder(load_training_output(lone, model_name='resnet18_gc'), tmp_path / 'hub2',
