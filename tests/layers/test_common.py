@@ -221,6 +221,7 @@ def test_torchscript_matches_eager(name):
     torch.testing.assert_close(scripted(x), block(x))
 
 
+@pytest.mark.slow  # torch.compile: 1-8 s per block on one core
 @pytest.mark.parametrize('name', NAMES)
 def test_torch_compile_matches_eager(name):
     torch._dynamo.reset()
@@ -230,6 +231,7 @@ def test_torch_compile_matches_eager(name):
     torch.testing.assert_close(compiled(x), block(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow  # inductor codegen: 2-8 s per block
 @pytest.mark.parametrize('name', ['gc', 'nl'])
 def test_torch_compile_inductor(name):
     """The real compiler (C++ codegen) on two blocks; the rest use aot_eager above to keep CI short."""
