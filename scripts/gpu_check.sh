@@ -36,7 +36,8 @@ OUT="${1:-}"
 PYTHON="${PYTHON:-$(command -v python || command -v python3 || true)}"
 [[ -n "$PYTHON" ]] || { echo "gpu_check: no python on PATH; activate the environment gczoo is installed in, or set PYTHON=" >&2; exit 2; }
 [[ "$PYTHON" == */* ]] && PYTHON=$(absolute "$PYTHON")
-cd "$(dirname "$0")/.."
+cd "$(dirname "$(readlink -f "$0")")/.."  # the repository, also when run through a symlink
+[[ -d tests/cuda ]] || { echo "gpu_check: $PWD has no tests/cuda; run the gpu_check.sh of a gczoo checkout" >&2; exit 2; }
 OUT="${OUT:-$PWD/output/gpu_check}"
 mkdir -p "$OUT/bench" 2>/dev/null && [[ -w "$OUT/bench" ]] || {
     echo "gpu_check: cannot create the output folder $OUT; pass another one" >&2; exit 2; }

@@ -121,3 +121,20 @@ def test_gpu_check_refuses_a_cpu_dry_run_on_a_gpu_and_unknown_values(tmp_path):
                               env=subprocess_env(PYTHON=str(python), GCZOO_CUDA_TESTS_ON=value))
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and message in proc.stderr, proc.stderr
         assert 'CUDA tests (pytest' not in proc.stdout  # stopped before the tests
+
+
+def test_gpu_check_through_a_symlink_finds_its_repository(tmp_path):
+    link = tmp_path / 'bin' / 'gpu_check'
+    _python_without_torch(tmp_path / 'bin')  # stops right after the checks that need the repository
+    link.symlink_to(REPO / 'scripts' / 'gpu_check.sh')
+    proc = subprocess.run(['bash', str(link), 'out'], capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+                          env=subprocess_env(PYTHON=str(tmp_path / 'bin' / 'python')))
+    assert proc.returncode == 2 and 'cannot import torch' in proc.stderr and 'tests/cuda' not in proc.stderr
+    assert (tmp_path / 'out' / 'bench').is_dir()
+    copy = tmp_path / 'elsewhere' / 'scripts' / 'gpu_check.sh'  # a copy outside any checkout
+    copy.parent.mkdir(parents=True)
+    copy.write_text((REPO / 'scripts' / 'gpu_check.sh').read_text())
+    proc = subprocess.run(['bash', str(copy)], capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+                          env=subprocess_env(PYTHON=sys.executable))
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f'gpu_check: {tmp_path.resolve() / "elsewhere"} has no tests/cuda; run the gpu_check.sh of a gczoo checkout']
