@@ -91,8 +91,11 @@ def _read_pretrained(model: ResNet3d, name: str, tag: Any, overlay: Mapping[str,
     source = f'{what} ({str(path)!r})'
     state = unwrap_state_dict(checkpoint, source=source)
     state = _adapt_first_conv(convert_mmaction2(state, source) if _is_mmaction2(state) else state, model.in_chans)
+    if model.num_classes == 0:  # features only: the checkpoint's classifier is dropped, as timm does
+        state = {k: v for k, v in state.items() if not k.startswith('fc.')}
     load_weights(model, state, what=source, skip_mismatched_classifier=True,
-                 hint=f'Is it a checkpoint of {name} (mmaction2 config {tag.source_name})?')
+                 hint=f'Is it a checkpoint of {name} (mmaction2 config {tag.source_name})? 2D ResNet weights load '
+                      f'with gczoo.video.inflate_from_2d(model, file) instead.')
 
 
 def create_video_model(

@@ -295,6 +295,17 @@ def test_a_named_tag_stays_in_the_cfg_without_its_weights_as_timm():
         create_video_model('i3d_r50.nope', pretrained=False)
 
 
+def test_pretrained_features_only_and_2d_weights(hub_dir, tmp_path):
+    state = Recognizer3D(non_local=False).state_dict()
+    torch.save({'state_dict': state}, _cached(hub_dir))
+    model = create_video_model('i3d_r50', pretrained=True, num_classes=0)  # the classifier dropped, as timm
+    assert isinstance(model.fc, torch.nn.Identity) and model.num_classes == 0
+    assert torch.equal(model.conv1.weight, state['backbone.conv1.conv.weight'])
+    torch.save(timm.create_model('resnet50').state_dict(), tmp_path / 'r50.pth')
+    with pytest.raises(CheckpointError, match='inflate_from_2d'):
+        create_video_model('i3d_r50', pretrained=True, pretrained_cfg_overlay=dict(file=str(tmp_path / 'r50.pth')))
+
+
 def test_in_chans_as_timm(hub_dir):
     model = create_video_model('i3d_r50', in_chans=1, num_classes=0).eval()
     assert model.conv1.in_channels == 1 and model(torch.randn(1, 1, 8, 32, 40)).shape == (1, 2048)
