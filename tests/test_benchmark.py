@@ -216,6 +216,7 @@ def test_models_batches_and_control():
     assert set(raw['resnet18 (A/A copy)']['by_batch']) == {1, 2}
 
 
+@pytest.mark.slow  # ~8 s: torch.compile of every model in the group
 def test_models_compile_column():
     """--modes compile times torch.compile'd models (the 'eager' backend here: the plumbing, not inductor)."""
     rows, _ = bench_models(['resnet18_gc'], batch=1, img_size=32, steps=1, warmup=0, modes=['compile'],
