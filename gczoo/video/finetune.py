@@ -138,6 +138,13 @@ def _split(data_dir: Any, split: str) -> Tuple[List[Tuple[str, str]], List[str],
     return samples, classes, folder
 
 
+def _frames_setting(model_kwargs: Dict[str, Any], key: str, default: int) -> int:
+    value = model_kwargs.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f'--model-kwargs {key}={value!r}: {key} must be an integer >= 1 (frames)')
+    return value
+
+
 def _create_model(args: argparse.Namespace, num_classes: int, log: Callable[[str], None]) -> ResNet3d:
     from gczoo.models.weights import load_weights
     kwargs = {k: v for k, v in args.model_kwargs.items() if k not in ('clip_len', 'frame_interval')}
@@ -181,8 +188,8 @@ def build_video_training(args: argparse.Namespace, env: Any, device: torch.devic
     index = {name: i for i, name in enumerate(classes)}
     model = _create_model(args, len(classes), log)
     cfg = model.pretrained_cfg
-    clip_len = int(args.model_kwargs.get('clip_len', cfg['clip_len']))
-    interval = int(args.model_kwargs.get('frame_interval', cfg['frame_interval']))
+    clip_len = _frames_setting(args.model_kwargs, 'clip_len', cfg['clip_len'])
+    interval = _frames_setting(args.model_kwargs, 'frame_interval', cfg['frame_interval'])
     size = int(args.input_size[-1] if args.input_size else args.img_size or cfg['input_size'][-1])
     mean, std = tuple(args.mean or cfg['mean']), tuple(args.std or cfg['std'])
     if args.no_aug:

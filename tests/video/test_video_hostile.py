@@ -214,6 +214,12 @@ def test_train_refuses_an_empty_class_folder_and_a_folder_of_images(tmp_path, ca
     (data / 'train' / 'empty').rmdir()
     err = _one_line_error(capsys, _train_argv(data, tmp_path / 'out', 'in_chans=1'))  # a --model-kwargs value
     assert 'in_chans=1' in err and 'RGB' in err
+    for bad in ('clip_len=0', 'frame_interval=x'):
+        argv = _train_argv(data, tmp_path / 'out')
+        argv[argv.index('clip_len=8')] = bad if bad.startswith('clip_len') else 'clip_len=8'
+        argv += [] if bad.startswith('clip_len') else [bad]
+        err = _one_line_error(capsys, argv)
+        assert bad.split('=')[0] in err and 'integer >= 1' in err
 
 
 def test_eval_video_names_an_empty_class_folder(clips, capsys):
