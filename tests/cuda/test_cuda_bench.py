@@ -3,8 +3,9 @@ import pytest
 
 from gczoo.bench.models import bench_models, format_model_table
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(
-    __import__('os').environ.get('GCZOO_CUDA_TESTS_ON') == 'cpu', reason='peak memory is measured on CUDA only')]
+from _cuda_utils import DEVICE
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(DEVICE.type != 'cuda', reason='peak memory is measured on CUDA only')]
 
 
 def test_bench_models_on_cuda_reports_training_peak_memory():

@@ -11,8 +11,7 @@ inputs to 10 mantissa bits, which is what the half tolerances are for).
 """
 import contextlib
 import copy
-import os
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import pytest
 import timm
@@ -23,9 +22,10 @@ import gczoo  # noqa: F401  (registers the zoo)
 from gczoo.layers import ATTN_SPECS, attention_modules, create_attn
 from gczoo.models import ZOO_MODELS
 
+from _cuda_utils import DEVICE, rel_error
+
 pytestmark = pytest.mark.cuda
 
-DEVICE = torch.device('cpu' if os.environ.get('GCZOO_CUDA_TESTS_ON') == 'cpu' else 'cuda')
 CHANNELS = 64
 # relative error allowed per precision, ||out - ref|| / ||ref|| (float16: 11 bits, bfloat16: 8 bits of mantissa)
 REL_TOL = {torch.float32: 2e-5, torch.float16: 4e-3, torch.bfloat16: 3e-2}
@@ -41,18 +41,8 @@ PRECISIONS = {  # name -> (module dtype, autocast dtype or None)
 }
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32() -> Iterator[None]:
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
-    assert torch.isfinite(out).all(), 'non-finite values'
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 def perturbed(module: nn.Module, scale: float = 0.2, seed: int = 1) -> nn.Module:

@@ -2,7 +2,6 @@
 bf16 autocast within its tolerance, a training step's gradients finite, slide inference equal on both
 devices. Marked ``cuda``: skipped with the reason without a GPU (``GCZOO_CUDA_TESTS_ON=cpu``: a dry run)."""
 import copy
-import os
 
 import pytest
 import torch
@@ -12,23 +11,14 @@ from gczoo.seg import create_segmentor, list_segmentors
 from gczoo.seg.inference import predict_logits
 from gczoo.video import create_video_model, list_video_models
 
+from _cuda_utils import DEVICE, rel_error
+
 pytestmark = pytest.mark.cuda
 
-DEVICE = torch.device('cpu' if os.environ.get('GCZOO_CUDA_TESTS_ON') == 'cpu' else 'cuda')
 
 
-@pytest.fixture(autouse=True)
-def _no_tf32():
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
-def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    out, ref = out.detach().double().cpu(), ref.detach().double().cpu()
-    assert torch.isfinite(out).all(), 'non-finite values'
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
 def perturbed(model: nn.Module) -> nn.Module:
