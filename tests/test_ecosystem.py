@@ -315,6 +315,22 @@ def test_export_metadata_describes_the_exported_weights(tmp_path):
     assert published['tag'] == 'digits'
 
 
+def test_export_from_a_transplanted_timm_backbone_keeps_its_licence(tmp_path):
+    """A backbone under a non-commercial licence made the export say no licence at all."""
+    from gczoo.models.hub_folder import export_metadata
+    model = timm.create_model('resnet18_gc', num_classes=3)
+    cases = {'resnet50.fb_swsl_ig1b_ft_in1k': ('resnet50.fb_swsl_ig1b_ft_in1k', 'cc-by-nc-4.0'),
+             'resnet50': ('resnet50.a1_in1k', 'apache-2.0'),  # the default tag, named
+             '/runs/me/backbone.safetensors': ('backbone.safetensors', None)}
+    for backbone, (named, license) in cases.items():
+        meta = export_metadata({'model': 'resnet50_gc', 'pretrained_backbone': backbone})
+        assert meta == {'origin': f'trained from a backbone transplanted from {named} by gczoo train',
+                        'license': license}
+    got = _described(save_pretrained(model, tmp_path / 'nc', **export_metadata(
+        {'model': 'resnet18_gc', 'pretrained_backbone': 'resnet50.fb_swsl_ig1b_ft_in1k'})))
+    assert got['license'] == 'cc-by-nc-4.0'
+
+
 def test_train_export_says_trained_from_scratch(tmp_path):
     from gczoo.models.hub_folder import export_metadata
     from gczoo.train.outputs import export_best

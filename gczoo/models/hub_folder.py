@@ -162,6 +162,19 @@ def file_name(value: Any) -> str:
     return Path(str(value)).name or str(value)
 
 
+def _timm_tag(name: str) -> Optional[Tuple[str, Optional[str]]]:
+    """``(architecture.tag, licence)`` of a timm pretrained name (the default tag for a bare architecture)."""
+    import timm
+    from timm.models import get_pretrained_cfg
+    try:
+        cfg = get_pretrained_cfg(name) if timm.is_model(name) else None
+    except (RuntimeError, ValueError):
+        cfg = None
+    if cfg is None:
+        return None
+    return (f'{name.partition(".")[0]}.{cfg.tag}' if cfg.tag else name), cfg.license
+
+
 def export_metadata(args: Mapping[str, Any], pretrained_cfg: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """What an export of a run's weights says about them (``save_pretrained``'s ``origin`` and ``license``),
     from the run's args (``vars(args)``, or an ``args.yaml`` read back) and the model's ``pretrained_cfg``:
@@ -180,6 +193,9 @@ def export_metadata(args: Mapping[str, Any], pretrained_cfg: Optional[Mapping[st
         license = (pretrained_cfg or {}).get('license')
     elif args.get('pretrained_backbone'):
         backbone = str(args['pretrained_backbone'])
+        source = _timm_tag(backbone)
+        if source is not None:  # a timm tag: named in full, and its licence carries over as a tag's does
+            backbone, license = source
         backbone = file_name(backbone) if os.sep in backbone or backbone.endswith(('.safetensors', '.pth')) \
             else backbone
         start = f'trained from a backbone transplanted from {backbone}'
