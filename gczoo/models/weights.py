@@ -138,11 +138,33 @@ def _pickle_globals(path: Optional[Path], error: Exception) -> List[str]:
     return found or sorted(set(re.findall(r'GLOBAL ([\w.]+)', str(error))))
 
 
+def _opcode_globals(path: Path) -> List[str]:
+    """The globals a bare (non-zip) pickle names in its GLOBAL/STACK_GLOBAL opcodes, read with pickletools
+    (nothing is run): torch's weights_only reader stops at protocol 4's FRAME opcode before naming them."""
+    import pickletools
+    found: List[str] = []
+    strings: List[str] = []
+    try:
+        with open(path, 'rb') as f:
+            for op, arg, _ in pickletools.genops(f):
+                if op.name == 'GLOBAL':
+                    found.append(str(arg).replace(' ', '.'))
+                elif op.name == 'STACK_GLOBAL' and len(strings) >= 2:
+                    found.append(f'{strings[-2]}.{strings[-1]}')
+                elif isinstance(arg, str):
+                    strings.append(arg)
+    except Exception:  # not a pickle, or damaged after the part read
+        pass
+    return found
+
+
 def unpickling_refused(error: Exception, path: Optional[Path] = None, source: Optional[str] = None) -> CheckpointError:
     """The error for a checkpoint ``torch.load(weights_only=True)`` refused (``error``): a damaged file, a
     pickle whose objects could run code (no command to unpickle it is offered), or benign extra objects
     (with a recipe to keep the weights alone). ``source`` names it when the path is not known."""
     found = _pickle_globals(path, error)
+    if not found and path is not None and path.is_file():  # a bare pickle: name only the code-running globals
+        found = [g for g in _opcode_globals(path) if _CODE_RUNNING.match(g)]
     path = path if path is not None else Path(source or 'the checkpoint')
     if not found:  # not an allow-list refusal: the bytes themselves are bad
         detail = re.search(r'WeightsUnpickler error:\s*(.+?)\s*(?:\n\n|Check the documentation|$)', str(error), re.S)
