@@ -363,3 +363,27 @@ def test_full_size_model_scripts_and_exports_at_batch_1():
     assert ref.shape == (1, 400)
     torch.testing.assert_close(scripted, ref)
     torch.testing.assert_close(exported, ref)
+
+
+@pytest.mark.slow
+def test_kill_9_mid_run_leaves_nothing_half_written(tmp_path):
+    import signal
+    import subprocess
+    root = tmp_path / 'clips'
+    for c in ('a', 'b'):
+        for i in range(30):
+            _write_frames(root / c / f'x{i}', frames=4, seed=i)
+    results = tmp_path / 'results.json'
+    results.write_text('{"earlier": true}\n')
+    argv = _eval_argv(root, '--results-file', str(results))[1:]
+    env = dict(os.environ, OMP_NUM_THREADS='1')
+    proc = subprocess.Popen([sys.executable, '-m', 'gczoo.video.evaluate', *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, env=env)
+    try:
+        assert 'gczoo eval-video: i3d_r50' in proc.stdout.readline()  # evaluating now
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert results.read_text() == '{"earlier": true}\n'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['clips', 'results.json']  # no temporary file left
