@@ -16,6 +16,7 @@ second rather than after an hour of computing.
 import contextlib
 import errno
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import BinaryIO, Callable, Iterator, List, Mapping, Union
 
 __all__ = [
     'Writer', 'atomic_write', 'atomic_write_text', 'check_output_dir', 'fsync_dir', 'fsync_tree', 'staged_folder',
-    'umask_mode', 'write_files',
+    'place_copy', 'umask_mode', 'write_files',
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -125,6 +126,27 @@ def fsync_tree(folder: PathLike) -> None:
             except OSError as e:  # a full disk shows here: raised, naming the file
                 raise _naming(file, e) from e
         fsync_dir(root)
+
+
+def place_copy(source: PathLike, path: PathLike) -> Path:
+    """Put the complete file ``source`` also at ``path`` in one rename: a hard link (a copy with the umask's
+    mode where the file system has none) under a temporary name next to ``path``, then ``os.replace``.
+    A reader sees the old ``path`` or the new one; ``source`` stays."""
+    path = Path(path)
+    tmp = path.parent / f'.{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp'
+    try:
+        try:
+            os.link(source, tmp)
+        except OSError:  # no hard links here (some network/FUSE file systems): a copy
+            shutil.copyfile(source, tmp)
+            os.chmod(tmp, umask_mode())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise _naming(path, e) from e
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+    return path
 
 
 def _swap_in(staging: Path, path: Path) -> None:

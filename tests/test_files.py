@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from gczoo.files import staged_folder, write_files
+from gczoo.files import place_copy, staged_folder, write_files
 
 
 def test_staged_folder_replaces_a_folder_whole(tmp_path):
@@ -66,3 +66,17 @@ def test_staged_folder_gets_the_umask_mode(tmp_path):
     finally:
         os.umask(umask)
     assert (tmp_path / 'f').stat().st_mode & 0o777 == 0o755
+
+
+def test_place_copy_puts_a_finished_file_under_another_name_in_one_rename(tmp_path, monkeypatch):
+    (tmp_path / 'tmp.bin').write_bytes(b'new')
+    (tmp_path / 'best.bin').write_bytes(b'old')
+    place_copy(tmp_path / 'tmp.bin', tmp_path / 'best.bin')
+    assert (tmp_path / 'best.bin').read_bytes() == b'new' and (tmp_path / 'tmp.bin').read_bytes() == b'new'
+
+    def no_links(*args):  # a file system without hard links: a copy, with the umask's mode
+        raise OSError(errno.EPERM, 'Operation not permitted')
+    monkeypatch.setattr(os, 'link', no_links)
+    place_copy(tmp_path / 'tmp.bin', tmp_path / 'copy.bin')
+    assert (tmp_path / 'copy.bin').read_bytes() == b'new'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['best.bin', 'copy.bin', 'tmp.bin']  # no temporary left

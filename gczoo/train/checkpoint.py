@@ -19,7 +19,6 @@ import contextlib
 import os
 import random
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -27,7 +26,7 @@ import numpy as np
 import torch
 
 from gczoo.errors import CheckpointError
-from gczoo.files import atomic_write, fsync_dir, umask_mode
+from gczoo.files import atomic_write, fsync_dir, place_copy
 from gczoo.models.weights import read_checkpoint
 
 __all__ = [
@@ -108,7 +107,7 @@ class CheckpointFiles:
             except OSError as e:  # name the checkpoint, not the temporary file
                 raise OSError(e.errno, e.strerror or str(e), str(self.out_dir / names[0])) from e
             for name in names:
-                self._place(tmp, name)
+                place_copy(tmp, self.out_dir / name)
             for name in evicted:  # only files this run listed: never another run's
                 with contextlib.suppress(FileNotFoundError):
                     (self.out_dir / name).unlink()
@@ -118,19 +117,6 @@ class CheckpointFiles:
                 tmp.unlink()
         fsync_dir(self.out_dir)
         self.files = files
-
-    def _place(self, source: Path, name: str) -> None:
-        link = self.out_dir / f'.{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp'
-        try:
-            os.link(source, link)
-        except OSError:  # no hard links here (some network/FUSE file systems): a copy
-            shutil.copyfile(source, link)
-            os.chmod(link, umask_mode())
-        try:
-            os.replace(link, self.out_dir / name)
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                link.unlink()
 
 
 def load_training_checkpoint(path: os.PathLike) -> Dict[str, Any]:
