@@ -432,6 +432,21 @@ def test_frozen_zero_init_finds_any_frozen_norm_class():
     assert frozen_zero_init(model) == []
 
 
+def test_timms_own_non_local_is_kept_trainable_and_detected():
+    """timm.create_model('resnet18', block_args=dict(attn_layer='nl')): timm's NonLocalAttn starts at the
+    identity (its output BN weight is zero) as gczoo's does; neither function knew it."""
+    from timm.layers import NonLocalAttn, freeze_batch_norm_2d
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    from gczoo.layers import freeze_backbone_bn, frozen_zero_init
+    model = freeze_backbone_bn(timm.create_model('resnet18', block_args=dict(attn_layer='nl'), num_classes=2))
+    blocks = [m for m in model.modules() if isinstance(m, NonLocalAttn)]
+    assert blocks and all(type(b.norm) is nn.BatchNorm2d for b in blocks) and isinstance(model.bn1, FrozenBatchNorm2d)
+    assert frozen_zero_init(model) == []
+    frozen = frozen_zero_init(freeze_batch_norm_2d(timm.create_model('resnet18', block_args=dict(attn_layer='nl'))))
+    assert len(frozen) == len(blocks) and frozen[0] == 'layer1.0.se.norm.weight (FrozenBatchNorm2d)', frozen
+
+
 def test_freeze_backbone_bn_twice_compiled_plain_timm_and_ddp(tmp_path):
     import torch.distributed as dist
     from timm.layers import freeze_batch_norm_2d

@@ -16,13 +16,17 @@ from typing import List, Tuple
 import torch
 import torch.nn as nn
 
-from .registry import ATTN_SPECS, attention_modules
+from .registry import ATTN_SPECS
 
 __all__ = ['freeze_backbone_bn', 'frozen_zero_init']
 
 
 def _attention_classes() -> Tuple[type, ...]:
-    return tuple({spec.cls for spec in ATTN_SPECS.values()})
+    # gczoo's blocks, and timm's own that start at the identity (timm.layers.NonLocalAttn's output BN is
+    # zero-initialised, GlobalContext's fuse-by-add conv too), as in timm.create_model('resnet50',
+    # block_args=dict(attn_layer='nl'))
+    from timm.layers import GlobalContext, NonLocalAttn
+    return tuple({spec.cls for spec in ATTN_SPECS.values()} | {NonLocalAttn, GlobalContext})
 
 
 def _freeze_outside(module: nn.Module, classes: Tuple[type, ...]) -> None:
@@ -37,7 +41,8 @@ def _freeze_outside(module: nn.Module, classes: Tuple[type, ...]) -> None:
 
 
 def freeze_backbone_bn(model: nn.Module) -> nn.Module:
-    """``model`` with every BatchNorm outside the gczoo attention blocks turned into timm's
+    """``model`` with every BatchNorm outside the attention blocks (gczoo's, and timm's
+    ``NonLocalAttn``/``GlobalContext``) turned into timm's
     ``FrozenBatchNorm2d`` (``timm.layers.freeze_batch_norm_2d``, in place where it can be); the blocks'
     norms, the Non-local block's zero-initialised output BN among them, stay trainable. Returns the
     model (a new module only if ``model`` itself is a BatchNorm), as timm's function does. Freeze before
@@ -75,7 +80,8 @@ def frozen_zero_init(model: nn.Module) -> List[str]:
     whole training."""
     frozen_norms = _frozen_norm_classes()
     found: List[str] = []
-    for block_name, block in attention_modules(model):
+    classes = _attention_classes()
+    for block_name, block in [(n, m) for n, m in model.named_modules() if isinstance(m, classes)]:
         prefix = f'{block_name}.' if block_name else ''
         for name, sub in block.named_modules():
             # a weight kept as a buffer never trains: torchvision's/timm's FrozenBatchNorm2d, detectron2's, ...
