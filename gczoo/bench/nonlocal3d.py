@@ -89,6 +89,20 @@ def measure_nl3d_memory(specs: Sequence[Dict[str, Any]], on_result: Callable[[Di
         on_result(dict(spec, peak_extra_bytes=int(extra), method=method))
 
 
+def _check_fits(matrix_bytes: int, device: torch.device) -> None:
+    """``ValueError`` before measuring when the naive block's float32 pairwise matrix alone exceeds the
+    device's memory (it would end in an allocator traceback or the OOM killer)."""
+    import os
+    try:
+        total = (torch.cuda.get_device_properties(device).total_memory if device.type == 'cuda'
+                 else os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES'))
+    except (ValueError, OSError, AttributeError, RuntimeError):  # unknown: measure and see
+        return
+    if matrix_bytes > total:
+        raise ValueError(f"the naive block's THW x THW' matrix alone needs {matrix_bytes / 2 ** 30:.1f} GiB, more than "
+                         f'the {total / 2 ** 30:.1f} GiB of {device}: lower --size, --frames or --batch')
+
+
 def bench_nl3d(
         batch: int, channels: int, frames: int, size: int, *, rounds: int, warmup: int, min_time: float,
         memory: str, device: str, clock: str, seed: int = 0,
@@ -99,6 +113,7 @@ def bench_nl3d(
     if diff > 1e-9:
         raise AssertionError(f'gczoo and naive NonLocal3d differ by {diff:g} in float64: not the same function')
     dev = torch.device(device)
+    _check_fits(batch * frames * size * size * frames * (size // 2) ** 2 * 4, dev)
     impls = {k: v.to(dev) for k, v in build_nl3d_impls(channels, seed).items()}
     x = torch.randn(*shape, device=dev)
     times = interleaved_times({k: _call(m, x) for k, m in impls.items()}, rounds, warmup, dev,

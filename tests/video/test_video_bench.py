@@ -32,3 +32,11 @@ def test_bench_nl3d_too_small_is_one_line(tmp_path, capsys):
                  '--memory', 'off', '--output-dir', str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and 'sub_sample' in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_nl3d_larger_than_memory_is_one_line(tmp_path, capsys):
+    code = main(['bench', 'nl3d', '--batch', '1', '--channels', '8', '--frames', '4', '--size', '2000',
+                 '--repeats', '1', '--warmup', '0', '--min-time', '0', '--memory', 'off', '--device', 'cpu',
+                 '--output-dir', str(tmp_path), '--threads', '1'])
+    err = capsys.readouterr().err
+    assert code == 2 and 'GiB' in err and '--size' in err and len(err.strip().splitlines()) == 1
