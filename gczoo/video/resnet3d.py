@@ -204,6 +204,8 @@ class ResNet3d(nn.Module):
         """A new ``fc`` for ``num_classes`` (0: features only), as timm's ``reset_classifier``."""
         if global_pool != 'avg':
             raise ValueError(f"ResNet3d pools with global_pool='avg' only (I3DHead's), got {global_pool!r}")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+            raise ValueError(f'num_classes must be an int >= 0 (0: features only), got {num_classes!r}')
         self.num_classes = num_classes
         self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
         if isinstance(self.fc, nn.Linear):

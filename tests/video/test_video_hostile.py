@@ -328,6 +328,14 @@ def test_in_chans_as_timm(hub_dir):
     assert two.conv1.weight.shape == (64, 2, 5, 7, 7)
 
 
+def test_reset_classifier_refuses_a_negative_size():
+    model = create_video_model('i3d_r50', num_classes=3)
+    with pytest.raises(ValueError, match='num_classes must be'):
+        model.reset_classifier(-1)
+    model.reset_classifier(0)
+    assert isinstance(model.fc, torch.nn.Identity) and model.num_classes == 0
+
+
 def test_channels_last_3d_and_non_square_clips_match(tmp_path):
     model = create_video_model('i3d_r50_nl', num_classes=5).double().eval()
     x = torch.randn(2, 3, 8, 36, 20, dtype=torch.float64)
