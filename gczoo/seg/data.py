@@ -3,12 +3,14 @@
 * ``cityscapes``: ``ROOT/leftImg8bit/<split>/<city>/<name>_leftImg8bit.png`` with
   ``ROOT/gtFine/<split>/<city>/<name>_gtFine_labelTrainIds.png`` (train ids, what mmseg evaluates on) or,
   where that is absent, ``<name>_gtFine_labelIds.png`` (raw ids, mapped to train ids here).
-* ``ade20k``: ``ROOT/images/<split>/<name>.jpg`` with ``ROOT/annotations/<split>/<name>.png`` (0 = other,
+* ``ade20k``: ``ROOT/images/<split>/**/<name>.jpg`` with ``ROOT/annotations/<split>/**/<name>.png`` (found
+  recursively as mmseg lists them, hidden files skipped; 0 = other,
   mmseg's ``reduce_zero_label``: 0 -> 255, k -> k - 1).
 
 Every problem is one ``ValueError`` naming the file and what to do: no such folder, no images, an image
 without its mask, a mask of another size than its image, an RGB mask, label values out of range, an
-undecodable file. A problem found in a loader worker travels back as its message (not a worker traceback).
+undecodable file, a decompression bomb, a JPEG mask (lossy: its ids are not the annotator's). A problem found
+in a loader worker travels back as its message (not a worker traceback).
 """
 import dataclasses
 from pathlib import Path
@@ -59,10 +61,11 @@ def _cityscapes(root: Path, split: str) -> List[SegSample]:
 
 def _ade20k(root: Path, split: str) -> List[SegSample]:
     folder = _folder(root / 'images' / split, 'ADE20K image folder')
-    images = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES)
+    images = sorted(p for p in folder.rglob('*') if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()
+                    and not any(part.startswith('.') for part in p.relative_to(folder).parts))  # as mmseg: recursive
     out = []
     for image in images:
-        mask = root / 'annotations' / split / f'{image.stem}.png'
+        mask = (root / 'annotations' / split / image.relative_to(folder)).with_suffix('.png')
         if not mask.is_file():
             raise ValueError(f'image {str(image)!r} has no ground truth: expected {str(mask)!r}')
         out.append(SegSample(image, mask, 'ade20k'))
@@ -87,7 +90,7 @@ def read_image(path: Path) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             array = np.asarray(img.convert('RGB'))
-    except (OSError, UnidentifiedImageError) as e:
+    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f'image {str(path)!r} cannot be decoded ({type(e).__name__}: {e}); replace or remove '
                          f'it') from e
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
@@ -98,9 +101,13 @@ def read_mask(sample: SegSample, num_classes: int) -> torch.Tensor:
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(sample.mask) as img:
+            lossy = img.format in ('JPEG', 'MPO')
             array = np.asarray(img).astype(np.int64)
-    except (OSError, UnidentifiedImageError) as e:
+    except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f'mask {str(sample.mask)!r} cannot be decoded ({type(e).__name__}: {e})') from e
+    if lossy:  # lossy compression blurs label ids into their neighbours' values
+        raise ValueError(f'mask {str(sample.mask)!r} is a {img.format} file: lossy compression changes label ids; '
+                         f'use the dataset\'s original PNG masks')
     if array.ndim != 2:
         raise ValueError(f'mask {str(sample.mask)!r} has shape {array.shape}: expected one channel of label ids '
                          f'(a colour-coded mask is not a label map)')

@@ -22,7 +22,7 @@ from gczoo.files import atomic_write_text
 from .create import create_segmentor
 from .data import LAYOUTS, SegFolder, find_samples
 from .datasets import IGNORE_INDEX, dataset_info
-from .inference import segment_image
+from .inference import check_slide_window, segment_image
 from .tags import MMSEG_MEAN, MMSEG_STD, SEG_DATA
 
 __all__ = ['build_parser', 'iou_from_confusion', 'resolve_seg_config', 'evaluate_segmentation', 'main']
@@ -77,6 +77,11 @@ def resolve_seg_config(args: argparse.Namespace, model: torch.nn.Module) -> Dict
         cfg['scale'] = None
     if cfg['mode'] == 'slide' and not (cfg.get('crop_size') and cfg.get('stride')):
         raise ValueError('--mode slide needs --crop-size H W and --stride H W (the tag has none)')
+    if cfg['mode'] == 'slide':  # checked before any image is read: a bad window fails at once, in one line
+        try:
+            cfg['crop_size'], cfg['stride'] = check_slide_window(cfg['crop_size'], cfg['stride'])
+        except ValueError as e:
+            raise ValueError(f'--crop-size / --stride: {e}') from None
     return cfg
 
 

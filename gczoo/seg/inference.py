@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['normalize', 'rescale_size', 'resize_image', 'predict_logits', 'segment_image']
+__all__ = ['normalize', 'rescale_size', 'resize_image', 'check_slide_window', 'predict_logits', 'segment_image']
 
 Size = Tuple[int, int]
 
@@ -40,7 +40,7 @@ def rescale_size(height: int, width: int, scale: Optional[Sequence[int]]) -> Siz
     if not scale:
         return height, width
     factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
-    return int(height * factor + 0.5), int(width * factor + 0.5)
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))  # a 1-pixel side stays 1
 
 
 def resize_image(images: torch.Tensor, size: Size) -> torch.Tensor:
@@ -58,6 +58,16 @@ def _check_window(name: str, value: Any) -> Size:
     return int(value[0]), int(value[1])
 
 
+def check_slide_window(crop_size: Any, stride: Any) -> Tuple[Size, Size]:
+    """``(crop_size, stride)`` as int pairs; a ValueError unless both are positive and the stride is at most the
+    crop on each axis (a larger stride leaves pixels that no crop covers)."""
+    crop, step = _check_window('crop_size', crop_size), _check_window('stride', stride)
+    if step[0] > crop[0] or step[1] > crop[1]:
+        raise ValueError(f'stride {step} is larger than crop_size {crop}: pixels between crops would get no '
+                         f'prediction; use a stride of at most the crop size (mmseg uses about 2/3 of it)')
+    return crop, step
+
+
 def predict_logits(model: nn.Module, x: torch.Tensor, *, mode: str = 'whole', crop_size: Optional[Size] = None,
                    stride: Optional[Size] = None) -> torch.Tensor:
     """Logits (B, K, H, W) at ``x``'s size for a normalised batch, in mmseg's whole or slide mode."""
@@ -65,8 +75,7 @@ def predict_logits(model: nn.Module, x: torch.Tensor, *, mode: str = 'whole', cr
         return model(x)
     if mode != 'slide':
         raise ValueError(f"mode must be 'whole' or 'slide', got {mode!r}")
-    h_crop, w_crop = _check_window('crop_size', crop_size)
-    h_stride, w_stride = _check_window('stride', stride)
+    (h_crop, w_crop), (h_stride, w_stride) = check_slide_window(crop_size, stride)
     batch, _, h_img, w_img = x.shape
     h_grids = max(h_img - h_crop + h_stride - 1, 0) // h_stride + 1
     w_grids = max(w_img - w_crop + w_stride - 1, 0) // w_stride + 1

@@ -3,7 +3,8 @@
 Each image goes through the tag's test pipeline (``gczoo.seg.inference.segment_image``); the prediction
 is coloured with the dataset's palette (mmseg's Cityscapes / ADE20K palette) and written atomically to
 ``OUT/<image stem>.png`` (``--ids`` also writes ``OUT/<stem>_ids.png``, the class ids as an 8-bit grey
-image). An undecodable image, an empty folder or an unwritable output folder ends in one line.
+image). An undecodable image, an empty folder, an unwritable output folder, two inputs whose PNGs
+would share a name or a prediction that would replace an input image end in one line, before the model is built.
 """
 import argparse
 import io
@@ -13,7 +14,7 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 
-from gczoo.args import ArgumentParser, device_name
+from gczoo.args import ArgumentParser, device_name, positive_int
 from gczoo.files import atomic_write, check_output_dir
 
 from .create import create_segmentor
@@ -37,9 +38,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument('--out', required=True, metavar='DIR', help='output folder')
     p.add_argument('--dataset', choices=('cityscapes', 'ade20k'), default=None, help="palette (default: the tag's)")
     p.add_argument('--mode', choices=('whole', 'slide'), default=None)
-    p.add_argument('--crop-size', type=int, nargs=2, default=None, metavar=('H', 'W'))
-    p.add_argument('--stride', type=int, nargs=2, default=None, metavar=('H', 'W'))
-    p.add_argument('--scale', type=int, nargs=2, default=None, metavar=('LONG', 'SHORT'))
+    p.add_argument('--crop-size', type=positive_int, nargs=2, default=None, metavar=('H', 'W'))
+    p.add_argument('--stride', type=positive_int, nargs=2, default=None, metavar=('H', 'W'))
+    p.add_argument('--scale', type=positive_int, nargs=2, default=None, metavar=('LONG', 'SHORT'))
     p.add_argument('--no-resize', action='store_true')
     p.add_argument('--ids', action='store_true', help='also write the class ids as <stem>_ids.png')
     p.add_argument('--device', type=device_name, default=None)
@@ -69,10 +70,26 @@ def _png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
+def _check_outputs(images: Sequence[Path], out: Path, ids: bool) -> None:
+    """A ValueError when two outputs would share a file or an output would replace an input image."""
+    names = [f'{p.stem}.png' for p in images] + ([f'{p.stem}_ids.png' for p in images] if ids else [])
+    if len(set(names)) != len(names):
+        clash = sorted({n for n in names if names.count(n) > 1})
+        raise ValueError(f'two inputs would both write {str(out / clash[0])!r} (their file name stems, or a stem '
+                         f'and another\'s <stem>_ids, are the same); rename one or segment them into separate --out '
+                         f'folders')
+    inputs = {p.resolve() for p in images}
+    for name in names:
+        if (out / name).resolve() in inputs:
+            raise ValueError(f'--out {str(out)!r}: the prediction {name} would overwrite the input image '
+                             f'{str(out / name)!r}; write to another folder')
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     images = list_images(args.inputs)
     out = check_output_dir(args.out, '--out')
+    _check_outputs(images, out, args.ids)
     if args.pretrained and args.checkpoint:
         raise ValueError('pass --pretrained or --checkpoint, not both')
     model = create_segmentor(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint or None)
@@ -80,9 +97,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model.to(device).eval()
     config = resolve_seg_config(argparse.Namespace(**{**vars(args), 'split': ''}), model)
     _, palette = dataset_info(config['dataset'])
-    stems = [p.stem for p in images]
-    if len(set(stems)) != len(stems):
-        raise ValueError('two inputs share a file name stem; their PNGs would overwrite each other')
     with torch.no_grad():
         for path in images:
             pred = segment_image(model, read_image(path).to(device), config).argmax(0).to(torch.uint8).cpu().numpy()

@@ -100,8 +100,10 @@ class Segmentor(nn.Module):
                  **head_kwargs: Any):
         super().__init__()
         spec = get_segmentor_spec(name)
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f'num_classes must be an int >= 2 (the heads are a softmax over classes: one class '
+                             f'would predict it everywhere and train on a zero loss; a binary task is num_classes=2), '
+                             f'got {num_classes!r}')
         self.name, self.num_classes, self.align_corners = spec.name, num_classes, bool(align_corners)
         self.backbone = timm.create_model(spec.backbone, pretrained=False, output_stride=8, num_classes=0,
                                           global_pool='')

@@ -2,7 +2,7 @@
 
 mmseg's schedule for these models: SGD (lr 0.01, momentum 0.9, weight decay 5e-4), poly decay of the
 learning rate by iteration (power 0.9, down to 1e-4), cross-entropy with label 255 ignored on the logits
-resized to the crop, plus 0.4 x the same loss on the FCN auxiliary head. Augmentation: random keep-ratio
+resized to the crop (averaged over all of the crop's pixels, as mmseg's ``avg_non_ignore=False``), plus 0.4 x the same loss on the FCN auxiliary head. Augmentation: random keep-ratio
 resize at 0.5-2.0 x the tag's scale, random crop (padded with 0 / label 255 where the image is smaller),
 horizontal flip with probability 0.5, then mmseg's mean/std. mmseg's ``PhotoMetricDistortion`` and the
 crop's ``cat_max_ratio`` are not reproduced.
@@ -29,12 +29,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from gczoo.args import ArgumentParser, device_name, non_negative_int, positive_float, positive_int
+from gczoo.args import (ArgumentParser, device_name, fraction, non_negative_float, non_negative_int, positive_float,
+                        positive_int)
 from gczoo.errors import CheckpointError
 from gczoo.files import atomic_write, atomic_write_text, check_output_dir
-from gczoo.models.weights import read_checkpoint
+from gczoo.models.weights import load_weights, read_checkpoint
 from gczoo.train.checkpoint import atomic_save, capture_rng, plain, restore_rng
-from gczoo.train.guards import TrainingDiverged
+from gczoo.train.guards import TrainingDiverged, non_finite_tensors
 from gczoo.train.outputs import write_args, write_results
 from gczoo.train.rundir import RunLock
 
@@ -120,10 +121,10 @@ def build_parser() -> ArgumentParser:
     p.add_argument('-b', '--batch-size', type=positive_int, default=2, help='per process (mmseg: 2 per GPU)')
     p.add_argument('--iters', type=positive_int, default=80000)
     p.add_argument('--lr', type=positive_float, default=0.01)
-    p.add_argument('--min-lr', type=float, default=1e-4)
-    p.add_argument('--momentum', type=float, default=0.9)
-    p.add_argument('--weight-decay', type=float, default=5e-4)
-    p.add_argument('--aux-weight', type=float, default=0.4)
+    p.add_argument('--min-lr', type=non_negative_float, default=1e-4, help='the poly schedule\'s end (<= --lr)')
+    p.add_argument('--momentum', type=fraction, default=0.9)
+    p.add_argument('--weight-decay', type=non_negative_float, default=5e-4)
+    p.add_argument('--aux-weight', type=non_negative_float, default=0.4)
     p.add_argument('--seed', type=non_negative_int, default=0)
     p.add_argument('--output', required=True, help='output folder')
     p.add_argument('--resume', default='', help='OUT/last.pth.tar of an earlier run of the same settings')
@@ -140,8 +141,10 @@ def _losses(model: nn.Module, images: torch.Tensor, masks: torch.Tensor, aux_wei
             align_corners: bool) -> Tuple[torch.Tensor, torch.Tensor]:
     decode, aux = model(images)
     size = masks.shape[1:]
+    # mmseg's CrossEntropyLoss (avg_non_ignore=False): the mean over every pixel, ignored ones counting 0 -- a crop
+    # with no labelled pixel has loss 0, not the NaN of torch's mean over labelled pixels
     losses = [F.cross_entropy(F.interpolate(logits, size=size, mode='bilinear', align_corners=align_corners), masks,
-                              ignore_index=IGNORE_INDEX) for logits in (decode, aux)]
+                              ignore_index=IGNORE_INDEX, reduction='none').mean() for logits in (decode, aux)]
     return losses[0] + aux_weight * losses[1], losses[0].detach()
 
 
@@ -157,11 +160,15 @@ def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, args:
     ckpt = read_checkpoint(path)
     if ckpt.get('format') != FORMAT:
         raise CheckpointError(f'--resume {path!r} is not a gczoo train-seg checkpoint (no {FORMAT!r} state)')
-    for key in ('model', 'dataset', 'batch_size', 'seed', 'crop_size', 'iters'):
+    for key in ('model', 'dataset', 'split', 'num_classes', 'batch_size', 'seed', 'crop_size', 'iters', 'scale',
+                'no_resize', 'ratio_range', 'lr', 'min_lr', 'momentum', 'weight_decay', 'aux_weight'):
         if plain(getattr(args, key)) != ckpt['args'].get(key):
             raise ValueError(f'--resume {path!r} was written with --{key.replace("_", "-")} {ckpt["args"].get(key)!r}, '
                              f'this run has {getattr(args, key)!r}: an exact resume needs the same settings')
-    model.load_state_dict(ckpt['state_dict'])
+    if int(ckpt['iteration']) >= args.iters:
+        raise ValueError(f'--resume {path!r} is a finished run ({ckpt["iteration"]} of --iters {args.iters}); its '
+                         f'weights are model.safetensors next to it (start a new run with --initial-checkpoint)')
+    load_weights(model, ckpt['state_dict'], what=f'--resume {path!r}')
     optimizer.load_state_dict(ckpt['optimizer'])
     restore_rng(ckpt['rng'])
     return int(ckpt['iteration']), list(ckpt.get('summary', []))
@@ -172,6 +179,11 @@ def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
     from gczoo.distributed import init_distributed
     if args.pretrained and args.initial_checkpoint:
         raise ValueError('pass --pretrained or --initial-checkpoint, not both')
+    if args.min_lr > args.lr:
+        raise ValueError(f'--min-lr {args.min_lr} is above --lr {args.lr}: the poly schedule decays from --lr down to '
+                         f'--min-lr')
+    if args.ratio_range[0] > args.ratio_range[1]:
+        raise ValueError(f'--ratio-range {args.ratio_range[0]} {args.ratio_range[1]}: give the smaller ratio first')
     out = check_output_dir(args.output, '--output')
     if (out / 'last.pth.tar').exists() and not args.resume:
         raise ValueError(f'--output {str(out)!r} already holds a run (last.pth.tar): continue it with --resume '
@@ -198,6 +210,9 @@ def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
         model = net.module.model
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out) if env.is_main else contextlib.nullcontext():
+        if env.is_main and not args.resume and (out / 'last.pth.tar').exists():  # a run that ended while we set up
+            raise ValueError(f'--output {str(out)!r} already holds a run (last.pth.tar), written while this one '
+                             f'started; write to another --output')
         if env.is_main:
             import yaml
             write_args(out, yaml.safe_dump(plain(vars(args)), sort_keys=False))
@@ -265,6 +280,10 @@ class _TrainForward(nn.Module):
 
 
 def _save(out: Path, model: nn.Module, optimizer, it: int, args: argparse.Namespace, summary) -> None:
+    bad = non_finite_tensors([model])
+    if bad:  # the last step can turn the weights non-finite after a finite loss: never saved as a result
+        raise TrainingDiverged(f'the weights hold NaN/inf after iteration {it} ({", ".join(bad[:3])}); lower --lr; '
+                               f'nothing was written for this iteration, the last checkpoint is {out / "last.pth.tar"}')
     atomic_save({'format': FORMAT, 'state_dict': model.state_dict(), 'optimizer': plain(optimizer.state_dict()),
                  'iteration': it, 'rng': capture_rng(), 'args': plain(vars(args)), 'summary': plain(summary)},
                 out / 'last.pth.tar')

@@ -1,0 +1,288 @@
+"""A hostile user's pass over the segmentation system (issue 18): every input that used to end in a traceback,
+a silent wrong answer or an overwritten file, each now one line (exit 2 through the CLI) or the right result."""
+import argparse
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from PIL import Image
+
+from gczoo.cli import main
+from gczoo.errors import CheckpointError, GczooError
+from gczoo.models.sources import url_cached_path
+from gczoo.seg import create_segmentor, get_seg_tag
+from gczoo.seg.data import SegSample, find_samples, read_image, read_mask
+from gczoo.seg.inference import check_slide_window, predict_logits, rescale_size
+
+
+def _one_line_exit_2(capsys, argv, message):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+    return err[0]
+
+
+@pytest.fixture(autouse=True)
+def _restore_hub_dir():
+    before = torch.hub.get_dir()
+    yield
+    torch.hub.set_dir(before)
+
+
+# ---- images and masks ---------------------------------------------------------------------------------------------
+
+def test_decompression_bomb_is_one_value_error(tmp_path, monkeypatch):
+    """PIL raises DecompressionBombError (not an OSError): it escaped as a traceback from the loader."""
+    Image.new('RGB', (40, 40)).save(tmp_path / 'bomb.png')
+    Image.new('L', (40, 40)).save(tmp_path / 'mask.png')
+    monkeypatch.setattr(Image, 'MAX_IMAGE_PIXELS', 100)  # 1600 pixels > 2 x 100: PIL's error, not its warning
+    with pytest.raises(ValueError, match='bomb.png.*DecompressionBombError'):
+        read_image(tmp_path / 'bomb.png')
+    with pytest.raises(ValueError, match='mask.png.*DecompressionBombError'):
+        read_mask(SegSample(tmp_path / 'bomb.png', tmp_path / 'mask.png', 'trainIds'), 19)
+
+
+def test_jpeg_mask_is_refused_png_modes_are_ids(tmp_path):
+    """A JPEG saved under the mask's .png name was read silently (its ids blurred by compression); 16-bit and
+    palette-mode PNGs hold ids and stay accepted; 34 in Cityscapes labelIds (raw ids end at 33) is refused."""
+    ids = np.array([[0, 3, 18, 255]] * 3, dtype=np.uint8)
+    Image.fromarray(ids).save(tmp_path / 'jpeg_gtFine_labelTrainIds.png', format='JPEG')
+    sample = SegSample(tmp_path / 'x.png', tmp_path / 'jpeg_gtFine_labelTrainIds.png', 'trainIds')
+    with pytest.raises(ValueError, match='JPEG file: lossy'):
+        read_mask(sample, 19)
+    Image.fromarray(ids.astype(np.uint16)).save(tmp_path / 'm16.png')
+    palette = Image.fromarray(ids).convert('P')
+    palette.putpalette([v % 256 for v in range(768)])
+    palette.save(tmp_path / 'mp.png')
+    for name in ('m16.png', 'mp.png'):
+        got = read_mask(SegSample(tmp_path / 'x.png', tmp_path / name, 'trainIds'), 19)
+        assert got.tolist() == ids.tolist(), name
+    Image.fromarray(np.full((3, 4), 34, dtype=np.uint8)).save(tmp_path / 'raw.png')
+    with pytest.raises(ValueError, match=r'\[34\] out of range for Cityscapes labelIds'):
+        read_mask(SegSample(tmp_path / 'x.png', tmp_path / 'raw.png', 'labelIds'), 19)
+
+
+def test_ade20k_nested_folders_are_found_hidden_files_skipped(tmp_path):
+    """mmseg lists ADE20K-layout folders recursively; gczoo listed only the top folder (silently fewer images)."""
+    for rel in ('a', 'sub/b', 'sub/deeper/c'):
+        (tmp_path / 'images' / 'validation' / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / 'annotations' / 'validation' / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.new('RGB', (5, 4)).save(tmp_path / 'images' / 'validation' / f'{rel}.jpg')
+        Image.new('L', (5, 4)).save(tmp_path / 'annotations' / 'validation' / f'{rel}.png')
+    (tmp_path / 'images' / 'validation' / '._a.jpg').write_bytes(b'macOS resource fork')
+    samples = find_samples(tmp_path, 'ade20k', 'validation')
+    root = tmp_path / 'annotations' / 'validation'
+    assert [s.mask for s in samples] == [root / 'a.png', root / 'sub' / 'b.png', root / 'sub' / 'deeper' / 'c.png']
+    (root / 'sub' / 'b.png').unlink()
+    with pytest.raises(ValueError, match=r"b.jpg' has no ground truth: expected .*sub/b.png"):
+        find_samples(tmp_path, 'ade20k', 'validation')
+
+
+# ---- inference windows --------------------------------------------------------------------------------------------
+
+def test_slide_stride_larger_than_crop_is_a_value_error():
+    """A stride beyond the crop leaves pixels no crop covers: it was a bare AssertionError after all the crops."""
+    def model(x):
+        return x[:, :2]
+    x = torch.randn(1, 3, 20, 30)
+    with pytest.raises(ValueError, match=r'stride \(16, 16\) is larger than crop_size \(8, 8\)'):
+        predict_logits(model, x, mode='slide', crop_size=(8, 8), stride=(16, 16))
+    for crop, stride in [((8, 8), (0, 4)), ((8, 8), (-1, 4)), ((8.0, 8), (4, 4)), ((8,), (4, 4))]:
+        with pytest.raises(ValueError, match='two positive ints'):
+            check_slide_window(crop, stride)
+    assert check_slide_window([9, 7], (9, 1)) == ((9, 7), (9, 1))  # a crop not divisible by 8 is fine
+    # a crop bigger than the image: one crop, the image's own size (mmseg's slide_inference)
+    assert torch.equal(predict_logits(model, x, mode='slide', crop_size=(64, 64), stride=(32, 32)), x[:, :2])
+
+
+def test_rescale_size_never_gives_an_empty_side():
+    """A 1-pixel-wide strip resized to a small scale rounded to width 0: F.interpolate's RuntimeError."""
+    assert rescale_size(10000, 1, (512, 256)) == (512, 1)
+    assert rescale_size(512, 1024, (2048, 1024)) == (1024, 2048)  # mmcv's keep-ratio result unchanged
+
+
+def test_eval_seg_bad_slide_window_fails_before_reading_images(tmp_path, capsys):
+    line = _one_line_exit_2(capsys, ['eval-seg', '-m', 'ccnet_r50_d8', '--data-dir', tmp_path / 'not-read',
+                                     '--dataset', 'cityscapes', '--mode', 'slide', '--crop-size', '8', '8',
+                                     '--stride', '9', '4'], 'larger than crop_size')
+    assert '--stride' in line
+
+
+# ---- gczoo segment --------------------------------------------------------------------------------------------------
+
+def test_segment_never_overwrites_its_inputs_or_its_own_outputs(tmp_path, capsys):
+    images = tmp_path / 'imgs'
+    images.mkdir()
+    Image.new('RGB', (24, 20), (10, 200, 30)).save(images / 'a.png')
+    before = (images / 'a.png').read_bytes()
+    (images / 'notes.txt').write_text('not an image')
+    _one_line_exit_2(capsys, ['segment', images, '-m', 'ccnet_r50_d8', '--out', images], 'would overwrite the input')
+    assert (images / 'a.png').read_bytes() == before
+    Image.new('RGB', (24, 20)).save(images / 'a_ids.jpg')  # its colour PNG is a.png's --ids PNG
+    _one_line_exit_2(capsys, ['segment', images, '-m', 'ccnet_r50_d8', '--out', tmp_path / 'o', '--ids'],
+                     "a_ids.png'")
+    assert not (tmp_path / 'o').exists()
+    for flag, values in (('--scale', ('0', '0')), ('--stride', ('-2', '4')), ('--crop-size', ('0', '8'))):
+        _one_line_exit_2(capsys, ['segment', images / 'a.png', '-m', 'ccnet_r50_d8', '--out', tmp_path / 'o',
+                                  flag, *values], 'expected an integer >= 1')
+
+
+# ---- create_segmentor and checkpoints ---------------------------------------------------------------------------------
+
+def test_one_class_is_refused():
+    """num_classes=1 built a head whose argmax is 0 everywhere and whose cross-entropy is always 0."""
+    with pytest.raises(ValueError, match='num_classes must be an int >= 2'):
+        create_segmentor('gcnet_r50_d8', num_classes=1)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_code_running_pickle_truncated_file_and_foreign_model_are_refused(tmp_path, monkeypatch):
+    tag = get_seg_tag('ccnet_r50_d8', 'cityscapes_512x1024_80k')
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    torch.hub.set_dir(str(tmp_path / 'torch' / 'hub'))
+    path = url_cached_path(tag.source)
+    path.parent.mkdir(parents=True)
+    marker = tmp_path / 'payload-ran'
+    torch.save({'state_dict': {'backbone.stem.0.weight': torch.zeros(1)}, 'meta': _Payload(str(marker))}, path)
+    with pytest.raises(GczooError, match=path.name):
+        create_segmentor(tag.name, pretrained=True)
+    assert not marker.exists()  # torch.load(weights_only=True): refused, never run
+
+    model = create_segmentor('ccnet_r50_d8')
+    state = {}
+    for key, value in model.state_dict().items():  # mmseg's layout of the shared ResNetV1c body
+        key = key.replace('backbone.conv1.', 'backbone.stem.').replace('backbone.bn1.', 'backbone.stem.7.')
+        if not key.startswith('decode_head.') or 'conv_seg' in key:
+            state[key] = value
+    state['decode_head.psp_modules.0.1.conv.weight'] = torch.zeros(512, 2048, 1, 1)  # mmseg's PSPNet head
+    state['decode_head.bottleneck.conv.weight'] = torch.zeros(512, 4096, 3, 3)
+    torch.save({'meta': {}, 'state_dict': state}, path)
+    with pytest.raises(CheckpointError) as info:
+        create_segmentor(tag.name, pretrained=True)
+    message = str(info.value)
+    assert '\n' not in message and 'unexpected keys decode_head.psp_modules' in message, message
+    assert 'missing keys decode_head.convs' in message, message
+
+    path.write_bytes(path.read_bytes()[:1000])  # a download cut short
+    with pytest.raises(CheckpointError, match=path.name):
+        create_segmentor(tag.name, pretrained=True)
+
+
+# ---- gczoo train-seg ----------------------------------------------------------------------------------------------------
+
+def _train_folder(root, n=2):
+    img_dir, gt_dir = root / 'leftImg8bit' / 'train' / 'ulm', root / 'gtFine' / 'train' / 'ulm'
+    img_dir.mkdir(parents=True)
+    gt_dir.mkdir(parents=True)
+    for i in range(n):
+        Image.new('RGB', (40, 36)).save(img_dir / f'ulm_{i:06d}_leftImg8bit.png')
+        Image.new('L', (40, 36)).save(gt_dir / f'ulm_{i:06d}_gtFine_labelTrainIds.png')
+    return root
+
+
+def _train_args(root, out, *extra):
+    return ['train-seg', '--model', 'gcnet_r50_d8', '--data-dir', root, '--dataset', 'cityscapes', '--crop-size',
+            '32', '32', '--no-resize', '-b', '2', '--iters', '4', '-j', '0', '--output', out, *extra]
+
+
+@pytest.mark.parametrize('flag, value, message', [
+    ('--min-lr', 'nan', 'expected a finite number >= 0'),
+    ('--min-lr', '-1', 'expected a finite number >= 0'),
+    ('--lr', '0', 'expected a finite number > 0'),
+    ('--lr', '-0.01', 'expected a finite number > 0'),
+    ('--momentum', '1.5', 'expected a number in [0, 1)'),
+    ('--weight-decay', 'inf', 'expected a finite number >= 0'),
+    ('--aux-weight', '-0.4', 'expected a finite number >= 0'),
+    ('--min-lr', '0.5', '--min-lr 0.5 is above --lr 0.01'),
+])
+def test_train_seg_bad_numbers(flag, value, message, tmp_path, capsys):
+    _one_line_exit_2(capsys, _train_args(tmp_path / 'no-data', tmp_path / 'o', flag, value), message)
+    assert not (tmp_path / 'o').exists()
+
+
+def _fake_resume(tmp_path, argv, **changes):
+    """A train-seg checkpoint as a run with ``argv`` (+ ``changes`` to its args) wrote it."""
+    from gczoo.seg.train import FORMAT, build_parser
+    from gczoo.train.checkpoint import plain
+    args = plain(vars(build_parser().parse_args([str(a) for a in argv[1:]])))
+    args.update(changes)
+    model = create_segmentor('gcnet_r50_d8', num_classes=args['num_classes'] or 19)
+    path = tmp_path / 'fake.pth.tar'
+    torch.save({'format': FORMAT, 'state_dict': model.state_dict(), 'optimizer': {}, 'iteration': 2, 'rng': {},
+                'args': args, 'summary': []}, path)
+    return path
+
+
+def test_train_seg_resume_of_other_settings_or_finished_run(tmp_path, capsys):
+    """A resume with another --num-classes ended in load_state_dict's many-line RuntimeError; a finished run
+    "resumed" rewrote results.json with a NaN final loss."""
+    root = _train_folder(tmp_path / 'cs')
+    argv = _train_args(root, tmp_path / 'o')
+    path = _fake_resume(tmp_path, argv, num_classes=5)
+    _one_line_exit_2(capsys, argv + ['--resume', path], 'was written with --num-classes 5')
+    path = _fake_resume(tmp_path, argv, iters=2)
+    _one_line_exit_2(capsys, _train_args(root, tmp_path / 'o', '--iters', '2', '--resume', path), 'a finished run')
+    assert not (tmp_path / 'o' / 'results.json').exists()
+
+
+def test_train_seg_folder_taken_while_starting_is_not_overwritten(tmp_path, capsys, monkeypatch):
+    """Two runs on one --output: the second checked for last.pth.tar before the first wrote it, then ran on."""
+    import gczoo.seg.train as train
+
+    class _LateLock:
+        def __init__(self, out):
+            self.out = out
+
+        def __enter__(self):  # the other run finished between our check and our lock
+            (self.out / 'last.pth.tar').write_bytes(b'the other run')
+
+        def __exit__(self, *exc):
+            return None
+
+    monkeypatch.setattr(train, 'RunLock', _LateLock)
+    root = _train_folder(tmp_path / 'cs')
+    _one_line_exit_2(capsys, _train_args(root, tmp_path / 'o'), 'written while this one started')
+    assert (tmp_path / 'o' / 'last.pth.tar').read_bytes() == b'the other run'
+
+
+def test_train_loss_is_mmseg_mean_over_all_pixels_and_zero_without_labels():
+    """torch's mean over labelled pixels is NaN for a crop without one (a false 'diverged'); mmseg's loss
+    (avg_non_ignore=False) averages over every pixel of the crop."""
+    from gczoo.seg.train import _losses
+    torch.manual_seed(0)
+    decode, aux = torch.randn(2, 3, 4, 4, dtype=torch.float64), torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    masks = torch.randint(0, 3, (2, 8, 8))
+    masks[0, :5] = 255
+    loss, decode_loss = _losses(lambda x: (decode, aux), torch.zeros(1), masks, 0.4, False)
+
+    def reference(logits):
+        up = F.interpolate(logits, size=(8, 8), mode='bilinear', align_corners=False).log_softmax(1)
+        keep = masks != 255
+        picked = up.gather(1, masks.clamp_max(2)[:, None])[:, 0]
+        return -(picked * keep).sum() / masks.numel()
+    assert torch.allclose(decode_loss, reference(decode)) and torch.allclose(loss, reference(decode) + 0.4 * reference(aux))
+    loss, _ = _losses(lambda x: (decode, aux), torch.zeros(1), torch.full((2, 8, 8), 255), 0.4, False)
+    assert float(loss) == 0.0
+
+
+def test_non_finite_weights_are_never_saved(tmp_path):
+    """The last step can make the weights NaN after a finite loss: the run 'succeeded' with NaN weights."""
+    from gczoo.seg.train import _save
+    from gczoo.train.guards import TrainingDiverged
+    model = nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        model.weight.fill_(float('nan'))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TrainingDiverged, match=r'NaN/inf after iteration 3 \(weight\)'):
+        _save(tmp_path, model, optimizer, 3, argparse.Namespace(), [])
+    assert list(tmp_path.iterdir()) == []
