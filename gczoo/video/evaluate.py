@@ -122,6 +122,11 @@ def evaluate_video(args: argparse.Namespace) -> Dict[str, Any]:
     model = create_video_model(args.model, pretrained=bool(args.pretrained or args.checkpoint),
                                num_classes=args.num_classes, pretrained_cfg_overlay=overlay)
     cfg = model.pretrained_cfg
+    trained = cfg.get('checkpoint_num_classes')
+    if trained is not None and trained != model.num_classes:
+        raise ValueError(f'the weights\' classifier has {trained} classes but the model {model.num_classes} '
+                         f'(--num-classes {args.num_classes or "default"}): its fc would be random, not evaluated; '
+                         f'pass --num-classes {trained}, or --class-map for these weights\' classes')
     class_to_idx = map_classes(class_names, model.num_classes, args.class_map or None)
     sampling = ClipSampling(args.clip_len, args.frame_interval, args.num_clips, args.num_crops, args.resize_short,
                             args.crop_size, tuple(cfg['mean']), tuple(cfg['std']))

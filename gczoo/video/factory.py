@@ -13,6 +13,8 @@ import dataclasses
 import fnmatch
 from typing import Any, Dict, List, Mapping, Optional, Tuple, Union
 
+import torch
+
 from gczoo.models.sources import fetch_url
 from gczoo.models.weights import StateDict, load_weights, read_checkpoint, unwrap_state_dict
 
@@ -82,7 +84,8 @@ def _is_mmaction2(state: Mapping[str, Any]) -> bool:
 
 
 def _read_pretrained(model: ResNet3d, name: str, tag: Any, overlay: Mapping[str, Any],
-                     cache_dir: Optional[Any]) -> None:
+                     cache_dir: Optional[Any]) -> Optional[int]:
+    """Load the weights; returns the checkpoint's number of classes (None without a classifier)."""
     what = f'pretrained weights for {tag.name!r}'
     path = overlay.get('file') or fetch_url(
         tag.source, what=what, cache_dir=cache_dir,
@@ -91,11 +94,14 @@ def _read_pretrained(model: ResNet3d, name: str, tag: Any, overlay: Mapping[str,
     source = f'{what} ({str(path)!r})'
     state = unwrap_state_dict(checkpoint, source=source)
     state = _adapt_first_conv(convert_mmaction2(state, source) if _is_mmaction2(state) else state, model.in_chans)
+    fc = state.get('fc.weight')
+    classes = int(fc.shape[0]) if isinstance(fc, torch.Tensor) and fc.dim() == 2 else None
     if model.num_classes == 0:  # features only: the checkpoint's classifier is dropped, as timm does
         state = {k: v for k, v in state.items() if not k.startswith('fc.')}
     load_weights(model, state, what=source, skip_mismatched_classifier=True,
                  hint=f'Is it a checkpoint of {name} (mmaction2 config {tag.source_name})? 2D ResNet weights load '
                       f'with gczoo.video.inflate_from_2d(model, file) instead.')
+    return classes
 
 
 def create_video_model(
@@ -130,11 +136,13 @@ def create_video_model(
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 0:
         raise ValueError(f'num_classes must be an int >= 0, got {num_classes!r}')
     model = ResNet3d(**{**VIDEO_MODELS[name].kwargs, **kwargs, 'num_classes': classes})
-    if pretrained:
-        _read_pretrained(model, name, tag, dict(pretrained_cfg_overlay or {}), cache_dir)
+    loaded_classes = _read_pretrained(model, name, tag, dict(pretrained_cfg_overlay or {}), cache_dir) \
+        if pretrained else None
     # as timm: the (named or default) tag's cfg whether or not its weights were loaded, with the overlay
     model.pretrained_cfg = {**config, 'architecture': name, 'tag': tag.tag if tag else None,
                             'url': tag.source if tag else None, **dict(pretrained_cfg_overlay or {}),
                             'num_classes': classes}
+    if pretrained:  # another num_classes leaves fc at init (fine-tuning); eval-video refuses to score that head
+        model.pretrained_cfg['checkpoint_num_classes'] = loaded_classes
     model.default_cfg = model.pretrained_cfg
     return model

@@ -177,6 +177,15 @@ def test_bad_sampling_flags_are_one_line(clips, capsys, flag):
     assert flag[0] in err
 
 
+def test_eval_video_refuses_to_score_a_random_classifier(clips, tmp_path, capsys):
+    torch.save(create_video_model('i3d_r50', num_classes=3).state_dict(), tmp_path / 'three.pth')
+    for argv in (_eval_argv(clips, '--checkpoint', str(tmp_path / 'three.pth')),  # --num-classes 2
+                 [a for a in _eval_argv(clips, '--checkpoint', str(tmp_path / 'three.pth')) if a != '2'
+                  and a != '--num-classes']):  # the default 400
+        err = _one_line_error(capsys, argv)
+        assert "classifier has 3 classes" in err and '--num-classes 3' in err
+
+
 def test_a_refused_run_leaves_the_results_file_as_it_was(clips, tmp_path, capsys):
     results = tmp_path / 'results.json'
     results.write_text('{"top1": 1.0}\n')
