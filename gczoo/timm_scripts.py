@@ -18,11 +18,12 @@ form, as ``python SCRIPT.py`` sets them; a ``--`` before the script is skipped.
 import os
 import re
 import sys
+import traceback
 import types
 from pathlib import Path
 from typing import List, Optional
 
-from gczoo.errors import UsageError, one_line
+from gczoo.errors import GczooError, UsageError, one_line
 
 __all__ = ['USAGE', 'check_script', 'run_script', 'main']
 
@@ -86,6 +87,11 @@ def _unknown_model(name: str) -> UsageError:
                       + '; `gczoo list` shows the zoo\'s models')
 
 
+def _raised_at(error: BaseException) -> str:
+    frame = traceback.extract_tb(error.__traceback__)[-1]
+    return f'raised in {frame.name} ({Path(frame.filename).name}:{frame.lineno})'
+
+
 def run_script(script: Path, args: List[str], argv0: Optional[str] = None) -> int:
     """Run ``script`` as ``__main__`` with ``args`` after ``import gczoo``; its exit status. ``sys.argv[0]``
     is ``argv0`` (the path as the user wrote it; default ``str(script)``), ``__file__`` the absolute path."""
@@ -104,6 +110,11 @@ def run_script(script: Path, args: List[str], argv0: Optional[str] = None) -> in
         if not str(e).startswith('Unknown model ('):
             raise
         raise _unknown_model(str(e)[len('Unknown model ('):].rstrip(')')) from e
+    except (ValueError, OSError) as e:  # one line through gczoo's runner; it needs something to say
+        if str(e) or isinstance(e, GczooError):
+            raise
+        raise UsageError(f'{type(e).__name__} without a message, {_raised_at(e)} (the script\'s log above may '
+                         f'say more; GCZOO_DEBUG=1 shows the traceback)') from e
     except SystemExit as e:  # the script's own sys.exit / argparse's exit
         if e.code is None or isinstance(e.code, int):
             return int(e.code or 0)

@@ -153,6 +153,17 @@ def test_gczoo_timm_one_line_for_a_mistyped_model(tmp_path, capsys):
         gczoo_main(['timm', str(other)])
 
 
+def test_gczoo_timm_error_without_a_message_says_where(tmp_path, capsys):
+    """timm's load_checkpoint raises a bare FileNotFoundError() for a missing --checkpoint: the one line was
+    'gczoo timm: error: FileNotFoundError'."""
+    argv = ['timm', str(VALIDATE_PY), str(tmp_path), '--model', 'resnet18_gc', '--num-classes', '3', '--device', 'cpu',
+            '--checkpoint', str(tmp_path / 'missing.pth')]
+    assert gczoo_main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith('gczoo timm: error: FileNotFoundError without a message, raised in '), err  # timm's function
+    assert 'GCZOO_DEBUG=1' in err
+
+
 def test_gczoo_timm_one_line_for_a_folder_or_a_script_of_another_timm(tmp_path, capsys):
     (tmp_path / 'scripts.py').mkdir()
     newer = tmp_path / 'newer.py'
