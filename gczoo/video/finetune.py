@@ -161,7 +161,9 @@ def _create_model(args: argparse.Namespace, num_classes: int, log: Callable[[str
         raise ValueError(f'--model {args.model!r} does not take these settings: {e}') from e
     if args.initial_checkpoint:
         skipped = load_weights(model, args.initial_checkpoint, what='--initial-checkpoint',
-                               skip_mismatched_classifier=True)
+                               skip_mismatched_classifier=True,
+                               hint=f'It must be a checkpoint of {args.model}; 2D ResNet weights are inflated first: '
+                                    f'gczoo.video.inflate_from_2d(model, file), then save model.state_dict().')
         if skipped:
             log(f'--initial-checkpoint: classifier {", ".join(skipped)} has another number of classes; left at init')
     return model

@@ -223,6 +223,10 @@ def test_train_refuses_an_empty_class_folder_and_a_folder_of_images(tmp_path, ca
     (data / 'train' / 'empty').rmdir()
     err = _one_line_error(capsys, _train_argv(data, tmp_path / 'out', 'in_chans=1'))  # a --model-kwargs value
     assert 'in_chans=1' in err and 'RGB' in err
+    torch.save(timm.create_model('resnet18', num_classes=2).state_dict(), tmp_path / 'r18.pth')
+    err = _one_line_error(capsys, _train_argv(data, tmp_path / 'out', '--initial-checkpoint',
+                                              str(tmp_path / 'r18.pth')))
+    assert '--initial-checkpoint' in err and 'inflate_from_2d' in err
     for bad in ('clip_len=0', 'frame_interval=x'):
         argv = _train_argv(data, tmp_path / 'out')
         argv[argv.index('clip_len=8')] = bad if bad.startswith('clip_len') else 'clip_len=8'
