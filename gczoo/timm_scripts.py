@@ -133,3 +133,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(USAGE)
         return 0 if argv else 2
     return run_script(check_script(argv[0]), argv[1:], argv0=argv[0])
+
+
+if __name__ == '__main__':  # python -m gczoo.timm_scripts SCRIPT.py ARGS (it did nothing, exit 0)
+    from gczoo.runner import run_main
+    run_main(main, 'gczoo timm')

@@ -123,6 +123,18 @@ def test_gczoo_timm_returns_the_scripts_exit_status(tmp_path):
     assert gczoo_main(['timm', str(script), '--flag', 'x']) == 3
 
 
+@pytest.mark.slow
+def test_python_m_gczoo_timm_scripts_runs_the_script(tmp_path):
+    script = tmp_path / 'exit3.py'
+    script.write_text('import sys, timm\nassert timm.is_model("resnet18_gc")\nsys.exit(3)\n')
+    out = subprocess.run([sys.executable, '-m', 'gczoo.timm_scripts', str(script)], capture_output=True, text=True,
+                         timeout=300, env=subprocess_env())
+    assert out.returncode == 3, out.stderr[-2000:]
+    out = subprocess.run([sys.executable, '-m', 'gczoo.timm_scripts', str(tmp_path / 'none.py')], capture_output=True,
+                         text=True, timeout=300, env=subprocess_env())
+    assert out.returncode == 2 and out.stderr.startswith('gczoo timm: error: script ') and out.stderr.count('\n') == 1
+
+
 def test_gczoo_timm_sets_argv_file_and_path_as_python_does(tmp_path, monkeypatch, capsys):
     """``python ./d s/s p.py -- x``: argv[0] as written, __file__ absolute, sys.path[0] the script's folder,
     classes defined in the script picklable (``__main__`` is the script); ``gczoo timm -- SCRIPT`` too."""
