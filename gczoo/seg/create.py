@@ -70,6 +70,7 @@ def create_segmentor(
     model = Segmentor(spec.name, classes, **kwargs)
     if tag is not None:
         model.pretrained_cfg.update(tag=tag.tag, url=tag.source, **data)
+        model.pretrained_cfg['align_corners'] = model.align_corners  # an explicit align_corners= is the model's
     if checkpoint_path is not None:  # this model's own weights: every key must fit, the classifiers too
         load_segmentor_checkpoint(model, checkpoint_path)
     elif pretrained:

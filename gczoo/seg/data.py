@@ -22,7 +22,7 @@ from torch.utils.data import Dataset
 
 from .datasets import CITYSCAPES_ID_TO_TRAINID, IGNORE_INDEX
 
-__all__ = ['SegSample', 'find_samples', 'read_image', 'read_mask', 'SegFolder', 'LAYOUTS']
+__all__ = ['SegSample', 'find_samples', 'masks_without_images', 'read_image', 'read_mask', 'SegFolder', 'LAYOUTS']
 
 LAYOUTS = ('cityscapes', 'ade20k')
 _IMAGE_SUFFIXES = ('.jpg', '.jpeg', '.png')
@@ -82,6 +82,25 @@ def find_samples(root: Union[str, Path], layout: str, split: str) -> List[SegSam
         pattern = 'leftImg8bit/{0}/*/*_leftImg8bit.png' if layout == 'cityscapes' else 'images/{0}/*.jpg'
         raise ValueError(f'no images in {str(root)!r} for split {split!r} (expected {pattern.format(split)})')
     return samples
+
+
+def masks_without_images(root: Union[str, Path], layout: str, split: str, samples: List[SegSample]) -> List[Path]:
+    """The split's mask files that no image of ``samples`` uses (images missing from the folder: mmseg, too,
+    evaluates only the images it finds; the caller says how many masks that leaves out)."""
+    if layout == 'cityscapes':
+        folder, patterns = Path(root) / 'gtFine' / split, ('*_gtFine_labelTrainIds.png', '*_gtFine_labelIds.png')
+    else:
+        folder, patterns = Path(root) / 'annotations' / split, ('*.png',)
+    if not folder.is_dir():
+        return []
+    used = {s.mask for s in samples}
+    stems = {s.mask.name.replace('_gtFine_labelTrainIds.png', '').replace('_gtFine_labelIds.png', '')
+             for s in samples}
+    found = sorted({m for pattern in patterns for m in folder.rglob(pattern)
+                    if not any(part.startswith('.') for part in m.relative_to(folder).parts)})
+    if layout == 'cityscapes':  # an image evaluated on its labelTrainIds file leaves its labelIds file used too
+        return [m for m in found if m not in used and m.name.split('_gtFine_')[0] not in stems]
+    return [m for m in found if m not in used]
 
 
 def read_image(path: Path) -> torch.Tensor:

@@ -20,7 +20,7 @@ from gczoo.args import ArgumentParser, device_name, non_negative_int, positive_i
 from gczoo.files import atomic_write_text
 
 from .create import create_segmentor
-from .data import LAYOUTS, SegFolder, find_samples
+from .data import LAYOUTS, SegFolder, find_samples, masks_without_images
 from .datasets import IGNORE_INDEX, dataset_info
 from .inference import check_slide_window, segment_image
 from .tags import MMSEG_MEAN, MMSEG_STD, SEG_DATA
@@ -131,6 +131,10 @@ def evaluate_segmentation(args: argparse.Namespace) -> Dict[str, Any]:
         print(f'{args.model}: {len(samples)} images of {args.data_dir} ({config["dataset"]}, {args.split}); mode '
               f'{config["mode"]}, scale {config.get("scale")}, align_corners {config["align_corners"]}; world size '
               f'{env.world_size}', flush=True)
+        orphans = masks_without_images(args.data_dir, config['dataset'], args.split, samples)
+        if orphans:  # not an error (a subset of the images is a valid evaluation), never silent
+            print(f'note: {len(orphans)} masks have no image and are not evaluated (first: {str(orphans[0])!r}); '
+                  f'the mIoU is over the {len(samples)} images found', flush=True)
     progress = loader
     if env.is_main and not args.no_progress:
         from tqdm import tqdm

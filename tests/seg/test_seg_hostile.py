@@ -286,3 +286,33 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     with pytest.raises(TrainingDiverged, match=r'NaN/inf after iteration 3 \(weight\)'):
         _save(tmp_path, model, optimizer, 3, argparse.Namespace(), [])
     assert list(tmp_path.iterdir()) == []
+
+
+def test_masks_without_images_are_named_not_silently_skipped(tmp_path, capsys):
+    """gtFine extracted in full but leftImg8bit only in part: the mIoU of a subset, with nothing said."""
+    from gczoo.seg.data import masks_without_images
+    for i, city in enumerate(('aachen', 'bremen', 'bremen')):
+        (tmp_path / 'gtFine' / 'val' / city).mkdir(parents=True, exist_ok=True)
+        for kind in ('labelTrainIds', 'labelIds'):  # both, as cityscapesScripts writes them
+            Image.new('L', (24, 16)).save(tmp_path / 'gtFine' / 'val' / city / f'{city}_{i:06d}_gtFine_{kind}.png')
+    (tmp_path / 'leftImg8bit' / 'val' / 'aachen').mkdir(parents=True)
+    Image.new('RGB', (24, 16)).save(tmp_path / 'leftImg8bit' / 'val' / 'aachen' / 'aachen_000000_leftImg8bit.png')
+    samples = find_samples(tmp_path, 'cityscapes', 'val')
+    orphans = masks_without_images(tmp_path, 'cityscapes', 'val', samples)
+    assert sorted(p.name for p in orphans) == sorted(f'bremen_00000{i}_gtFine_{k}.png' for i in (1, 2)
+                                                     for k in ('labelTrainIds', 'labelIds'))
+    assert main(['eval-seg', '-m', 'ccnet_r50_d8', '--data-dir', str(tmp_path), '--dataset', 'cityscapes',
+                 '--no-resize', '-j', '0', '--no-progress']) == 0
+    out = capsys.readouterr().out
+    assert 'note: 4 masks have no image and are not evaluated' in out and 'over the 1 images found' in out
+
+
+def test_explicit_align_corners_is_what_the_test_pipeline_uses():
+    """align_corners=True on a tag trained with False: the model resized with True, the pipeline's final resize
+    (pretrained_cfg, from the tag) with False -- two values in one prediction."""
+    from gczoo.seg.evaluate import resolve_seg_config
+    model = create_segmentor('ccnet_r50_d8.cityscapes_512x1024_80k', align_corners=True)
+    assert model.align_corners is True and model.pretrained_cfg['align_corners'] is True
+    args = argparse.Namespace(dataset=None, mode=None, crop_size=None, stride=None, scale=None, no_resize=False)
+    assert resolve_seg_config(args, model)['align_corners'] is True
+    assert create_segmentor('ccnet_r50_d8.cityscapes_769x769_80k').pretrained_cfg['align_corners'] is True
