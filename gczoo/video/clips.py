@@ -57,6 +57,15 @@ class ClipSampling:
             raise ValueError(f'--crop-size {self.crop_size} is larger than the resized short side --resize-short '
                              f'{self.resize_short}: crops must fit in the frame')
 
+    def check_fits(self, model: str, min_input_size: Sequence[int], clip_flag: str = '--clip-len',
+                   size_flag: str = '--crop-size') -> None:
+        """``ValueError`` naming the flags when the views are smaller than the model's ``min_input_size``."""
+        _, frames, height, width = min_input_size
+        if self.clip_len < frames or self.crop_size < max(height, width):
+            raise ValueError(f'{model} needs clips of at least {frames} frames and {height}x{width} pixels (its '
+                             f'temporal pools and Non-local sub-sampling), got {self.clip_len} frames ({clip_flag}) '
+                             f'of {self.crop_size}x{self.crop_size} ({size_flag})')
+
     @property
     def views(self) -> int:
         return self.num_clips * self.num_crops

@@ -130,6 +130,7 @@ def evaluate_video(args: argparse.Namespace) -> Dict[str, Any]:
     class_to_idx = map_classes(class_names, model.num_classes, args.class_map or None)
     sampling = ClipSampling(args.clip_len, args.frame_interval, args.num_clips, args.num_crops, args.resize_short,
                             args.crop_size, tuple(cfg['mean']), tuple(cfg['std']))
+    sampling.check_fits(args.model, model.min_input_size)
     dataset = ClipFolder(samples, class_to_idx, sampling)
     loader = DataLoader(dataset, batch_size=args.batch_size,
                         sampler=ShardSampler(len(dataset), env.rank, env.world_size),

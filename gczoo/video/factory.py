@@ -141,7 +141,7 @@ def create_video_model(
     # as timm: the (named or default) tag's cfg whether or not its weights were loaded, with the overlay
     model.pretrained_cfg = {**config, 'architecture': name, 'tag': tag.tag if tag else None,
                             'url': tag.source if tag else None, **dict(pretrained_cfg_overlay or {}),
-                            'num_classes': classes}
+                            'min_input_size': model.min_input_size, 'num_classes': classes}
     if pretrained:  # another num_classes leaves fc at init (fine-tuning); eval-video refuses to score that head
         model.pretrained_cfg['checkpoint_num_classes'] = loaded_classes
     model.default_cfg = model.pretrained_cfg

@@ -203,6 +203,7 @@ def build_video_training(args: argparse.Namespace, env: Any, device: torch.devic
         + '; --scale, --ratio, --color-jitter and --train-interpolation are image augmentations and do not apply')
     train_set = SeededTransformDataset(_Paths([(p, index[c]) for p, c in train_samples]), transform, seed=args.seed)
     sampling = ClipSampling(clip_len, interval, 1, 1, transform.resize_short, size, mean, std)
+    sampling.check_fits(args.model, model.min_input_size, '--model-kwargs clip_len', '--img-size')
     val_set = _OneView(ClipFolder(val_samples, index, sampling))
     sampler = ResumableDistributedSampler(train_set, num_replicas=env.world_size, rank=env.rank, shuffle=True,
                                           seed=args.seed, epoch_samples=args.train_num_samples)

@@ -158,6 +158,8 @@ class ResNet3d(nn.Module):
         # a Non-local block in stage s sees ceil(H / 2**(s + 1)) rows, and its 2x2 sub-sampling needs 2
         self._min_size = max([2 ** (s + 1) + 1 for s, _ in self.non_local_positions if nl_kwargs.get('sub_sample')]
                              or [1])
+        # (C, T, H, W) of the smallest clip it takes, as timm's pretrained_cfg['min_input_size']
+        self.min_input_size = (in_chans, self._min_frames, self._min_size, self._min_size)
         self.global_pool = nn.AdaptiveAvgPool3d(1)
         self.fc: nn.Module = nn.Linear(inplanes, num_classes) if num_classes > 0 else nn.Identity()
         self.pretrained_cfg = {}

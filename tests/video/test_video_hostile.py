@@ -171,10 +171,12 @@ def test_an_unwritable_results_file_fails_before_evaluating(clips, tmp_path, cap
     assert 'top-1' not in capsys.readouterr().out  # nothing was evaluated
 
 
-@pytest.mark.parametrize('flag', [['--num-clips', '0'], ['--num-clips', '-3'], ['--crop-size', '64']])
+@pytest.mark.parametrize('flag', [['--num-clips', '0'], ['--num-clips', '-3'], ['--crop-size', '64'],
+                                  ['--clip-len', '4'], ['--model', 'i3d_r50_nl', '--crop-size', '16']])
 def test_bad_sampling_flags_are_one_line(clips, capsys, flag):
     err = _one_line_error(capsys, _eval_argv(clips, *flag))
-    assert flag[0] in err
+    assert flag[-2] in err or 'needs clips of at least' in err
+    assert 'top-1' not in capsys.readouterr().out
 
 
 def test_eval_video_refuses_to_score_a_random_classifier(clips, tmp_path, capsys):
@@ -227,6 +229,10 @@ def test_train_refuses_an_empty_class_folder_and_a_folder_of_images(tmp_path, ca
     err = _one_line_error(capsys, _train_argv(data, tmp_path / 'out', '--initial-checkpoint',
                                               str(tmp_path / 'r18.pth')))
     assert '--initial-checkpoint' in err and 'inflate_from_2d' in err
+    argv = _train_argv(data, tmp_path / 'out')
+    argv[argv.index('clip_len=8')] = 'clip_len=2'
+    err = _one_line_error(capsys, argv)
+    assert 'at least 5 frames' in err and '--model-kwargs clip_len' in err
     for bad in ('clip_len=0', 'frame_interval=x'):
         argv = _train_argv(data, tmp_path / 'out')
         argv[argv.index('clip_len=8')] = bad if bad.startswith('clip_len') else 'clip_len=8'
