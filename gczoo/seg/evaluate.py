@@ -68,6 +68,11 @@ def resolve_seg_config(args: argparse.Namespace, model: torch.nn.Module) -> Dict
         cfg.update(SEG_DATA[_DEFAULT_SETTING[layout]], mean=MMSEG_MEAN, std=MMSEG_STD,
                    align_corners=model.align_corners)
     cfg['dataset'] = args.dataset or cfg['dataset']
+    if args.no_resize and args.scale:
+        raise ValueError('--scale and --no-resize contradict each other; pass one')
+    if (args.mode or cfg['mode']) == 'whole' and (args.crop_size or args.stride):
+        raise ValueError('--crop-size / --stride are the slide window: they need --mode slide (this run is whole '
+                         'mode, they would be ignored)')
     if args.mode:
         cfg['mode'] = args.mode
     for key in ('crop_size', 'stride', 'scale'):

@@ -99,6 +99,9 @@ def segment_image(model: nn.Module, image: torch.Tensor, config: Mapping[str, An
     ``config`` (``gczoo.seg.tags.tag_data_config``: scale, mean, std, mode, crop_size, stride, align_corners)."""
     if image.dim() != 3 or image.shape[0] != 3:
         raise ValueError(f'expected one (3, H, W) RGB image, got shape {tuple(image.shape)}')
+    if image.dtype != torch.uint8:  # a 0..1 float image would be normalised as 0..255: silently wrong classes
+        raise ValueError(f'expected a uint8 (0..255) RGB image, got {image.dtype}; for a 0..1 float image pass '
+                         f'(image * 255).round().to(torch.uint8)')
     height, width = image.shape[1:]
     device = next(model.parameters()).device
     images = resize_image(image.unsqueeze(0).to(device), rescale_size(height, width, config.get('scale')))

@@ -126,6 +126,9 @@ class Segmentor(nn.Module):
         return self.decode_head(c4), self.auxiliary_head(c3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():  # else conv's 'expected scalar type Long but found Float'
+            raise TypeError('Segmentor input must be a normalised float tensor (gczoo.seg.inference.normalize), '
+                            'not integer pixels')
         c3, c4 = self.forward_features(x)
         logits = self.decode_head(c4)
         return F.interpolate(logits, size=x.shape[2:], mode='bilinear', align_corners=self.align_corners)

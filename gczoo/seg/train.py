@@ -2,7 +2,8 @@
 
 mmseg's schedule for these models: SGD (lr 0.01, momentum 0.9, weight decay 5e-4), poly decay of the
 learning rate by iteration (power 0.9, down to 1e-4), cross-entropy with label 255 ignored on the logits
-resized to the crop (averaged over all of the crop's pixels, as mmseg's ``avg_non_ignore=False``), plus 0.4 x the same loss on the FCN auxiliary head. Augmentation: random keep-ratio
+resized to the crop (averaged over all of the crop's pixels, as mmseg's ``avg_non_ignore=False``), plus
+0.4 x the same loss on the FCN auxiliary head. Augmentation: random keep-ratio
 resize at 0.5-2.0 x the tag's scale, random crop (padded with 0 / label 255 where the image is smaller),
 horizontal flip with probability 0.5, then mmseg's mean/std. mmseg's ``PhotoMetricDistortion`` and the
 crop's ``cat_max_ratio`` are not reproduced.
@@ -182,9 +183,15 @@ def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
     if args.min_lr > args.lr:
         raise ValueError(f'--min-lr {args.min_lr} is above --lr {args.lr}: the poly schedule decays from --lr down to '
                          f'--min-lr')
+    if args.no_resize and args.scale:
+        raise ValueError('--scale and --no-resize contradict each other; pass one')
     if args.ratio_range[0] > args.ratio_range[1]:
         raise ValueError(f'--ratio-range {args.ratio_range[0]} {args.ratio_range[1]}: give the smaller ratio first')
     out = check_output_dir(args.output, '--output')
+    last = out / 'last.pth.tar'
+    if args.resume and last.exists() and Path(args.resume).resolve() != last.resolve():
+        raise ValueError(f'--output {str(out)!r} holds another run (last.pth.tar) than --resume {args.resume!r}: '
+                         f'resume into the run\'s own folder or write to another --output')
     if (out / 'last.pth.tar').exists() and not args.resume:
         raise ValueError(f'--output {str(out)!r} already holds a run (last.pth.tar): continue it with --resume '
                          f'{str(out / "last.pth.tar")!r} or write to another --output')

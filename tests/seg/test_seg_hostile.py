@@ -130,7 +130,7 @@ def test_segment_never_overwrites_its_inputs_or_its_own_outputs(tmp_path, capsys
                                   flag, *values], 'expected an integer >= 1')
 
 
-# ---- create_segmentor and checkpoints ---------------------------------------------------------------------------------
+# ---- create_segmentor and checkpoints ----------------------------------------------------------------------
 
 def test_one_class_is_refused():
     """num_classes=1 built a head whose argmax is 0 everywhere and whose cross-entropy is always 0."""
@@ -178,7 +178,7 @@ def test_code_running_pickle_truncated_file_and_foreign_model_are_refused(tmp_pa
         create_segmentor(tag.name, pretrained=True)
 
 
-# ---- gczoo train-seg ----------------------------------------------------------------------------------------------------
+# ---- gczoo train-seg --------------------------------------------------------------------------------------
 
 def _train_folder(root, n=2):
     img_dir, gt_dir = root / 'leftImg8bit' / 'train' / 'ulm', root / 'gtFine' / 'train' / 'ulm'
@@ -270,7 +270,8 @@ def test_train_loss_is_mmseg_mean_over_all_pixels_and_zero_without_labels():
         keep = masks != 255
         picked = up.gather(1, masks.clamp_max(2)[:, None])[:, 0]
         return -(picked * keep).sum() / masks.numel()
-    assert torch.allclose(decode_loss, reference(decode)) and torch.allclose(loss, reference(decode) + 0.4 * reference(aux))
+    assert torch.allclose(decode_loss, reference(decode))
+    assert torch.allclose(loss, reference(decode) + 0.4 * reference(aux))
     loss, _ = _losses(lambda x: (decode, aux), torch.zeros(1), torch.full((2, 8, 8), 255), 0.4, False)
     assert float(loss) == 0.0
 
@@ -316,3 +317,38 @@ def test_explicit_align_corners_is_what_the_test_pipeline_uses():
     args = argparse.Namespace(dataset=None, mode=None, crop_size=None, stride=None, scale=None, no_resize=False)
     assert resolve_seg_config(args, model)['align_corners'] is True
     assert create_segmentor('ccnet_r50_d8.cityscapes_769x769_80k').pretrained_cfg['align_corners'] is True
+
+
+def test_non_uint8_images_and_integer_inputs_are_refused():
+    """A 0..1 float image went through mmseg's 0..255 mean/std (silently wrong classes); integer pixels into the
+    model ended in conv's 'expected scalar type Long but found Float'."""
+    from gczoo.seg.inference import segment_image
+    model = create_segmentor('gcnet_r50_d8', num_classes=2).eval()
+    config = dict(scale=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), mode='whole', align_corners=False)
+    with pytest.raises(ValueError, match=r'uint8 \(0..255\) RGB image, got torch.float32'):
+        segment_image(model, torch.rand(3, 17, 23), config)
+    with pytest.raises(TypeError, match='normalised float tensor'):
+        model(torch.randint(0, 255, (1, 3, 17, 23)))
+    with torch.no_grad():  # batch 1, odd non-square, smaller than 64, channels_last: logits at the input's size
+        x = torch.randn(1, 3, 17, 23).to(memory_format=torch.channels_last)
+        assert model(x).shape == (1, 2, 17, 23)
+        assert segment_image(model, torch.zeros(3, 9, 13, dtype=torch.uint8), config).shape == (2, 9, 13)
+
+
+@pytest.mark.parametrize('flags, message', [
+    (['--crop-size', '16', '16'], 'need --mode slide'),
+    (['--stride', '8', '8'], 'need --mode slide'),
+    (['--scale', '64', '32', '--no-resize'], 'contradict'),
+])
+def test_eval_seg_flags_that_would_be_ignored_are_refused(flags, message, tmp_path, capsys):
+    _one_line_exit_2(capsys, ['eval-seg', '-m', 'ccnet_r50_d8', '--data-dir', tmp_path, '--dataset', 'cityscapes',
+                              *flags], message)
+
+
+def test_train_seg_resume_into_another_runs_folder_and_scale_conflict(tmp_path, capsys):
+    (tmp_path / 'b').mkdir()
+    (tmp_path / 'b' / 'last.pth.tar').write_bytes(b'run b')
+    argv = _train_args(tmp_path / 'no-data', tmp_path / 'b', '--resume', tmp_path / 'a' / 'last.pth.tar')
+    _one_line_exit_2(capsys, argv, 'holds another run')
+    assert (tmp_path / 'b' / 'last.pth.tar').read_bytes() == b'run b'
+    _one_line_exit_2(capsys, _train_args(tmp_path / 'no-data', tmp_path / 'c', '--scale', '64', '32'), 'contradict')
