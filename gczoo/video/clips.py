@@ -192,11 +192,14 @@ def read_frames(path: str, sampling: ClipSampling) -> torch.Tensor:
 
 def clip_views(frames: torch.Tensor, sampling: ClipSampling) -> torch.Tensor:
     """(num_clips * clip_len, H, W, 3) uint8 -> normalised views (num_clips * num_crops, 3, clip_len, S, S)."""
-    x = frames.permute(0, 3, 1, 2).float()  # (N, 3, H, W), 0-255
+    x = frames.permute(0, 3, 1, 2)  # (N, 3, H, W) uint8, 0-255
     h, w = x.shape[-2:]
     scale = sampling.resize_short / min(h, w)
     size = (int(h * scale + 0.5), int(w * scale + 0.5))
-    x = F.interpolate(x, size=size, mode='bilinear', align_corners=False).clamp_(0, 255) / 255.0
+    # resized 16 frames at a time: a float copy of all 320 full-size frames at once is 4x the decoded clip
+    # (tens of GiB for a 4K video)
+    x = torch.cat([F.interpolate(chunk.float(), size=size, mode='bilinear', align_corners=False)
+                   for chunk in x.split(16)]).clamp_(0, 255) / 255.0
     mean = torch.tensor(sampling.mean).view(1, 3, 1, 1)
     std = torch.tensor(sampling.std).view(1, 3, 1, 1)
     x = (x - mean) / std

@@ -73,7 +73,7 @@ class TrainClipTransform:
         except Exception as e:  # noqa: BLE001  (any decoder failure: one line naming the clip)
             text = ' '.join(str(e).split()) or type(e).__name__
             raise ValueError(f'training clip {path!r} cannot be read ({text}): fix or remove it') from e
-        x = frames.permute(0, 3, 1, 2).float()  # (T, 3, H, W), 0-255
+        x = frames.permute(0, 3, 1, 2)  # (T, 3, H, W) uint8, 0-255 (float after the crop: less memory)
         h, w = x.shape[-2:]
         short = min(h, w)
         side = max(1, int(short * self.scales[rng.randint(len(self.scales))]))
@@ -82,7 +82,7 @@ class TrainClipTransform:
         else:
             top, left = int(rng.randint(h - side + 1)), int(rng.randint(w - side + 1))
         # crop in the original frame, at the place the resized frame's crop would be, then one resize
-        x = x[:, :, top:top + side, left:left + side]
+        x = x[:, :, top:top + side, left:left + side].float()
         x = F.interpolate(x, size=(self.size, self.size), mode='bilinear', align_corners=False).clamp_(0, 255)
         if rng.rand() < self.hflip:
             x = x.flip(-1)

@@ -125,6 +125,19 @@ def test_a_long_video_is_not_held_whole_in_memory(tmp_path):
     assert peak < 30 * 64 * 96 * 3, peak  # a few frames, not 120
 
 
+def test_views_of_many_frames_are_resized_in_chunks_as_at_once():
+    import torch.nn.functional as F
+    from gczoo.video.clips import clip_views
+    sampling = ClipSampling(clip_len=20, frame_interval=1, num_clips=2, num_crops=1, resize_short=12, crop_size=12)
+    frames = torch.randint(0, 256, (40, 18, 30, 3), dtype=torch.uint8)  # 40 frames: 3 chunks of 16
+    views = clip_views(frames, sampling)
+    whole = F.interpolate(frames.permute(0, 3, 1, 2).float(), size=(12, 20), mode='bilinear', align_corners=False)
+    whole = (whole.clamp(0, 255) / 255.0 - torch.tensor(sampling.mean).view(1, 3, 1, 1)) / \
+        torch.tensor(sampling.std).view(1, 3, 1, 1)
+    expected = whole[:, :, :, 4:16].view(2, 20, 3, 12, 12).permute(0, 2, 1, 3, 4)
+    torch.testing.assert_close(views, expected, rtol=0, atol=0)
+
+
 def test_zero_byte_and_one_frame_videos(tmp_path):
     sampling = ClipSampling(clip_len=4, frame_interval=2, num_clips=2, num_crops=3, resize_short=16, crop_size=16)
     (tmp_path / 'zero.mp4').write_bytes(b'')
