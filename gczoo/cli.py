@@ -42,20 +42,17 @@ def list_main(argv: Optional[List[str]] = None) -> int:
     """Print every block and model, one line each."""
     from gczoo.layers import ATTN_SPECS
     from gczoo.models import ZOO_MODELS
+    from gczoo.seg import SEGMENTORS  # outside timm's registry
+    from gczoo.video import VIDEO_MODELS  # outside timm's registry
     print('Attention blocks  (gczoo.layers.create_attn(name, channels)):')
     for name, spec in ATTN_SPECS.items():
         print(f'  {name:<12} {spec.cls.__name__:<20} {spec.summary}')
-    print('\nModels  (import gczoo; timm.create_model(name)):')
-    for name, zoo in ZOO_MODELS.items():
-        print(f'  {name:<15} {zoo.summary}')
-    from gczoo.video import VIDEO_MODELS  # issue 19: outside timm's registry
-    print('\nVideo models  (gczoo.video.create_video_model(name); clips (B, 3, T, H, W)):')
-    for name, video in VIDEO_MODELS.items():
-        print(f'  {name:<15} {video.summary}')
-    from gczoo.seg import SEGMENTORS  # issue 18: outside timm's registry
-    print('\nSegmentation models  (gczoo.seg.create_segmentor(name); logits (B, K, H, W)):')
-    for name, seg in SEGMENTORS.items():
-        print(f'  {name:<15} {seg.summary}')
+    for title, table in (('Models  (import gczoo; timm.create_model(name))', ZOO_MODELS),
+                         ('Video models  (gczoo.video.create_video_model(name); clips (B, 3, T, H, W))', VIDEO_MODELS),
+                         ('Segmentation models  (gczoo.seg.create_segmentor(name); logits (B, K, H, W))', SEGMENTORS)):
+        print(f'\n{title}:')
+        for name, row in table.items():
+            print(f'  {name:<15} {row.summary}')
     return 0
 
 
