@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 
 from gczoo.args import ArgumentParser, device_name, non_negative_int, positive_int
-from gczoo.files import atomic_write_text
+from gczoo.files import check_output_dir, write_files
 
 from .create import create_segmentor
 from .data import LAYOUTS, SegFolder, find_samples, masks_without_images
@@ -116,6 +116,8 @@ def evaluate_segmentation(args: argparse.Namespace) -> Dict[str, Any]:
 
     if args.pretrained and args.checkpoint:
         raise ValueError('pass --pretrained or --checkpoint, not both')
+    if args.output_dir:  # before the evaluation: a mistyped folder fails now, not after the last image
+        check_output_dir(args.output_dir, '--output-dir')
     num_classes = args.num_classes
     if num_classes is None and args.dataset and '.' not in args.model and not args.pretrained:
         num_classes = SEG_DATA[_DEFAULT_SETTING[args.dataset]]['num_classes']  # an untagged model: the dataset's
@@ -191,7 +193,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         stem = args.model.replace('/', '_')
         rows = ['class,IoU,Acc'] + [f'{n},{i:.4f},{a:.4f}' for n, i, a in
                                     zip(results['classes'], results['IoU'], results['Acc'])]
-        atomic_write_text(out / f'{stem}.csv', '\n'.join(rows) + '\n')
-        atomic_write_text(out / f'{stem}.json', json.dumps({k: _json_safe(v) for k, v in results.items()}, indent=2))
+        csv_text = '\n'.join(rows) + '\n'
+        json_text = json.dumps({k: _json_safe(v) for k, v in results.items()}, indent=2)
+        write_files({out / f'{stem}.csv': lambda f: f.write(csv_text.encode('utf-8')),  # both or neither
+                     out / f'{stem}.json': lambda f: f.write(json_text.encode('utf-8'))})
         print(f'wrote {out / stem}.json and .csv')
     return 0

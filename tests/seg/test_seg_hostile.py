@@ -352,3 +352,11 @@ def test_train_seg_resume_into_another_runs_folder_and_scale_conflict(tmp_path, 
     _one_line_exit_2(capsys, argv, 'holds another run')
     assert (tmp_path / 'b' / 'last.pth.tar').read_bytes() == b'run b'
     _one_line_exit_2(capsys, _train_args(tmp_path / 'no-data', tmp_path / 'c', '--scale', '64', '32'), 'contradict')
+
+
+def test_eval_seg_output_dir_checked_before_evaluating(tmp_path, capsys):
+    (tmp_path / 'a-file').write_text('')
+    code = main(['eval-seg', '-m', 'ccnet_r50_d8', '--data-dir', str(tmp_path / 'not-read'), '--dataset',
+                 'cityscapes', '--output-dir', str(tmp_path / 'a-file' / 'results')])
+    captured = capsys.readouterr()
+    assert code == 2 and 'cannot be a folder' in captured.err and captured.out == ''
