@@ -172,18 +172,20 @@ def test_torch_hub_entrypoint():
 @pytest.mark.slow  # ~10 s each: an R101 reference and model
 @pytest.mark.parametrize('system', SYSTEMS)
 def test_r101_pretrained_logits_equal_reference(system, tmp_path, monkeypatch):
-    """The R101 models too: one non-square size, whole and slide mode, through pretrained=True (ADE20K tags:
+    """The R101 models too: two non-square sizes, whole and slide mode, through pretrained=True (ADE20K tags:
     150 classes)."""
     reference = ref.randomize_(ref.EncoderDecoder(system, 101, 150), seed=7).eval()
     tag = get_seg_tag(f'{system}_r101_d8', 'ade20k_512x512_160k')
     _serve(tmp_path, monkeypatch, tag, ref.mmseg_checkpoint(reference, tag.source_name))
     model = create_segmentor(tag.name, pretrained=True).eval()
     assert model.num_classes == 150 and model.pretrained_cfg['reduce_zero_label']
-    x = torch.randn(1, 3, 44, 60, generator=torch.Generator().manual_seed(3))
+    gen = torch.Generator().manual_seed(3)
     with torch.no_grad():
-        assert _rel(model(x), reference.inference(x)) <= 1e-5
-        kw = dict(mode='slide', crop_size=(36, 36), stride=(24, 24))
-        assert _rel(predict_logits(model, x, **kw), reference.inference(x, **kw)) <= 1e-5
+        for size in ((44, 60), (57, 41)):
+            x = torch.randn(1, 3, *size, generator=gen)
+            assert _rel(model(x), reference.inference(x)) <= 1e-5
+            kw = dict(mode='slide', crop_size=(36, 36), stride=(24, 24))
+            assert _rel(predict_logits(model, x, **kw), reference.inference(x, **kw)) <= 1e-5
 
 
 def test_gczoo_list_names_the_segmentors(capsys):
