@@ -47,13 +47,19 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def list_images(inputs: Sequence[str]) -> List[Path]:
-    """The image files named or inside the named folders (sorted); a ValueError when there is none."""
+def list_images(inputs: Sequence[str], subfolders: Optional[List[Path]] = None) -> List[Path]:
+    """The image files named or directly inside the named folders (sorted; hidden files such as macOS'
+    ``._x.jpg`` skipped); a ValueError when there is none. The folders' subfolders (not read) are appended
+    to ``subfolders`` when given."""
     found: List[Path] = []
     for text in inputs:
         path = Path(text)
         if path.is_dir():
-            found += sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in _SUFFIXES)
+            entries = sorted(path.iterdir())
+            found += [p for p in entries
+                      if p.is_file() and p.suffix.lower() in _SUFFIXES and not p.name.startswith('.')]
+            if subfolders is not None:
+                subfolders += [p for p in entries if p.is_dir() and not p.name.startswith('.')]
         elif path.is_file():
             found.append(path)
         else:
@@ -87,9 +93,13 @@ def _check_outputs(images: Sequence[Path], out: Path, ids: bool) -> None:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    images = list_images(args.inputs)
+    subfolders: List[Path] = []
+    images = list_images(args.inputs, subfolders)
     out = check_output_dir(args.out, '--out')
     _check_outputs(images, out, args.ids)
+    if subfolders:
+        print(f'note: subfolders are not read ({len(subfolders)}, first {str(subfolders[0])!r}); name them as inputs '
+              f'to segment their images too', flush=True)
     if args.pretrained and args.checkpoint:
         raise ValueError('pass --pretrained or --checkpoint, not both')
     model = create_segmentor(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint or None)
@@ -97,6 +107,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     model.to(device).eval()
     config = resolve_seg_config(argparse.Namespace(**{**vars(args), 'split': ''}), model)
     _, palette = dataset_info(config['dataset'])
+    if model.num_classes > len(palette):  # the classes beyond the palette would all be black
+        raise ValueError(f'the {config["dataset"]} palette has {len(palette)} colours but the model predicts '
+                         f'{model.num_classes} classes; pass the --dataset the model was trained on')
     with torch.no_grad():
         for path in images:
             pred = segment_image(model, read_image(path).to(device), config).argmax(0).to(torch.uint8).cpu().numpy()

@@ -360,3 +360,21 @@ def test_eval_seg_output_dir_checked_before_evaluating(tmp_path, capsys):
                  'cityscapes', '--output-dir', str(tmp_path / 'a-file' / 'results')])
     captured = capsys.readouterr()
     assert code == 2 and 'cannot be a folder' in captured.err and captured.out == ''
+
+
+def test_segment_folder_with_subfolders_hidden_files_and_a_palette_too_small(tmp_path, capsys):
+    """Subfolders were skipped without a word, a macOS ``._a.png`` stopped the run as an undecodable image, and
+    an ADE20K model coloured with Cityscapes' 19-colour palette painted 131 of its classes black."""
+    images = tmp_path / 'imgs'
+    (images / 'more').mkdir(parents=True)
+    Image.new('RGB', (20, 16), (90, 10, 200)).save(images / 'a.png')
+    Image.new('RGB', (20, 16)).save(images / 'more' / 'b.png')
+    (images / '._a.png').write_bytes(b'\x00\x05\x16\x07 AppleDouble')
+    assert main(['segment', str(images), '-m', 'gcnet_r50_d8', '--out', str(tmp_path / 'o'), '--no-resize']) == 0
+    out = capsys.readouterr().out
+    assert 'note: subfolders are not read (1' in out and 'more' in out
+    assert sorted(p.name for p in (tmp_path / 'o').iterdir()) == ['a.png']
+    with Image.open(tmp_path / 'o' / 'a.png') as img:
+        assert img.size == (20, 16) and img.mode == 'RGB'
+    _one_line_exit_2(capsys, ['segment', images / 'a.png', '-m', 'gcnet_r50_d8.ade20k_512x512_80k', '--dataset',
+                              'cityscapes', '--out', tmp_path / 'p'], 'palette has 19 colours')
