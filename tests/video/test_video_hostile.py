@@ -111,6 +111,35 @@ def test_a_video_gives_the_chosen_frames_of_a_full_decode(tmp_path, container):
     assert torch.equal(frames, torch.from_numpy(np.stack([every[i] for i in (8, 0, 3, 3)])))
 
 
+def test_a_wrong_container_frame_count_is_corrected_by_decoding(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+    path = tmp_path / 'v.mp4'
+    _write_video(path, frames=9)
+    real_open = av.open
+
+    class Lying:  # a container whose header claims 100 frames (some muxers write wrong counts)
+        def __init__(self, *args, **kwargs):
+            self.real = real_open(*args, **kwargs)
+            self.streams = SimpleNamespace(video=[SimpleNamespace(frames=100, stream=self.real.streams.video[0])])
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.real.close()
+
+        def decode(self, stream):
+            return self.real.decode(stream.stream)
+
+    monkeypatch.setattr(av, 'open', Lying)
+    seen = []
+    frames = read_clip(str(path), lambda n: seen.append(n) or np.array([n - 1]))
+    monkeypatch.undo()
+    with av.open(str(path)) as c:
+        last = [f.to_ndarray(format='rgb24') for f in c.decode(video=0)][-1]
+    assert seen == [100, 9] and torch.equal(frames[0], torch.from_numpy(last))
+
+
 def test_a_long_video_is_not_held_whole_in_memory(tmp_path):
     import tracemalloc
     path = tmp_path / 'long.mp4'
