@@ -43,6 +43,12 @@ def test_decompression_bomb_is_one_value_error(tmp_path, monkeypatch):
         read_image(tmp_path / 'bomb.png')
     with pytest.raises(ValueError, match='mask.png.*DecompressionBombError'):
         read_mask(SegSample(tmp_path / 'bomb.png', tmp_path / 'mask.png', 'trainIds'), 19)
+    monkeypatch.undo()
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / 't.png')
+    data = (tmp_path / 't.png').read_bytes()
+    (tmp_path / 't.png').write_bytes(data[:len(data) // 2])  # truncated: already one line, kept so
+    with pytest.raises(ValueError, match="t.png' cannot be decoded.*truncated"):
+        read_image(tmp_path / 't.png')
 
 
 def test_jpeg_mask_is_refused_png_modes_are_ids(tmp_path):
@@ -378,3 +384,40 @@ def test_segment_folder_with_subfolders_hidden_files_and_a_palette_too_small(tmp
         assert img.size == (20, 16) and img.mode == 'RGB'
     _one_line_exit_2(capsys, ['segment', images / 'a.png', '-m', 'gcnet_r50_d8.ade20k_512x512_80k', '--dataset',
                               'cityscapes', '--out', tmp_path / 'p'], 'palette has 19 colours')
+
+
+@pytest.mark.slow  # ~15 s: three gczoo processes
+def test_segment_killed_or_run_twice_into_one_folder_leaves_only_whole_pngs(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+    images = tmp_path / 'imgs'
+    images.mkdir()
+    for i in range(8):
+        Image.new('RGB', (96, 80), (30 * i, 200, 10)).save(images / f'{i}.png')
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    argv = [sys.executable, '-m', 'gczoo.cli', 'segment', str(images), '-m', 'gcnet_r50_d8', '--no-resize', '--ids']
+
+    def whole_pngs(folder):
+        names = sorted(p.name for p in folder.iterdir() if not p.name.startswith('.'))
+        for name in names:
+            with Image.open(folder / name) as img:
+                img.load()  # a half-written PNG fails here
+        return names
+
+    runs = [subprocess.Popen(argv + ['--out', str(tmp_path / 'both')], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE) for _ in range(2)]
+    assert [r.wait(timeout=300) for r in runs] == [0, 0], [r.stderr.read() for r in runs]
+    assert len(whole_pngs(tmp_path / 'both')) == 16
+    assert not [p for p in (tmp_path / 'both').iterdir() if p.name.startswith('.')]  # no temporaries left
+
+    run = subprocess.Popen(argv + ['--out', str(tmp_path / 'killed')], env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not (tmp_path / 'killed' / '0.png').exists() and time.time() < deadline and run.poll() is None:
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait(timeout=60)
+    names = whole_pngs(tmp_path / 'killed')
+    assert '0.png' in names and len(names) < 16
