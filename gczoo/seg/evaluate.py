@@ -67,6 +67,9 @@ def resolve_seg_config(args: argparse.Namespace, model: torch.nn.Module) -> Dict
         layout = args.dataset or 'cityscapes'
         cfg.update(SEG_DATA[_DEFAULT_SETTING[layout]], mean=MMSEG_MEAN, std=MMSEG_STD,
                    align_corners=model.align_corners)
+    if getattr(args, 'pretrained', False) and args.dataset and cfg.get('tag') and args.dataset != cfg['dataset']:
+        raise ValueError(f'--dataset {args.dataset}: the tag {cfg["tag"]!r} was trained on {cfg["dataset"]}, its class '
+                         f'ids are not {args.dataset}\'s; use a {args.dataset} tag (gczoo list) or drop --dataset')
     cfg['dataset'] = args.dataset or cfg['dataset']
     if args.no_resize and args.scale:
         raise ValueError('--scale and --no-resize contradict each other; pass one')

@@ -421,3 +421,15 @@ def test_segment_killed_or_run_twice_into_one_folder_leaves_only_whole_pngs(tmp_
     run.wait(timeout=60)
     names = whole_pngs(tmp_path / 'killed')
     assert '0.png' in names and len(names) < 16
+
+
+def test_pretrained_tag_with_another_dataset_is_refused():
+    """A Cityscapes tag's weights evaluated or coloured as ADE20K: class ids of one dataset read as the other's."""
+    from gczoo.seg.evaluate import resolve_seg_config
+    model = create_segmentor('ccnet_r50_d8.cityscapes_512x1024_80k')
+    args = argparse.Namespace(dataset='ade20k', mode=None, crop_size=None, stride=None, scale=None, no_resize=False,
+                              pretrained=True)
+    with pytest.raises(ValueError, match="tag 'cityscapes_512x1024_80k' was trained on cityscapes"):
+        resolve_seg_config(args, model)
+    args.pretrained = False  # its architecture with other weights (--checkpoint): the user's dataset
+    assert resolve_seg_config(args, model)['dataset'] == 'ade20k'
