@@ -20,12 +20,12 @@ Everything else (``backbone.layerN``, the heads' ``convs``/``conv_cat``/``conv_s
 loading path (``gczoo.models.weights.check_state_dict``) names it as unexpected instead of dropping it.
 """
 import re
-from typing import Any, Mapping, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from gczoo.errors import CheckpointError
 from gczoo.models.weights import StateDict, unwrap_state_dict
 
-__all__ = ['convert_mmseg_state_dict', 'is_mmseg_layout', 'mmseg_meta']
+__all__ = ['convert_mmseg_state_dict', 'is_mmseg_layout', 'mmseg_meta', 'mmseg_decode_head']
 
 _RULES: Tuple[Tuple[re.Pattern, str], ...] = (
     (re.compile(r'^backbone\.stem\.7\.'), 'backbone.bn1.'),
@@ -34,6 +34,24 @@ _RULES: Tuple[Tuple[re.Pattern, str], ...] = (
     (re.compile(r'^decode_head\.nl_block\.(g|theta|phi|conv_out)\.conv\.'), r'decode_head.nl_block.\1.'),
     (re.compile(r'^decode_head\.nl_block\.conv_out\.bn\.'), 'decode_head.nl_block.norm.'),
 )
+
+
+# the first sub-module name of mmseg's decode heads that tells them apart (mmseg's configs/<system>/)
+_HEAD_MARKS: Tuple[Tuple[str, str], ...] = (
+    ('cca', 'ccnet'), ('nl_block', 'nlnet'), ('gc_block', 'gcnet'), ('psp_modules', "PSPNet's PPM head"),
+    ('aspp_modules', "DeepLabV3's ASPP head"), ('c1_bottleneck', "DeepLabV3+'s head"), ('da_head', "DANet's head"),
+    ('psa', "PSANet's head"), ('ema_module', "EMANet's head"), ('apc_modules', "APCNet's head"),
+)
+
+
+def mmseg_decode_head(state: Mapping[str, Any]) -> Optional[Tuple[str, str]]:
+    """(system, key prefix) of the decode head a state dict holds: ``('ccnet', 'decode_head.cca')``, nlnet,
+    gcnet, or another of mmseg's heads in words (PSPNet, DeepLabV3, ...); None if its keys name none of them."""
+    parts = {k.split('.')[1] for k in state if k.startswith('decode_head.') and k.count('.') >= 2}
+    for mark, system in _HEAD_MARKS:
+        if mark in parts:
+            return system, f'decode_head.{mark}'
+    return None
 
 
 def is_mmseg_layout(state: Mapping[str, Any]) -> bool:

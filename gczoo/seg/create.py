@@ -12,9 +12,10 @@ import os
 from typing import Any, List, Optional, Union
 
 from gczoo.models.sources import fetch_url
+from gczoo.errors import CheckpointError
 from gczoo.models.weights import load_weights, read_checkpoint
 
-from .convert import convert_mmseg_state_dict, is_mmseg_layout
+from .convert import convert_mmseg_state_dict, is_mmseg_layout, mmseg_decode_head
 from .segmentor import Segmentor, get_segmentor_spec, split_name
 from .tags import default_seg_tag, get_seg_tag, tag_data_config
 
@@ -31,6 +32,12 @@ def load_segmentor_checkpoint(model: Segmentor, path: Union[str, os.PathLike], *
     state = checkpoint.get('state_dict', checkpoint)
     if isinstance(state, dict) and is_mmseg_layout(state):
         state = convert_mmseg_state_dict(checkpoint, source=source)
+    head = mmseg_decode_head(state) if isinstance(state, dict) else None
+    system = get_segmentor_spec(model.name).system
+    if head is not None and head[0] != system:  # say which model it is, not only its 20 keys that do not fit
+        raise CheckpointError(f'{source} holds the decode head of {head[0]} ({head[1]}.*), not of {model.name} '
+                              f'({system}); pass a {system} checkpoint, or create the segmentor it was trained as '
+                              f'(gczoo.seg.list_segmentors())')
     return load_weights(model, state, what=source, skip_mismatched_classifier=skip_mismatched_classifier,
                         hint='Is it a checkpoint of this segmentor (system and depth), with this num_classes?')
 

@@ -176,8 +176,8 @@ def test_code_running_pickle_truncated_file_and_foreign_model_are_refused(tmp_pa
     with pytest.raises(CheckpointError) as info:
         create_segmentor(tag.name, pretrained=True)
     message = str(info.value)
-    assert '\n' not in message and 'unexpected keys decode_head.psp_modules' in message, message
-    assert 'missing keys decode_head.convs' in message, message
+    assert '\n' not in message and "decode head of PSPNet's PPM head (decode_head.psp_modules.*)" in message, message
+    assert 'not of ccnet_r50_d8 (ccnet)' in message, message
 
     path.write_bytes(path.read_bytes()[:1000])  # a download cut short
     with pytest.raises(CheckpointError, match=path.name):
@@ -433,3 +433,11 @@ def test_pretrained_tag_with_another_dataset_is_refused():
         resolve_seg_config(args, model)
     args.pretrained = False  # its architecture with other weights (--checkpoint): the user's dataset
     assert resolve_seg_config(args, model)['dataset'] == 'ade20k'
+
+
+def test_mmseg_decode_head_names_the_system():
+    from gczoo.seg.convert import mmseg_decode_head
+    assert mmseg_decode_head({'decode_head.aspp_modules.0.conv.weight': 0}) == (
+        "DeepLabV3's ASPP head", 'decode_head.aspp_modules')
+    assert mmseg_decode_head({'decode_head.cca.query_conv.weight': 0}) == ('ccnet', 'decode_head.cca')
+    assert mmseg_decode_head({'decode_head.conv_seg.weight': 0, 'backbone.stem.0.weight': 0}) is None
