@@ -38,6 +38,12 @@ def load_segmentor_checkpoint(model: Segmentor, path: Union[str, os.PathLike], *
         raise CheckpointError(f'{source} holds the decode head of {head[0]} ({head[1]}.*), not of {model.name} '
                               f'({system}); pass a {system} checkpoint, or create the segmentor it was trained as '
                               f'(gczoo.seg.list_segmentors())')
+    spec = get_segmentor_spec(model.name)
+    blocks = {k.split('.')[2] for k in state if k.startswith('backbone.layer3.')} if isinstance(state, dict) else ()
+    depth = {6: 50, 23: 101}.get(len(blocks))
+    if depth is not None and depth != spec.depth:  # 100 unexpected keys say less than this
+        raise CheckpointError(f'{source} holds a ResNet-{depth} backbone ({len(blocks)} blocks in layer3), not the '
+                              f'ResNet-{spec.depth} of {model.name}; create {spec.system}_r{depth}_d8 for it')
     return load_weights(model, state, what=source, skip_mismatched_classifier=skip_mismatched_classifier,
                         hint='Is it a checkpoint of this segmentor (system and depth), with this num_classes?')
 

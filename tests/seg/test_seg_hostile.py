@@ -441,3 +441,16 @@ def test_mmseg_decode_head_names_the_system():
         "DeepLabV3's ASPP head", 'decode_head.aspp_modules')
     assert mmseg_decode_head({'decode_head.cca.query_conv.weight': 0}) == ('ccnet', 'decode_head.cca')
     assert mmseg_decode_head({'decode_head.conv_seg.weight': 0, 'backbone.stem.0.weight': 0}) is None
+
+
+def test_checkpoint_of_another_depth_is_named(tmp_path):
+    from gczoo.seg import load_segmentor_checkpoint
+    from safetensors.torch import save_file
+    model = create_segmentor('gcnet_r50_d8', num_classes=2)
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    for i in range(6, 23):  # the extra layer3 blocks of a ResNet-101 (their tensors do not matter here)
+        state[f'backbone.layer3.{i}.conv1.weight'] = torch.zeros(1)
+    save_file(state, str(tmp_path / 'r101.safetensors'))
+    with pytest.raises(CheckpointError, match=r'ResNet-101 backbone \(23 blocks in layer3\), not the ResNet-50 of '
+                                              r'gcnet_r50_d8; create gcnet_r101_d8'):
+        load_segmentor_checkpoint(model, tmp_path / 'r101.safetensors')
