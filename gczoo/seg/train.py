@@ -49,6 +49,8 @@ from .tags import MMSEG_MEAN, MMSEG_STD, SEG_DATA
 __all__ = ['FORMAT', 'SegTrainFolder', 'build_parser', 'train_segmentor', 'main']
 
 FORMAT = 'gczoo.seg.train/1'
+_DEFAULT_CLASSES = {'cityscapes': SEG_DATA[('cityscapes', '512x1024')]['num_classes'],
+                    'ade20k': SEG_DATA[('ade20k', '512x512')]['num_classes']}
 _DEFAULT_SCALE = {'cityscapes': SEG_DATA[('cityscapes', '512x1024')]['scale'],
                   'ade20k': SEG_DATA[('ade20k', '512x512')]['scale']}
 
@@ -113,7 +115,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument('--data-dir', required=True)
     p.add_argument('--dataset', choices=LAYOUTS, required=True)
     p.add_argument('--split', default='train')
-    p.add_argument('--num-classes', type=positive_int, default=None)
+    p.add_argument('--num-classes', type=positive_int, default=None,
+                   help="classes of the heads (default: the dataset's, 19 or 150; another tag's head starts at init)")
     p.add_argument('--crop-size', type=positive_int, nargs=2, default=(512, 1024), metavar=('H', 'W'))
     p.add_argument('--scale', type=positive_int, nargs=2, default=None, metavar=('LONG', 'SHORT'),
                    help="resize scale before the 0.5-2.0 ratio (default: the dataset's mmseg scale)")
@@ -198,7 +201,8 @@ def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
     samples = find_samples(args.data_dir, args.dataset, args.split)
     env = init_distributed(args.device)
     torch.manual_seed(args.seed)
-    model = create_segmentor(args.model, pretrained=args.pretrained, num_classes=args.num_classes)
+    classes = args.num_classes or _DEFAULT_CLASSES[args.dataset]  # as eval-seg: the dataset's, not 19 for ADE20K
+    model = create_segmentor(args.model, pretrained=args.pretrained, num_classes=classes)
     if args.initial_checkpoint:  # a new --num-classes leaves conv_seg at init, as with --pretrained
         load_segmentor_checkpoint(model, args.initial_checkpoint, what='--initial-checkpoint',
                                   skip_mismatched_classifier=True)

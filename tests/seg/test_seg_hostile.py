@@ -454,3 +454,19 @@ def test_checkpoint_of_another_depth_is_named(tmp_path):
     with pytest.raises(CheckpointError, match=r'ResNet-101 backbone \(23 blocks in layer3\), not the ResNet-50 of '
                                               r'gcnet_r50_d8; create gcnet_r101_d8'):
         load_segmentor_checkpoint(model, tmp_path / 'r101.safetensors')
+
+
+def test_train_seg_num_classes_defaults_to_the_datasets(tmp_path, capsys, monkeypatch):
+    """An untagged model on an ADE20K folder got 19 classes (Cityscapes') and stopped at the first mask over 19."""
+    import gczoo.seg.train as train
+    for folder in ('images', 'annotations'):
+        (tmp_path / 'ade' / folder / 'training').mkdir(parents=True)
+    for i in range(2):
+        Image.new('RGB', (40, 36)).save(tmp_path / 'ade' / 'images' / 'training' / f'{i}.jpg')
+        Image.new('L', (40, 36), 150).save(tmp_path / 'ade' / 'annotations' / 'training' / f'{i}.png')
+    monkeypatch.setattr(train, '_train_loop', lambda net, model, *rest: (0, 0.0))  # the setup, not the steps
+    argv = _train_args(tmp_path / 'ade', tmp_path / 'o', '--split', 'training')
+    argv[argv.index('cityscapes')] = 'ade20k'
+    assert main([str(a) for a in argv]) == 0
+    import json
+    assert json.loads((tmp_path / 'o' / 'results.json').read_text())['num_classes'] == 150
