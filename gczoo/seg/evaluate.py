@@ -126,6 +126,10 @@ def evaluate_segmentation(args: argparse.Namespace) -> Dict[str, Any]:
         num_classes = SEG_DATA[_DEFAULT_SETTING[args.dataset]]['num_classes']  # an untagged model: the dataset's
     model = create_segmentor(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint or None,
                              num_classes=num_classes)
+    if args.pretrained and model.num_classes != model.pretrained_cfg.get('num_classes', model.num_classes):
+        raise ValueError(f'--num-classes {model.num_classes} with --pretrained: the tag\'s classifiers have '
+                         f'{model.pretrained_cfg["num_classes"]} classes, so the heads would be evaluated untrained; '
+                         f'drop --num-classes, or pass --checkpoint of a model fine-tuned to {model.num_classes}')
     config = resolve_seg_config(args, model)
     samples = find_samples(args.data_dir, config['dataset'], args.split)
     env = init_distributed(args.device)

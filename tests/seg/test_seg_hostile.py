@@ -470,3 +470,15 @@ def test_train_seg_num_classes_defaults_to_the_datasets(tmp_path, capsys, monkey
     assert main([str(a) for a in argv]) == 0
     import json
     assert json.loads((tmp_path / 'o' / 'results.json').read_text())['num_classes'] == 150
+
+
+def test_eval_seg_pretrained_with_another_num_classes_is_refused(tmp_path, capsys, monkeypatch):
+    """--pretrained --num-classes 5 left both classifiers at init: the mIoU of an untrained head, silently."""
+    tag = get_seg_tag('ccnet_r50_d8', 'cityscapes_512x1024_80k')
+    monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch'))
+    torch.hub.set_dir(str(tmp_path / 'torch' / 'hub'))
+    path = url_cached_path(tag.source)
+    path.parent.mkdir(parents=True)
+    torch.save(create_segmentor('ccnet_r50_d8').state_dict(), path)  # gczoo's layout is read too
+    _one_line_exit_2(capsys, ['eval-seg', '-m', tag.name, '--pretrained', '--num-classes', '5', '--data-dir',
+                              tmp_path / 'not-read'], 'the heads would be evaluated untrained')
