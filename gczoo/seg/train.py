@@ -164,6 +164,10 @@ def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, args:
     ckpt = read_checkpoint(path)
     if ckpt.get('format') != FORMAT:
         raise CheckpointError(f'--resume {path!r} is not a gczoo train-seg checkpoint (no {FORMAT!r} state)')
+    missing = [k for k in ('args', 'state_dict', 'optimizer', 'iteration', 'rng') if k not in ckpt]
+    if missing or not isinstance(ckpt['args'], dict):
+        raise CheckpointError(f'--resume {path!r} is an incomplete train-seg checkpoint (no '
+                              f'{", ".join(missing) or "args"}); resume from the last.pth.tar a run wrote')
     for key in ('model', 'dataset', 'split', 'num_classes', 'batch_size', 'seed', 'crop_size', 'iters', 'scale',
                 'no_resize', 'ratio_range', 'lr', 'min_lr', 'momentum', 'weight_decay', 'aux_weight'):
         if plain(getattr(args, key)) != ckpt['args'].get(key):

@@ -236,6 +236,9 @@ def test_train_seg_resume_of_other_settings_or_finished_run(tmp_path, capsys):
     argv = _train_args(root, tmp_path / 'o')
     path = _fake_resume(tmp_path, argv, num_classes=5)
     _one_line_exit_2(capsys, argv + ['--resume', path], 'was written with --num-classes 5')
+    torch.save({'format': 'gczoo.seg.train/1', 'state_dict': {}}, tmp_path / 'partial.pth.tar')
+    _one_line_exit_2(capsys, argv + ['--resume', tmp_path / 'partial.pth.tar'], 'incomplete train-seg checkpoint (no '
+                     'args, optimizer, iteration, rng)')
     path = _fake_resume(tmp_path, argv, iters=2)
     _one_line_exit_2(capsys, _train_args(root, tmp_path / 'o', '--iters', '2', '--resume', path), 'a finished run')
     assert not (tmp_path / 'o' / 'results.json').exists()
