@@ -37,6 +37,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument('--checkpoint', default='', metavar='PATH', help="weights file (mmseg's layout or gczoo's)")
     p.add_argument('--out', required=True, metavar='DIR', help='output folder')
     p.add_argument('--dataset', choices=('cityscapes', 'ade20k'), default=None, help="palette (default: the tag's)")
+    p.add_argument('--num-classes', type=positive_int, default=None,
+                   help="classes of a fine-tuned --checkpoint (default: the tag's, else 19)")
     p.add_argument('--mode', choices=('whole', 'slide'), default=None)
     p.add_argument('--crop-size', type=positive_int, nargs=2, default=None, metavar=('H', 'W'))
     p.add_argument('--stride', type=positive_int, nargs=2, default=None, metavar=('H', 'W'))
@@ -102,7 +104,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f'to segment their images too', flush=True)
     if args.pretrained and args.checkpoint:
         raise ValueError('pass --pretrained or --checkpoint, not both')
-    model = create_segmentor(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint or None)
+    if args.pretrained and args.num_classes:
+        raise ValueError('--num-classes is for a fine-tuned --checkpoint; with --pretrained the heads would be '
+                         'untrained')
+    model = create_segmentor(args.model, pretrained=args.pretrained, checkpoint_path=args.checkpoint or None,
+                             num_classes=args.num_classes)
     device = torch.device(args.device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     model.to(device).eval()
     config = resolve_seg_config(argparse.Namespace(**{**vars(args), 'split': ''}), model)

@@ -485,3 +485,18 @@ def test_eval_seg_pretrained_with_another_num_classes_is_refused(tmp_path, capsy
     torch.save(create_segmentor('ccnet_r50_d8').state_dict(), path)  # gczoo's layout is read too
     _one_line_exit_2(capsys, ['eval-seg', '-m', tag.name, '--pretrained', '--num-classes', '5', '--data-dir',
                               tmp_path / 'not-read'], 'the heads would be evaluated untrained')
+
+
+def test_segment_takes_a_fine_tuned_checkpoint_of_another_class_count(tmp_path, capsys):
+    """train-seg --num-classes 5 wrote a model that gczoo segment could not build (no --num-classes)."""
+    from safetensors.torch import save_file
+    model = create_segmentor('gcnet_r50_d8', num_classes=5)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / 'five.safetensors'))
+    Image.new('RGB', (20, 16)).save(tmp_path / 'a.png')
+    argv = ['segment', str(tmp_path / 'a.png'), '-m', 'gcnet_r50_d8', '--checkpoint',
+            str(tmp_path / 'five.safetensors'), '--out', str(tmp_path / 'o'), '--no-resize', '--ids']
+    assert main(argv + ['--num-classes', '5']) == 0
+    with Image.open(tmp_path / 'o' / 'a_ids.png') as img:
+        assert int(np.asarray(img).max()) < 5
+    _one_line_exit_2(capsys, ['segment', tmp_path / 'a.png', '-m', 'gcnet_r50_d8', '--pretrained', '--num-classes',
+                              '5', '--out', tmp_path / 'p'], 'heads would be untrained')
