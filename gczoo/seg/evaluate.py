@@ -131,6 +131,9 @@ def evaluate_segmentation(args: argparse.Namespace) -> Dict[str, Any]:
                          f'{model.pretrained_cfg["num_classes"]} classes, so the heads would be evaluated untrained; '
                          f'drop --num-classes, or pass --checkpoint of a model fine-tuned to {model.num_classes}')
     config = resolve_seg_config(args, model)
+    if not args.pretrained and not args.checkpoint:  # as gczoo eval: checked before any image is read
+        raise ValueError(f'no weights for --model {args.model!r}: pass --pretrained (the tag\'s mmseg weights) or '
+                         f'--checkpoint FILE (evaluating random weights measures nothing)')
     samples = find_samples(args.data_dir, config['dataset'], args.split)
     env = init_distributed(args.device)
     model.to(env.device).eval()

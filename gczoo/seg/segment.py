@@ -104,6 +104,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
               f'to segment their images too', flush=True)
     if args.pretrained and args.checkpoint:
         raise ValueError('pass --pretrained or --checkpoint, not both')
+    if not args.pretrained and not args.checkpoint:
+        raise ValueError(f'no weights for --model {args.model!r}: pass --pretrained (the tag\'s mmseg weights) or '
+                         f'--checkpoint FILE (random weights predict nothing)')
     if args.pretrained and args.num_classes:
         raise ValueError('--num-classes is for a fine-tuned --checkpoint; with --pretrained the heads would be '
                          'untrained')

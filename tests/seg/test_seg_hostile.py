@@ -25,6 +25,26 @@ def _one_line_exit_2(capsys, argv, message):
     return err[0]
 
 
+@pytest.fixture(scope='module')
+def weights(tmp_path_factory):
+    """``weights(num_classes)``: a gczoo-layout GCNet-R50 file with that many classes (random, seeded; cached)."""
+    from safetensors.torch import save_file
+    torch.manual_seed(0)
+    state = {k: v.contiguous() for k, v in create_segmentor('gcnet_r50_d8').state_dict().items()}
+    folder, made = tmp_path_factory.mktemp('weights'), {}
+
+    def path(num_classes=19):
+        if num_classes not in made:
+            for head in ('decode_head', 'auxiliary_head'):
+                weight = state[f'{head}.conv_seg.weight']
+                state[f'{head}.conv_seg.weight'] = torch.randn(num_classes, *weight.shape[1:])
+                state[f'{head}.conv_seg.bias'] = torch.zeros(num_classes)
+            made[num_classes] = folder / f'gcnet{num_classes}.safetensors'
+            save_file(state, str(made[num_classes]))
+        return made[num_classes]
+    return path
+
+
 @pytest.fixture(autouse=True)
 def _restore_hub_dir():
     before = torch.hub.get_dir()
@@ -298,7 +318,7 @@ def test_non_finite_weights_are_never_saved(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_masks_without_images_are_named_not_silently_skipped(tmp_path, capsys):
+def test_masks_without_images_are_named_not_silently_skipped(tmp_path, capsys, weights):
     """gtFine extracted in full but leftImg8bit only in part: the mIoU of a subset, with nothing said."""
     from gczoo.seg.data import masks_without_images
     for i, city in enumerate(('aachen', 'bremen', 'bremen')):
@@ -311,8 +331,8 @@ def test_masks_without_images_are_named_not_silently_skipped(tmp_path, capsys):
     orphans = masks_without_images(tmp_path, 'cityscapes', 'val', samples)
     assert sorted(p.name for p in orphans) == sorted(f'bremen_00000{i}_gtFine_{k}.png' for i in (1, 2)
                                                      for k in ('labelTrainIds', 'labelIds'))
-    assert main(['eval-seg', '-m', 'ccnet_r50_d8', '--data-dir', str(tmp_path), '--dataset', 'cityscapes',
-                 '--no-resize', '-j', '0', '--no-progress']) == 0
+    assert main(['eval-seg', '-m', 'gcnet_r50_d8', '--checkpoint', str(weights()), '--data-dir', str(tmp_path),
+                 '--dataset', 'cityscapes', '--no-resize', '-j', '0', '--no-progress']) == 0
     out = capsys.readouterr().out
     assert 'note: 4 masks have no image and are not evaluated' in out and 'over the 1 images found' in out
 
@@ -371,7 +391,7 @@ def test_eval_seg_output_dir_checked_before_evaluating(tmp_path, capsys):
     assert code == 2 and 'cannot be a folder' in captured.err and captured.out == ''
 
 
-def test_segment_folder_with_subfolders_hidden_files_and_a_palette_too_small(tmp_path, capsys):
+def test_segment_folder_with_subfolders_hidden_files_and_a_palette_too_small(tmp_path, capsys, weights):
     """Subfolders were skipped without a word, a macOS ``._a.png`` stopped the run as an undecodable image, and
     an ADE20K model coloured with Cityscapes' 19-colour palette painted 131 of its classes black."""
     images = tmp_path / 'imgs'
@@ -379,18 +399,20 @@ def test_segment_folder_with_subfolders_hidden_files_and_a_palette_too_small(tmp
     Image.new('RGB', (20, 16), (90, 10, 200)).save(images / 'a.png')
     Image.new('RGB', (20, 16)).save(images / 'more' / 'b.png')
     (images / '._a.png').write_bytes(b'\x00\x05\x16\x07 AppleDouble')
-    assert main(['segment', str(images), '-m', 'gcnet_r50_d8', '--out', str(tmp_path / 'o'), '--no-resize']) == 0
+    assert main(['segment', str(images), '-m', 'gcnet_r50_d8', '--checkpoint', str(weights()), '--out',
+                 str(tmp_path / 'o'), '--no-resize']) == 0
     out = capsys.readouterr().out
     assert 'note: subfolders are not read (1' in out and 'more' in out
     assert sorted(p.name for p in (tmp_path / 'o').iterdir()) == ['a.png']
     with Image.open(tmp_path / 'o' / 'a.png') as img:
         assert img.size == (20, 16) and img.mode == 'RGB'
-    _one_line_exit_2(capsys, ['segment', images / 'a.png', '-m', 'gcnet_r50_d8.ade20k_512x512_80k', '--dataset',
-                              'cityscapes', '--out', tmp_path / 'p'], 'palette has 19 colours')
+    _one_line_exit_2(capsys, ['segment', images / 'a.png', '-m', 'gcnet_r50_d8.ade20k_512x512_80k', '--checkpoint',
+                              weights(150), '--dataset', 'cityscapes', '--out', tmp_path / 'p'],
+                     'palette has 19 colours')
 
 
 @pytest.mark.slow  # ~15 s: three gczoo processes
-def test_segment_killed_or_run_twice_into_one_folder_leaves_only_whole_pngs(tmp_path):
+def test_segment_killed_or_run_twice_into_one_folder_leaves_only_whole_pngs(tmp_path, weights):
     import signal
     import subprocess
     import sys
@@ -400,7 +422,8 @@ def test_segment_killed_or_run_twice_into_one_folder_leaves_only_whole_pngs(tmp_
     for i in range(8):
         Image.new('RGB', (96, 80), (30 * i, 200, 10)).save(images / f'{i}.png')
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    argv = [sys.executable, '-m', 'gczoo.cli', 'segment', str(images), '-m', 'gcnet_r50_d8', '--no-resize', '--ids']
+    argv = [sys.executable, '-m', 'gczoo.cli', 'segment', str(images), '-m', 'gcnet_r50_d8', '--checkpoint',
+            str(weights()), '--no-resize', '--ids']
 
     def whole_pngs(folder):
         names = sorted(p.name for p in folder.iterdir() if not p.name.startswith('.'))
@@ -487,16 +510,24 @@ def test_eval_seg_pretrained_with_another_num_classes_is_refused(tmp_path, capsy
                               tmp_path / 'not-read'], 'the heads would be evaluated untrained')
 
 
-def test_segment_takes_a_fine_tuned_checkpoint_of_another_class_count(tmp_path, capsys):
+def test_segment_takes_a_fine_tuned_checkpoint_of_another_class_count(tmp_path, capsys, weights):
     """train-seg --num-classes 5 wrote a model that gczoo segment could not build (no --num-classes)."""
-    from safetensors.torch import save_file
-    model = create_segmentor('gcnet_r50_d8', num_classes=5)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp_path / 'five.safetensors'))
     Image.new('RGB', (20, 16)).save(tmp_path / 'a.png')
-    argv = ['segment', str(tmp_path / 'a.png'), '-m', 'gcnet_r50_d8', '--checkpoint',
-            str(tmp_path / 'five.safetensors'), '--out', str(tmp_path / 'o'), '--no-resize', '--ids']
+    argv = ['segment', str(tmp_path / 'a.png'), '-m', 'gcnet_r50_d8', '--checkpoint', str(weights(5)), '--out',
+            str(tmp_path / 'o'), '--no-resize', '--ids']
     assert main(argv + ['--num-classes', '5']) == 0
     with Image.open(tmp_path / 'o' / 'a_ids.png') as img:
         assert int(np.asarray(img).max()) < 5
     _one_line_exit_2(capsys, ['segment', tmp_path / 'a.png', '-m', 'gcnet_r50_d8', '--pretrained', '--num-classes',
                               '5', '--out', tmp_path / 'p'], 'heads would be untrained')
+
+
+def test_no_weights_is_refused_before_any_image(tmp_path, capsys):
+    """eval-seg and segment without --pretrained or --checkpoint ran random weights (an mIoU of noise), which
+    gczoo eval refuses."""
+    _one_line_exit_2(capsys, ['eval-seg', '-m', 'ccnet_r50_d8', '--data-dir', tmp_path / 'not-read'],
+                     'no weights for --model')
+    Image.new('RGB', (20, 16)).save(tmp_path / 'a.png')
+    _one_line_exit_2(capsys, ['segment', tmp_path / 'a.png', '-m', 'ccnet_r50_d8', '--out', tmp_path / 'o'],
+                     'no weights for --model')
+    assert not (tmp_path / 'o').exists()
