@@ -44,7 +44,7 @@ def build_parser(prog: str = 'gczoo eval-seg') -> ArgumentParser:
     p.add_argument('--checkpoint', default='', metavar='PATH', help='weights file (mmseg\'s layout or gczoo\'s)')
     p.add_argument('--data-dir', required=True, metavar='DIR', help='dataset root')
     p.add_argument('--dataset', choices=LAYOUTS, default=None, help="layout (default: the tag's dataset)")
-    p.add_argument('--split', default='val', help='split folder (Cityscapes: val; ADE20K: validation)')
+    p.add_argument('--split', default=None, help='split folder (default: Cityscapes val, ADE20K validation)')
     p.add_argument('--num-classes', type=positive_int, default=None, help="classes (default: the tag's or dataset's)")
     p.add_argument('--mode', choices=('whole', 'slide'), default=None, help="inference mode (default: the tag's)")
     p.add_argument('--crop-size', type=_window, nargs=2, default=None, metavar=('H', 'W'), help='slide window')
@@ -134,6 +134,8 @@ def evaluate_segmentation(args: argparse.Namespace) -> Dict[str, Any]:
     if not args.pretrained and not args.checkpoint:  # as gczoo eval: checked before any image is read
         raise ValueError(f'no weights for --model {args.model!r}: pass --pretrained (the tag\'s mmseg weights) or '
                          f'--checkpoint FILE (evaluating random weights measures nothing)')
+    if args.split is None:  # each layout's own name: ADE20K has no 'val' folder
+        args.split = {'cityscapes': 'val', 'ade20k': 'validation'}[config['dataset']]
     samples = find_samples(args.data_dir, config['dataset'], args.split)
     env = init_distributed(args.device)
     model.to(env.device).eval()

@@ -114,7 +114,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument('--initial-checkpoint', default='', help='start from these weights (mmseg or gczoo layout)')
     p.add_argument('--data-dir', required=True)
     p.add_argument('--dataset', choices=LAYOUTS, required=True)
-    p.add_argument('--split', default='train')
+    p.add_argument('--split', default=None, help='split folder (default: Cityscapes train, ADE20K training)')
     p.add_argument('--num-classes', type=positive_int, default=None,
                    help="classes of the heads (default: the dataset's, 19 or 150; another tag's head starts at init)")
     p.add_argument('--crop-size', type=positive_int, nargs=2, default=(512, 1024), metavar=('H', 'W'))
@@ -187,6 +187,8 @@ def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
     from gczoo.distributed import init_distributed
     if args.pretrained and args.initial_checkpoint:
         raise ValueError('pass --pretrained or --initial-checkpoint, not both')
+    if args.split is None:  # each layout's own name: ADE20K has no 'train' folder
+        args.split = {'cityscapes': 'train', 'ade20k': 'training'}[args.dataset]
     if args.min_lr > args.lr:
         raise ValueError(f'--min-lr {args.min_lr} is above --lr {args.lr}: the poly schedule decays from --lr down to '
                          f'--min-lr')

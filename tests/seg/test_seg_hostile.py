@@ -390,3 +390,14 @@ def test_no_weights_is_refused_before_any_image(tmp_path, capsys):
     _one_line_exit_2(capsys, ['segment', tmp_path / 'a.png', '-m', 'ccnet_r50_d8', '--out', tmp_path / 'o'],
                      'no weights for --model')
     assert not (tmp_path / 'o').exists()
+
+
+def test_eval_seg_default_split_is_the_layouts(tmp_path, capsys, weights):
+    """--split defaulted to 'val' for both layouts: every ADE20K evaluation without --split validation failed."""
+    for folder in ('images', 'annotations'):
+        (tmp_path / folder / 'validation').mkdir(parents=True)
+    Image.new('RGB', (24, 16)).save(tmp_path / 'images' / 'validation' / 'a.jpg')
+    Image.new('L', (24, 16), 3).save(tmp_path / 'annotations' / 'validation' / 'a.png')
+    assert main(['eval-seg', '-m', 'gcnet_r50_d8.ade20k_512x512_80k', '--checkpoint', str(weights(150)),
+                 '--data-dir', str(tmp_path), '--no-resize', '-j', '0', '--no-progress']) == 0
+    assert '1 images of' in capsys.readouterr().out

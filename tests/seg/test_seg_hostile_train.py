@@ -150,7 +150,7 @@ def test_train_seg_num_classes_defaults_to_the_datasets(tmp_path, capsys, monkey
         Image.new('RGB', (40, 36)).save(tmp_path / 'ade' / 'images' / 'training' / f'{i}.jpg')
         Image.new('L', (40, 36), 150).save(tmp_path / 'ade' / 'annotations' / 'training' / f'{i}.png')
     monkeypatch.setattr(train, '_train_loop', lambda net, model, *rest: (0, 0.0))  # the setup, not the steps
-    argv = _train_args(tmp_path / 'ade', tmp_path / 'o', '--split', 'training')
+    argv = _train_args(tmp_path / 'ade', tmp_path / 'o')  # ADE20K's split is 'training': the default on ade20k
     argv[argv.index('cityscapes')] = 'ade20k'
     assert main([str(a) for a in argv]) == 0
     assert json.loads((tmp_path / 'o' / 'results.json').read_text())['num_classes'] == 150
