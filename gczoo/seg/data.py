@@ -77,6 +77,11 @@ def find_samples(root: Union[str, Path], layout: str, split: str) -> List[SegSam
     if layout not in LAYOUTS:
         raise ValueError(f'unknown dataset layout {layout!r}; expected one of {list(LAYOUTS)}')
     root = _folder(Path(root), 'dataset root')
+    mine, other, theirs = ('leftImg8bit', 'images', 'ade20k') if layout == 'cityscapes' else ('images', 'leftImg8bit',
+                                                                                             'cityscapes')
+    if not (root / mine).is_dir() and (root / other).is_dir():
+        raise ValueError(f'{str(root)!r} is in the {theirs} layout ({other}/), not the {layout} one ({mine}/): pass '
+                         f'--dataset {theirs}')
     samples = (_cityscapes if layout == 'cityscapes' else _ade20k)(root, split)
     if not samples:
         pattern = 'leftImg8bit/{0}/*/*_leftImg8bit.png' if layout == 'cityscapes' else 'images/{0}/*.jpg'

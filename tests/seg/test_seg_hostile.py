@@ -401,3 +401,10 @@ def test_eval_seg_default_split_is_the_layouts(tmp_path, capsys, weights):
     assert main(['eval-seg', '-m', 'gcnet_r50_d8.ade20k_512x512_80k', '--checkpoint', str(weights(150)),
                  '--data-dir', str(tmp_path), '--no-resize', '-j', '0', '--no-progress']) == 0
     assert '1 images of' in capsys.readouterr().out
+
+
+def test_the_other_layout_is_named(tmp_path):
+    (tmp_path / 'images' / 'val').mkdir(parents=True)
+    with pytest.raises(ValueError, match='is in the ade20k layout .images/., not the cityscapes one .leftImg8bit/.: '
+                                         'pass --dataset ade20k'):
+        find_samples(tmp_path, 'cityscapes', 'val')
