@@ -18,11 +18,10 @@ import torch.nn as nn
 
 from gczoo.layers import NonLocal3d
 
-from .memory import peak_extra_memory, run_in_fresh_interpreter
+from .pair import time_and_memory
 from .report import fmt, markdown
-from .timing import interleaved_times, paired_ratio
 
-__all__ = ['NaiveNonLocal3d', 'build_nl3d_impls', 'measure_nl3d_memory', 'bench_nl3d', 'format_nl3d_table']
+__all__ = ['NaiveNonLocal3d', 'build_nl3d_impls', 'bench_nl3d', 'format_nl3d_table']
 
 _NL_KWARGS = dict(mode='embedded_gaussian', sub_sample=True, use_scale=False)
 
@@ -68,27 +67,6 @@ def max_abs_diff(channels: int, shape: Sequence[int], seed: int = 0) -> float:
         return float((impls['gczoo'](x) - impls['naive'](x)).abs().max())
 
 
-def _call(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-    def fn() -> None:
-        with torch.no_grad():
-            module(x)
-    return fn
-
-
-def measure_nl3d_memory(specs: Sequence[Dict[str, Any]], on_result: Callable[[Dict[str, Any]], None]) -> None:
-    """Peak extra memory of one forward call per spec (the target of ``memory.run_in_fresh_interpreter``)."""
-    for spec in specs:
-        torch.set_num_threads(spec['threads'])
-        device = torch.device(spec['device'])
-        b, c, t, h, w = spec['shape']
-        module = build_nl3d_impls(c, spec['seed'])[spec['impl']].to(device)
-        _call(module, torch.randn(1, c, t, 4, 4, device=device))()  # lazy initialisation is not per-call cost
-        x = torch.randn(b, c, t, h, w, device=device)
-        extra, method = peak_extra_memory(_call(module, x), device)
-        del module, x
-        on_result(dict(spec, peak_extra_bytes=int(extra), method=method))
-
-
 def _check_fits(matrix_bytes: int, device: torch.device) -> None:
     """``ValueError`` before measuring when the naive block's float32 pairwise matrix alone exceeds the
     device's memory (it would end in an allocator traceback or the OOM killer)."""
@@ -112,32 +90,14 @@ def bench_nl3d(
     diff = max_abs_diff(channels, shape, seed)
     if diff > 1e-9:
         raise AssertionError(f'gczoo and naive NonLocal3d differ by {diff:g} in float64: not the same function')
-    dev = torch.device(device)
-    _check_fits(batch * frames * size * size * frames * (size // 2) ** 2 * 4, dev)
-    impls = {k: v.to(dev) for k, v in build_nl3d_impls(channels, seed).items()}
-    x = torch.randn(*shape, device=dev)
-    times = interleaved_times({k: _call(m, x) for k, m in impls.items()}, rounds, warmup, dev,
-                              min_time=min_time, clock=clock)
-    q1, ratio, q3 = paired_ratio(times['gczoo'], times['naive'])
-    row: Dict[str, Any] = dict(
-        shape='x'.join(map(str, shape)), keys=frames * ((size // 2) ** 2), queries=frames * size * size,
-        naive_matrix_bytes=batch * frames * size * size * frames * (size // 2) ** 2 * x.element_size(),
-        max_abs_diff_f64=diff, t_gczoo_ms=1e3 * sorted(times['gczoo'])[len(times['gczoo']) // 2],
-        t_naive_ms=1e3 * sorted(times['naive'])[len(times['naive']) // 2], t_ratio=ratio, t_ratio_q1=q1,
-        t_ratio_q3=q3, mem_gczoo_bytes=None, mem_naive_bytes=None, mem_ratio=None, mem_method=None)
-    if memory != 'off':
-        specs = [dict(impl=k, shape=list(shape), device=device, threads=torch.get_num_threads(), seed=seed)
-                 for k in impls]
-        found: Dict[str, Dict[str, Any]] = {}
-        if memory == 'subprocess' and dev.type == 'cpu':
-            run_in_fresh_interpreter('gczoo.bench.nonlocal3d:measure_nl3d_memory', specs,
-                                     lambda r: found.__setitem__(r['impl'], r))
-        else:
-            measure_nl3d_memory(specs, lambda r: found.__setitem__(r['impl'], r))
-        row.update(mem_gczoo_bytes=found['gczoo']['peak_extra_bytes'],
-                   mem_naive_bytes=found['naive']['peak_extra_bytes'],
-                   mem_method=found['gczoo']['method'])
-        row['mem_ratio'] = row['mem_gczoo_bytes'] / max(1, row['mem_naive_bytes'])
+    queries, keys = frames * size * size, frames * (size // 2) ** 2
+    matrix_bytes = batch * queries * keys * 4  # the naive block's float32 pairwise matrix
+    _check_fits(matrix_bytes, torch.device(device))
+    row: Dict[str, Any] = dict(shape='x'.join(map(str, shape)), keys=keys, queries=queries,
+                               naive_matrix_bytes=matrix_bytes, max_abs_diff_f64=diff)
+    row.update(time_and_memory('gczoo.bench.nonlocal3d:build_nl3d_impls', 'naive', shape, (1, channels, frames, 4, 4),
+                               rounds=rounds, warmup=warmup, min_time=min_time, memory=memory, device=device,
+                               clock=clock, seed=seed))
     return [row]
 
 
