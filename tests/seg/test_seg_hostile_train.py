@@ -55,7 +55,7 @@ def _fake_resume(tmp_path, argv, **changes):
     from gczoo.seg.train import FORMAT, build_parser
     from gczoo.train.checkpoint import plain
     args = plain(vars(build_parser().parse_args([str(a) for a in argv[1:]])))
-    args.update(changes)
+    args.update(split='train', **changes)  # a run records the split it resolved
     model = create_segmentor('gcnet_r50_d8', num_classes=args['num_classes'] or 19)
     path = tmp_path / 'fake.pth.tar'
     torch.save({'format': FORMAT, 'state_dict': model.state_dict(), 'optimizer': {}, 'iteration': 2, 'rng': {},
