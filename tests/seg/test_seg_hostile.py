@@ -156,10 +156,34 @@ def test_segment_never_overwrites_its_inputs_or_its_own_outputs(tmp_path, capsys
 
 # ---- create_segmentor and checkpoints ----------------------------------------------------------------------
 
-def test_one_class_is_refused():
+def test_one_class_is_refused_a_tag_without_pretrained_is_its_config(monkeypatch):
     """num_classes=1 built a head whose argmax is 0 everywhere and whose cross-entropy is always 0."""
     with pytest.raises(ValueError, match='num_classes must be an int >= 2'):
         create_segmentor('gcnet_r50_d8', num_classes=1)
+    with pytest.raises(ValueError, match='num_classes must be an int >= 2'):
+        create_segmentor('gcnet_r50_d8', num_classes=0)
+    import gczoo.seg.create as create
+
+    def no_fetch(*args, **kwargs):
+        raise AssertionError('pretrained=False fetched weights')
+    monkeypatch.setattr(create, 'fetch_url', no_fetch)
+    model = create_segmentor('gcnet_r50_d8.ade20k_512x512_80k')  # timm: the tag's config, no weights
+    assert model.num_classes == 150 and model.pretrained_cfg['tag'] == 'ade20k_512x512_80k'
+
+
+def test_odd_sizes_batch_and_channels_last_in_float64():
+    """97 x 129 (odd, non-square) at batch 2: each image's logits are its own (batch 1) and channels_last
+    computes the same function, in float64."""
+    torch.manual_seed(0)
+    model = create_segmentor('ccnet_r50_d8', num_classes=3).eval().double()
+    with torch.no_grad():
+        model.decode_head.cca.gamma.fill_(0.7)  # the attention on (it starts at 0)
+        x = torch.randn(2, 3, 97, 129, dtype=torch.float64)
+        both = model(x)
+        assert both.shape == (2, 3, 97, 129)
+        torch.testing.assert_close(both[1:], model(x[1:]), rtol=1e-10, atol=1e-10)
+        last = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
+        torch.testing.assert_close(last, both, rtol=1e-10, atol=1e-10)
 
 
 class _Payload:

@@ -68,6 +68,8 @@ def test_train_seg_resume_of_other_settings_or_finished_run(tmp_path, capsys):
     "resumed" rewrote results.json with a NaN final loss."""
     root = _train_folder(tmp_path / 'cs')
     argv = _train_args(root, tmp_path / 'o')
+    path = _fake_resume(tmp_path, argv, model='ccnet_r50_d8')
+    _one_line_exit_2(capsys, argv + ['--resume', path], "was written with --model 'ccnet_r50_d8'")
     path = _fake_resume(tmp_path, argv, num_classes=5)
     _one_line_exit_2(capsys, argv + ['--resume', path], 'was written with --num-classes 5')
     torch.save({'format': 'gczoo.seg.train/1', 'state_dict': {}}, tmp_path / 'partial.pth.tar')
