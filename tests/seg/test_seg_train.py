@@ -77,3 +77,4 @@ def test_divergence_is_one_line(tmp_path, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'the loss is' in err[0] and 'lower --lr' in err[0]
+    assert not (tmp_path / 'o' / 'model.safetensors').exists() and not (tmp_path / 'o' / 'results.json').exists()
