@@ -109,11 +109,19 @@ def masks_without_images(root: Union[str, Path], layout: str, split: str, sample
 
 
 def read_image(path: Path) -> torch.Tensor:
-    """(3, H, W) uint8 RGB."""
+    """(3, H, W) uint8 RGB. A 16-bit grey image is scaled to 8 bits (value // 256) as OpenCV's ``IMREAD_COLOR``
+    (mmcv's reader) does; PIL's ``convert('RGB')`` would clip every value above 255 to white."""
     from PIL import Image, UnidentifiedImageError
     try:
         with Image.open(path) as img:
-            array = np.asarray(img.convert('RGB'))
+            if img.mode.startswith('I;16'):
+                grey = (np.asarray(img).astype(np.uint32) >> 8).astype(np.uint8)
+                array = np.repeat(grey[:, :, None], 3, axis=2)
+            elif img.mode in ('I', 'F'):
+                raise ValueError(f'image {str(path)!r} has 32-bit pixels (PIL mode {img.mode}); save it as an 8-bit '
+                                 f'RGB or grey image')
+            else:
+                array = np.asarray(img.convert('RGB'))
     except (OSError, UnidentifiedImageError, SyntaxError, Image.DecompressionBombError) as e:
         raise ValueError(f'image {str(path)!r} cannot be decoded ({type(e).__name__}: {e}); replace or remove '
                          f'it') from e

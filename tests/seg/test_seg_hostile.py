@@ -432,3 +432,15 @@ def test_the_other_layout_is_named(tmp_path):
     with pytest.raises(ValueError, match='is in the ade20k layout .images/., not the cityscapes one .leftImg8bit/.: '
                                          'pass --dataset ade20k'):
         find_samples(tmp_path, 'cityscapes', 'val')
+
+
+def test_16_bit_grey_image_is_scaled_not_clipped(tmp_path):
+    """PIL's convert('RGB') clipped a 16-bit grey image to 255 (a white input); OpenCV, mmcv's reader, scales it."""
+    values = np.array([[0, 255, 256, 5000], [40000, 65535, 1000, 511]], dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / 'deep.png')
+    got = read_image(tmp_path / 'deep.png')
+    assert got.dtype == torch.uint8 and got.shape == (3, 2, 4)
+    assert got[0].tolist() == (values // 256).tolist() and torch.equal(got[0], got[2])
+    Image.fromarray(np.zeros((2, 4), dtype=np.float32)).save(tmp_path / 'float.tiff')
+    with pytest.raises(ValueError, match='32-bit pixels'):
+        read_image(tmp_path / 'float.tiff')
