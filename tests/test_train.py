@@ -336,7 +336,7 @@ def test_torchrun_restart_resumes_from_last_checkpoint_and_finishes(bn_ddp_run):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f'--fail-at-step 3: rank 1 exits with status {FAULT_EXIT_CODE}' in proc.stderr
     assert 'torchrun restart 1' in proc.stdout
-    assert 'resumed from' in proc.stdout and 'epoch 1, batch 2/3, update 2' in proc.stdout
+    assert 'resumed from' in proc.stdout and 'epoch 0, batch 2/3, update 2' in proc.stdout
     for name in (LAST_CHECKPOINT, BEST_CHECKPOINT):
         restarted = load_training_checkpoint(out / 'restarted' / name)
         reference = load_training_checkpoint(out / 'bn' / name)

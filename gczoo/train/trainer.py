@@ -112,7 +112,7 @@ class Trainer:
         if ckpt is not None:
             self.progress = restore_training_state(self.state, ckpt, self.resume_path)
             self.checkpoint_files.load(ckpt.get('history_files'))
-            self.log(f'resumed from {self.resume_path}: epoch {self.progress.epoch + 1}, batch '
+            self.log(f'resumed from {self.resume_path}: epoch {self.progress.epoch}, batch '
                      f'{self.progress.batches_done}/{self.batches_per_epoch}, update {self.progress.num_updates}')
         else:
             random_seed(args.seed, self.env.rank)  # per-rank streams for mixup, dropout, drop-path (as timm)
@@ -131,7 +131,8 @@ class Trainer:
         if self.optimization.scheduler is not None:
             self.optimization.scheduler.step(epoch)
             self.optimization.scheduler.step_update(p.num_updates)
-        self.log(f'--start-epoch {epoch}: training starts at epoch {epoch + 1} of {self.optimization.num_epochs}')
+        self.log(f'--start-epoch {epoch}: training starts at epoch {epoch} (epochs count from 0, as timm\'s; '
+                 f'{self.optimization.num_epochs} in all)')
 
     def close(self) -> None:
         """Release the output folder's lock (rank 0)."""
@@ -228,8 +229,8 @@ class Trainer:
     def _where(self, after_update: bool = False) -> str:
         p, batches = self.progress, self.batches_per_epoch
         if after_update:
-            return f'epoch {p.epoch + 1}, after update {p.num_updates} (batch {p.batches_done}/{batches})'
-        return f'epoch {p.epoch + 1}, update {p.num_updates + 1} (batch {p.batches_done + 1}/{batches})'
+            return f'epoch {p.epoch}, after update {p.num_updates} (batch {p.batches_done}/{batches})'
+        return f'epoch {p.epoch}, update {p.num_updates + 1} (batch {p.batches_done + 1}/{batches})'
 
     def _check_weights_finite(self, before: str) -> None:
         """Stop before validating or saving weights that hold NaN/inf (a collective)."""
@@ -297,7 +298,7 @@ class Trainer:
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None
                     else contextlib.nullcontext())
         bar = tqdm(total=self.batches_per_epoch, initial=p.batches_done,
-                   desc=f'epoch {epoch + 1}/{self.optimization.num_epochs}', unit='batch', leave=False,
+                   desc=f'epoch {epoch} ({epoch + 1}/{self.optimization.num_epochs})', unit='batch', leave=False,
                    dynamic_ncols=True, disable=not self.show_progress)
         images_seen = 0
         bad_loss: Optional[float] = None  # a non-finite loss in the update being accumulated
@@ -348,7 +349,7 @@ class Trainer:
                       f'(simulated crash)', file=sys.stderr, flush=True)
                 os._exit(FAULT_EXIT_CODE)
             if not self.show_progress and p.num_updates % args.log_interval == 0:
-                self.log(f'epoch {epoch + 1} [{p.batches_done}/{self.batches_per_epoch}] update {p.num_updates} '
+                self.log(f'epoch {epoch} [{p.batches_done}/{self.batches_per_epoch}] update {p.num_updates} '
                          f'loss {p.loss_sum / max(p.loss_count, 1):.4f} lr {lr:.3g}')
             if (args.checkpoint_interval and p.num_updates % args.checkpoint_interval == 0
                     and p.batches_done < self.batches_per_epoch):
@@ -420,7 +421,7 @@ class Trainer:
             ema = f"  EMA top-1 {row['ema_eval_top1']:.2f}" if self.optimization.model_ema is not None else ''
             speed = f"{row['images_per_s']:.0f} img/s  " if row['images_per_s'] is not None else ''
             train_loss = row['train_loss'] if row['train_loss'] is not None else float('nan')
-            print(f"epoch {epoch + 1}/{self.optimization.num_epochs}  train_loss {train_loss:.4f}  eval_loss "
+            print(f"epoch {epoch} ({epoch + 1}/{self.optimization.num_epochs})  train_loss {train_loss:.4f}  eval_loss "
                   f"{row['eval_loss']:.4f}  top-1 {row['eval_top1']:.2f}  top-5 {row['eval_top5']:.2f}{ema}  "
                   f"lr {lr:.3g}  "
                   f"{speed}{row['epoch_time']:.1f} s", flush=True)

@@ -42,7 +42,7 @@ def test_a_diverging_run_stops_at_the_step_and_exports_nothing(capsys, data_dir,
     """--lr 1e10 (a typo'd learning rate) blows the weights up at the first update: the run stops there,
     names the step and the likely cause, writes no NaN checkpoint, no export, no results.json."""
     err = _fails(capsys, tiny_args(data_dir, tmp_path, 'nan', lr=1e10, checkpoint_interval=1, epochs=1))
-    assert 'training diverged:' in err and re.search(r'at epoch 1, (after )?update \d+ \(batch \d+/6\)', err)
+    assert 'training diverged:' in err and re.search(r'at epoch 0, (after )?update \d+ \(batch \d+/6\)', err)
     assert 'Likely cause: a learning rate too high' in err and 'lower --lr' in err
     run_dir = tmp_path / 'nan'
     assert not (run_dir / EXPORT_DIR).exists() and not (run_dir / 'results.json').exists()
