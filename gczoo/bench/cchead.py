@@ -19,11 +19,10 @@ import torch.nn.functional as F
 
 from gczoo.layers import CrissCrossAttention
 
-from .memory import peak_extra_memory, run_in_fresh_interpreter
+from .pair import time_and_memory
 from .report import fmt, markdown
-from .timing import interleaved_times, paired_ratio
 
-__all__ = ['EinsumCrissCross', 'build_cc_impls', 'cc_max_abs_diff', 'measure_cc_memory', 'bench_cchead',
+__all__ = ['EinsumCrissCross', 'build_cc_impls', 'cc_max_abs_diff', 'bench_cchead',
            'format_cchead_table', 'add_cchead_parser']
 
 
@@ -74,27 +73,6 @@ def cc_max_abs_diff(channels: int, seed: int = 0) -> float:
         return float((impls['gczoo'](x) - impls['mmcv'](x)).abs().max())
 
 
-def _call(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
-    def fn() -> None:
-        with torch.no_grad():
-            module(x)
-    return fn
-
-
-def measure_cc_memory(specs: Sequence[Dict[str, Any]], on_result: Callable[[Dict[str, Any]], None]) -> None:
-    """Peak extra memory of one forward call per spec (the target of ``memory.run_in_fresh_interpreter``)."""
-    for spec in specs:
-        torch.set_num_threads(spec['threads'])
-        device = torch.device(spec['device'])
-        b, c, h, w = spec['shape']
-        module = build_cc_impls(c, spec['seed'])[spec['impl']].to(device)
-        _call(module, torch.randn(1, c, 4, 4, device=device))()  # lazy initialisation is not per-call cost
-        x = torch.randn(b, c, h, w, device=device)
-        extra, method = peak_extra_memory(_call(module, x), device)
-        del module, x
-        on_result(dict(spec, peak_extra_bytes=int(extra), method=method))
-
-
 def bench_cchead(batch: int, channels: int, height: int, width: int, *, rounds: int, warmup: int, min_time: float,
                  memory: str, device: str, clock: str, seed: int = 0) -> List[Dict[str, Any]]:
     """One row: time and peak extra memory of gczoo's RCCA and mmcv's formulation, and their ratios."""
@@ -102,29 +80,10 @@ def bench_cchead(batch: int, channels: int, height: int, width: int, *, rounds: 
     if diff > 1e-9:
         raise AssertionError(f'gczoo and mmcv-formulation criss-cross differ by {diff:g} in float64')
     shape = (batch, channels, height, width)
-    dev = torch.device(device)
-    impls = {k: v.to(dev) for k, v in build_cc_impls(channels, seed).items()}
-    x = torch.randn(*shape, device=dev)
-    times = interleaved_times({k: _call(m, x) for k, m in impls.items()}, rounds, warmup, dev,
-                              min_time=min_time, clock=clock)
-    q1, ratio, q3 = paired_ratio(times['gczoo'], times['mmcv'])
-    median = {k: 1e3 * sorted(v)[len(v) // 2] for k, v in times.items()}
-    row: Dict[str, Any] = dict(
-        shape='x'.join(map(str, shape)), recurrence=2, max_abs_diff_f64=diff, t_gczoo_ms=median['gczoo'],
-        t_mmcv_ms=median['mmcv'], t_ratio=ratio, t_ratio_q1=q1, t_ratio_q3=q3, mem_gczoo_bytes=None,
-        mem_mmcv_bytes=None, mem_ratio=None, mem_method=None)
-    if memory != 'off':
-        specs = [dict(impl=k, shape=list(shape), device=device, threads=torch.get_num_threads(), seed=seed)
-                 for k in impls]
-        found: Dict[str, Dict[str, Any]] = {}
-        if memory == 'subprocess' and dev.type == 'cpu':
-            run_in_fresh_interpreter('gczoo.bench.cchead:measure_cc_memory', specs,
-                                     lambda r: found.__setitem__(r['impl'], r))
-        else:
-            measure_cc_memory(specs, lambda r: found.__setitem__(r['impl'], r))
-        row.update(mem_gczoo_bytes=found['gczoo']['peak_extra_bytes'], mem_mmcv_bytes=found['mmcv']['peak_extra_bytes'],
-                   mem_method=found['gczoo']['method'])
-        row['mem_ratio'] = row['mem_gczoo_bytes'] / max(1, row['mem_mmcv_bytes'])
+    row: Dict[str, Any] = dict(shape='x'.join(map(str, shape)), recurrence=2, max_abs_diff_f64=diff)
+    row.update(time_and_memory('gczoo.bench.cchead:build_cc_impls', 'mmcv', shape, (1, channels, 4, 4),
+                               rounds=rounds, warmup=warmup, min_time=min_time, memory=memory, device=device,
+                               clock=clock, seed=seed))
     return [row]
 
 
