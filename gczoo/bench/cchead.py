@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from gczoo.layers import CrissCrossAttention
 
-from .pair import time_and_memory
+from .pair import add_pair_flags, time_and_memory
 from .report import fmt, markdown
 
 __all__ = ['EinsumCrissCross', 'build_cc_impls', 'cc_max_abs_diff', 'bench_cchead',
@@ -101,17 +101,14 @@ def format_cchead_table(rows: Sequence[Dict[str, Any]]) -> str:
 
 def add_cchead_parser(sub: Any, common: Optional[Callable[[Any], None]] = None) -> Any:
     """The ``cchead`` subcommand's flags (``gczoo bench cchead --help``)."""
-    from gczoo.args import non_negative_float, non_negative_int, positive_int
+    from gczoo.args import positive_int
     p = sub.add_parser('cchead', help="CCNet head's criss-cross attention vs mmcv's einsum formulation",
                        description=__doc__.split('\n\n')[0])
     p.add_argument('--batch', type=positive_int, default=2)
     p.add_argument('--channels', type=positive_int, default=512)
     p.add_argument('--height', type=positive_int, default=97)
     p.add_argument('--width', type=positive_int, default=97)
-    p.add_argument('--repeats', type=positive_int, default=5, help='timed rounds')
-    p.add_argument('--min-time', type=non_negative_float, default=0.2)
-    p.add_argument('--memory', choices=('subprocess', 'inprocess', 'off'), default='subprocess')
-    p.add_argument('--seed', type=non_negative_int, default=0)
+    add_pair_flags(p)
     if common is not None:
         common(p)
     return p

@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from gczoo.layers import NonLocal3d
 
-from .pair import time_and_memory
+from .pair import add_pair_flags, time_and_memory
 from .report import fmt, markdown
 
 __all__ = ['NaiveNonLocal3d', 'build_nl3d_impls', 'bench_nl3d', 'format_nl3d_table']
@@ -116,17 +116,14 @@ def format_nl3d_table(rows: Sequence[Dict[str, Any]]) -> str:
 
 def add_nl3d_parser(sub: Any, common: Optional[Callable[[Any], None]] = None) -> Any:
     """The ``nl3d`` subcommand's flags (``gczoo bench nl3d --help``)."""
-    from gczoo.args import non_negative_float, non_negative_int, positive_int
+    from gczoo.args import positive_int
     p = sub.add_parser('nl3d', help="the video models' NonLocal3d vs a naive THW x THW' one: time and memory",
                        description=__doc__.split('\n\n')[0])
     p.add_argument('--batch', type=positive_int, default=8)
     p.add_argument('--channels', type=positive_int, default=512)
     p.add_argument('--frames', type=positive_int, default=4, help="T at the block (i3d_r50_nl's res3: 4)")
     p.add_argument('--size', type=positive_int, default=28, help='H = W at the block (>= 2)')
-    p.add_argument('--repeats', type=positive_int, default=5, help='timed rounds')
-    p.add_argument('--min-time', type=non_negative_float, default=0.2)
-    p.add_argument('--memory', choices=('subprocess', 'inprocess', 'off'), default='subprocess')
-    p.add_argument('--seed', type=non_negative_int, default=0)
+    add_pair_flags(p)
     if common is not None:
         common(p)
     return p

@@ -14,10 +14,12 @@ from typing import Any, Callable, Dict, Sequence
 import torch
 import torch.nn as nn
 
-from .memory import peak_extra_memory, run_in_fresh_interpreter
+from gczoo.args import non_negative_float, non_negative_int, positive_int
+
+from .memory import MEMORY_MODES, peak_extra_memory, run_in_fresh_interpreter
 from .timing import interleaved_times, paired_ratio
 
-__all__ = ['forward_call', 'measure_pair_memory', 'time_and_memory']
+__all__ = ['forward_call', 'measure_pair_memory', 'time_and_memory', 'add_pair_flags']
 
 
 def forward_call(module: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
@@ -73,3 +75,13 @@ def time_and_memory(builder: str, reference: str, shape: Sequence[int], warmup_s
                **{f'mem_{reference}_bytes': found[reference]['peak_extra_bytes']}, mem_method=found['gczoo']['method'])
     row['mem_ratio'] = row['mem_gczoo_bytes'] / max(1, row[f'mem_{reference}_bytes'])
     return row
+
+
+def add_pair_flags(parser: Any) -> None:
+    """The measurement's own flags, the same in every subcommand built on it."""
+    parser.add_argument('--repeats', type=positive_int, default=5, help='timed rounds')
+    parser.add_argument('--min-time', type=non_negative_float, default=0.2,
+                        help='seconds each timed measurement should last: faster calls are repeated back to back')
+    parser.add_argument('--memory', choices=MEMORY_MODES, default='subprocess',
+                        help="peak extra memory: 'subprocess' (CPU: a fresh interpreter), 'inprocess' or 'off'")
+    parser.add_argument('--seed', type=non_negative_int, default=0)
