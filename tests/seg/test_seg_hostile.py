@@ -43,11 +43,6 @@ def weights(tmp_path_factory):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _restore_hub_dir():
-    before = torch.hub.get_dir()
-    yield
-    torch.hub.set_dir(before)
 
 
 # ---- images and masks ---------------------------------------------------------------------------------------------

@@ -37,11 +37,6 @@ def _serve(tmp_path, monkeypatch, tag, checkpoint, legacy=True):
     return path
 
 
-@pytest.fixture(autouse=True)
-def _restore_hub_dir():
-    before = torch.hub.get_dir()
-    yield
-    torch.hub.set_dir(before)
 
 
 def test_names_and_tags():
