@@ -17,6 +17,7 @@ Segmentation and video backbones, the pretrained tags (``gczoo.models.tags``) an
 ``gczoo.models.create_model`` all fetch through here.
 """
 import contextlib
+import errno
 import os
 import pickle
 from pathlib import Path
@@ -26,6 +27,7 @@ from urllib.parse import urlparse
 import torch
 
 from gczoo.errors import PretrainedWeightsError
+from gczoo.files import check_output_dir
 
 from .weights import WEIGHTS_NAME, unpickling_refused
 
@@ -73,6 +75,9 @@ def url_file_name(url: str) -> str:
     name = os.path.basename(urlparse(url).path)
     if not name:
         raise ValueError(f'the weights URL {url!r} names no file (its path ends in "/")')
+    if name in ('.', '..'):  # the cache folder itself or its parent: never a weights file
+        raise ValueError(f'the weights URL {url!r} names no file (its path ends in {name!r}); give the URL of the '
+                         f'weights file itself')
     return name
 
 
@@ -92,6 +97,15 @@ def url_download_error(url: str, *, what: str, cache_dir: Optional[PathLike], ca
         f'reachable and put it there under the same name ({str(path)!r}; TORCH_HOME moves the cache){also}.')
 
 
+def _check_cache_folder(path: Path) -> None:
+    """Where ``path`` is to be downloaded must be a writable folder with no folder at ``path``: an
+    ``OSError`` naming it and what to do (not a download error advising to put the file there)."""
+    if path.is_dir():
+        raise IsADirectoryError(errno.EISDIR, f'{os.strerror(errno.EISDIR)}: the weights cache holds a folder '
+                                              f'{str(path)!r} where the weights file should be; remove it')
+    check_output_dir(path.parent, flag='the weights cache folder (TORCH_HOME or cache_dir)')
+
+
 def fetch_url(url: str, *, what: str, cache_dir: Optional[PathLike] = None, hint: str = '') -> Path:
     """The local file for a weights URL: its cached copy (:func:`url_cached_path`), downloaded there when
     absent; ``PretrainedWeightsError`` naming ``what`` (as the message shows it, e.g. ``"pretrained weights
@@ -101,6 +115,7 @@ def fetch_url(url: str, *, what: str, cache_dir: Optional[PathLike] = None, hint
     path = url_cached_path(url, cache_dir)
     if path.is_file():
         return path
+    _check_cache_folder(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # torch writes a temporary file next to `path` and moves it into place when complete

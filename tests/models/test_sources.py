@@ -107,6 +107,38 @@ def test_a_url_without_a_file_name_is_refused(torch_hub):
         fetch_url('https://example.org/weights/', what='x')
 
 
+@pytest.mark.parametrize('tail', ['..', '.', '%s/..' % NAME])
+def test_a_url_ending_in_dot_dot_never_names_the_cache_or_its_parent(tmp_path, torch_hub, no_download, tail):
+    # hostile-user pass: 'https://host/a/..' used to map to '<cache>/..', the cache's parent folder
+    with pytest.raises(ValueError, match='names no file'):
+        fetch_url(f'https://example.org/weights/{tail}', what='x', cache_dir=tmp_path / 'ckpt')
+    assert not (tmp_path / 'ckpt').exists()
+
+
+def test_a_cache_folder_that_is_a_file_or_read_only_is_named_not_blamed_on_the_download(
+        tmp_path, torch_hub, no_download, monkeypatch):
+    # hostile-user pass: these were 'could not be downloaded ... put it there', which cannot be done
+    (tmp_path / 'afile').write_text('x')
+    with pytest.raises(NotADirectoryError, match='weights cache folder') as info:
+        fetch_url(URL, what='x', cache_dir=tmp_path / 'afile')
+    assert str(tmp_path / 'afile') in str(info.value)
+    (tmp_path / 'ckpt' / NAME).mkdir(parents=True)  # a folder where the weights file belongs
+    with pytest.raises(IsADirectoryError, match='remove it'):
+        fetch_url(URL, what='x', cache_dir=tmp_path / 'ckpt')
+    (tmp_path / 'ro').mkdir()
+    monkeypatch.setattr('os.access', lambda *args, **kwargs: False)  # as a read-only folder (tests run as root)
+    with pytest.raises(PermissionError, match='not writable') as info:
+        fetch_url(URL, what='x', cache_dir=tmp_path / 'ro')
+    assert str(tmp_path / 'ro') in str(info.value)
+
+
+def test_a_read_only_cache_still_serves_a_cached_file(tmp_path, torch_hub, no_download, monkeypatch):
+    (tmp_path / 'ro').mkdir()
+    (tmp_path / 'ro' / NAME).write_bytes(b'weights')
+    monkeypatch.setattr('os.access', lambda *args, **kwargs: False)
+    assert fetch_url(URL, what='x', cache_dir=tmp_path / 'ro') == tmp_path / 'ro' / NAME
+
+
 def test_hub_file_from_the_cache_offline_and_the_one_error_when_absent(tmp_path, monkeypatch):
     cache = tmp_path / 'hf'
     fill_hub_cache(cache, 'gczoo/tiny', {'model.safetensors': b'not really weights'})
