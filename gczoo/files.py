@@ -16,6 +16,7 @@ second rather than after an hour of computing.
 import contextlib
 import errno
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -149,20 +150,68 @@ def place_copy(source: PathLike, path: PathLike) -> Path:
     return path
 
 
+_SWAP_ATTEMPTS = 5  # another writer finishing the same folder at the same moment: swap again
+_TAKEN = (errno.ENOTEMPTY, errno.EEXIST)  # os.replace onto a folder another writer just put there
+
+
 def _swap_in(staging: Path, path: Path) -> None:
-    """Rename ``staging`` to ``path``; an existing ``path`` is renamed aside first, then removed."""
-    if not path.exists():
-        os.replace(staging, path)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.old.tmp', dir=str(path.parent)))
-    os.replace(path, old / path.name)
+    """Rename ``staging`` to ``path``; an existing ``path`` is renamed aside first, then removed. When two
+    writers finish the same folder at once, the last rename wins and either folder is whole."""
+    for attempt in range(_SWAP_ATTEMPTS):
+        last = attempt == _SWAP_ATTEMPTS - 1
+        if not path.exists():
+            try:
+                os.replace(staging, path)
+                return
+            except OSError as e:
+                if e.errno not in _TAKEN or last:
+                    raise
+                continue
+        old = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.old.tmp', dir=str(path.parent)))
+        try:
+            try:
+                os.replace(path, old / path.name)
+            except FileNotFoundError:  # another writer moved it aside first
+                if last:
+                    raise
+                continue
+            try:
+                os.replace(staging, path)
+            except OSError as e:
+                if e.errno in _TAKEN and not last:  # another writer's folder took its place: swap that one out
+                    continue
+                os.replace(old / path.name, path)  # put the old one back: the target is never missing
+                raise
+            return
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _staging_prefix(name: str) -> str:
+    return f'.{name}.staging-{os.getpid()}-'
+
+
+def _alive(pid: int) -> bool:
+    if os.name == 'nt' or pid == os.getpid():  # os.kill(pid, 0) would terminate it on Windows
+        return True
     try:
-        os.replace(staging, path)
-    except OSError:
-        os.replace(old / path.name, path)  # put the old one back: the target is never missing
-        raise
-    finally:
-        shutil.rmtree(old, ignore_errors=True)
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it exists (another user's)
+        return True
+    return True
+
+
+def _remove_stale_staging(folder: Path, name: str) -> None:
+    """Remove the staging folders for ``name`` in ``folder`` that a killed run (``kill -9``, power loss)
+    left: their process is gone, so they are never output and never block the next run."""
+    pattern = re.compile(rf'\.{re.escape(name)}\.staging-(\d+)-[^.]*\.tmp')
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            match = pattern.fullmatch(entry.name)
+            if match and entry.is_dir() and not entry.is_symlink() and not _alive(int(match.group(1))):
+                shutil.rmtree(entry, ignore_errors=True)
 
 
 def _retarget(error: OSError, staging: Path, path: Path) -> OSError:
@@ -182,13 +231,19 @@ def staged_folder(path: PathLike, *, merge: bool = False) -> Iterator[Path]:
     new one, never a half-written one. ``merge=True`` keeps an existing ``path``: ``tmp`` is inside it
     and each of its top-level entries is moved into ``path`` (one rename each; other files stay). On
     failure nothing moves and ``tmp`` is removed (a ``path`` that did not exist still does not); an
-    ``OSError`` names the file under ``path``, not its staging copy.
+    ``OSError`` names the file under ``path``, not its staging copy. A ``path`` that is a file is refused
+    (``NotADirectoryError``). ``tmp`` is named ``.NAME.staging-PID-*.tmp``: one left by a killed process
+    is removed by the next ``staged_folder`` of the same ``path``.
     """
     path = Path(path)
+    if path.exists() and not path.is_dir():  # never silently replace a file with a folder
+        raise NotADirectoryError(errno.ENOTDIR, f'{os.strerror(errno.ENOTDIR)}: {str(path)!r} is a file, where a '
+                                                f'folder is to be written; remove it or give another path')
     inside = merge and path.is_dir()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp',
+        _remove_stale_staging(path if inside else path.parent, path.name)
+        staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(path.name), suffix='.tmp',
                                         dir=str(path if inside else path.parent)))
         os.chmod(staging, umask_mode(0o777))  # mkdtemp makes it 0700; the folder gets what mkdir would give
     except OSError as e:
