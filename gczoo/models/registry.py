@@ -46,16 +46,32 @@ def zoo_model_names() -> List[str]:
 
 
 def close_model_names(name: str, candidates: Optional[Collection[str]] = None, n: int = 5) -> List[str]:
-    """The registered names closest to ``name`` (the zoo's first), for a message."""
-    architecture = split_model_name_tag(name)[0]
+    """The registered names closest to ``name`` (the zoo's first), for a message; case, spaces around it
+    and an ``ORG/`` before it (``timm/resnet50_gc``, ``ResNet50_GC ``) do not count against a match."""
+    architecture = split_model_name_tag(name.strip())[0].rsplit('/', 1)[-1].lower()
     zoo = zoo_model_names()
     pool = list(candidates) if candidates is not None else zoo + [m for m in timm.list_models() if m not in zoo]
-    return difflib.get_close_matches(architecture, pool, n=n, cutoff=0.6)
+    lowered: dict = {}
+    for candidate in pool:
+        lowered.setdefault(candidate.lower(), candidate)
+    return [lowered[m] for m in difflib.get_close_matches(architecture, list(lowered), n=n, cutoff=0.6)]
+
+
+def _why(name: str, folders: bool) -> str:
+    """What about ``name`` makes it no model name, when it is more than a typo."""
+    if name != name.strip():
+        return ' (it has spaces around it)'
+    if '/' in name and folders:
+        return f' (a Hub repo is written "hf-hub:{name}", a folder "local-dir:{name}")'
+    if any(c in name for c in '*?['):
+        return f' (a pattern names no one model; timm.list_models({name!r}) lists the names it matches)'
+    return ''
 
 
 def _unknown(name: str, what: str, zoo: Optional[Collection[str]], folders: bool) -> UsageError:
     close = close_model_names(name, zoo)
-    hint = f'; closest: {", ".join(close)}' if close else ''
+    why = _why(name, folders and zoo is None)
+    hint = f'{why}; closest: {", ".join(close)}' if close else why
     if zoo is not None:
         head = f'unknown gczoo model {name!r}'
     else:
@@ -81,6 +97,9 @@ def resolve_model_name(
     """
     if not isinstance(name, str) or not name.strip():
         raise UsageError(f'{what}: a model name is needed, got {name!r}')
+    for prefix, kind in zip(FOLDER_PREFIXES, ('DIR', 'ORG/REPO')):
+        if name.startswith(prefix) and not name[len(prefix):].strip():
+            raise UsageError(f'{what}: {name!r} names nothing after {prefix!r}; write {prefix}{kind}')
     try:
         source, location = parse_model_name(name)
     except (AssertionError, ValueError):  # a scheme that is not one of timm's

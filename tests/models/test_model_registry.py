@@ -99,3 +99,33 @@ def test_every_job_uses_the_one_message(call, tmp_path):
 
     with pytest.raises(UsageError, match=rf"unknown (gczoo )?model '{bad}'.*closest: .*resnet50_gc.*`gczoo list`"):
         locals()[call]()
+
+
+@pytest.mark.parametrize('bad, why, first', [
+    ('ResNet50_GC', None, 'resnet50_gc'),  # difflib was case-sensitive: resnet50_gc came fifth
+    (' resnet50_gc ', 'it has spaces around it', 'resnet50_gc'),
+    ('timm/resnet50_gc', 'a Hub repo is written "hf-hub:timm/resnet50_gc"', 'resnet50_gc'),
+    ('resnet50_*', "timm.list_models('resnet50_*') lists the names it matches", None),
+])
+def test_hostile_names_say_what_is_wrong_and_the_right_name_first(bad, why, first):
+    with pytest.raises(UsageError) as info:
+        resolve_model_name(bad)
+    message = str(info.value)
+    assert message.startswith(f'--model: unknown model {bad!r}') and '\n' not in message
+    if why:
+        assert why in message
+    if first:
+        assert message.split('closest: ')[1].startswith(first)
+
+
+@pytest.mark.parametrize('bad', ['hf-hub:', 'local-dir:', 'local-dir:  '])
+def test_a_prefix_with_nothing_after_it_is_refused(bad):
+    # 'local-dir: ' used to resolve to the folder ' '; 'hf-hub:' was 'unknown model'
+    with pytest.raises(UsageError, match="names nothing after '(hf-hub|local-dir):'; write (hf-hub:ORG/REPO|local-dir:DIR)"):
+        resolve_model_name(bad)
+
+
+def test_a_timm_model_that_is_no_zoo_model_still_resolves_where_timm_models_are_allowed():
+    assert resolve_model_name('resnet50.a1_in1k').tag == 'a1_in1k'
+    with pytest.raises(UsageError, match="unknown gczoo model 'resnet50'"):
+        resolve_model_name('resnet50', zoo=ZOO_MODELS)
