@@ -160,8 +160,11 @@ def create_model(
 
     ``checkpoint_path`` (as timm's): weights loaded after the model is built, through gczoo's one
     loading path; ``use_ema`` prefers their EMA copy (timm's ``load_checkpoint`` default);
-    ``checkpoint_what`` names them in messages (a job's flag, e.g. ``'--checkpoint'``).
+    ``checkpoint_what`` names them in messages (a job's flag, e.g. ``'--checkpoint'``). An empty
+    ``checkpoint_path`` (``''``, timm's ``--initial-checkpoint`` default) is no checkpoint, as in timm.
     """
+    if checkpoint_path == '':  # timm: `if checkpoint_path:`
+        checkpoint_path = None
     if not isinstance(model_name, str):
         raise TypeError(f'model_name must be a str, got {type(model_name).__name__}')
     source, model_id = parse_model_name(model_name)
@@ -200,5 +203,9 @@ def _check_fits(model: nn.Module, state: StateDict, what: str, model_name: str) 
     parts = [f'{len(keys)} {kind} ({format_keys(keys, 2)})' for kind, keys in (
         ('missing keys', mismatch.missing), ('unexpected keys', mismatch.unexpected),
         ('tensors of another shape', mismatch.mis_shaped)) if keys]
+    heads = tuple(f'{c}.' for c in classifier_names(model))
+    if mismatch.missing and not mismatch.unexpected and not mismatch.mis_shaped and heads and all(
+            key.startswith(heads) for key in mismatch.missing):  # saved without its classifier
+        parts.append('the checkpoint has no classifier: it was saved with num_classes=0, pass that')
     raise CheckpointError(f'{what} does not fit {model_name!r}: {"; ".join(parts)}. Give the model (and '
                           f'num_classes) it was saved from')

@@ -64,3 +64,59 @@ def test_torchscript_of_a_checkpoint_model(tmp_path):
     model = create_model(MODEL, checkpoint_path=tmp_path / 'w.safetensors').eval()
     x = torch.randn(1, 3, 32, 48)
     torch.testing.assert_close(torch.jit.script(model)(x), _logits(source, x))
+
+
+# ---- hostile-user pass (issue 20 part B) ------------------------------------------------------
+
+def test_an_empty_checkpoint_path_is_no_checkpoint_as_in_timm(tmp_path):
+    # timm's train.py passes --initial-checkpoint '' (its default) straight on; this used to be "'.' is a folder"
+    assert create_model(MODEL, num_classes=2, checkpoint_path='').num_classes == 2
+    assert timm.create_model(MODEL, num_classes=2, checkpoint_path='').num_classes == 2
+
+
+def test_a_headless_checkpoint_says_num_classes_0_and_loads_with_it(tmp_path):
+    source = timm.create_model(MODEL, num_classes=0)
+    torch.save(source.state_dict(), tmp_path / 'headless.pth')
+    with pytest.raises(CheckpointError, match=r'2 missing keys \(fc\.weight, fc\.bias\); the checkpoint has no '
+                                              r'classifier: it was saved with num_classes=0, pass that'):
+        create_model(MODEL, checkpoint_path=tmp_path / 'headless.pth')
+    x = torch.randn(1, 3, 32, 40, dtype=torch.float64)
+    model = create_model(MODEL, num_classes=0, checkpoint_path=tmp_path / 'headless.pth')
+    torch.testing.assert_close(_logits(model.double(), x), _logits(source.double(), x), rtol=0, atol=0)
+
+
+def test_hostile_checkpoints_are_refused_in_one_line_through_the_runner(tmp_path, capsys):
+    import os
+    import pickle
+
+    from gczoo.runner import run
+    state = timm.create_model(MODEL, num_classes=2).state_dict()
+    nan = dict(state, **{'conv1.weight': torch.full_like(state['conv1.weight'], float('nan'))})
+    torch.save({'state_dict': nan}, tmp_path / 'nan.pth.tar')
+    marker = tmp_path / 'ran'
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f'touch {marker}',)
+    torch.save({'state_dict': state, 'extra': Payload()}, tmp_path / 'code.pth')
+    with open(tmp_path / 'code.pkl', 'wb') as f:
+        pickle.dump(Payload(), f)
+    torch.save(state, tmp_path / 'pickle.safetensors')  # a pickle under a safetensors name
+    cases = {'nan.pth.tar': 'NaN or infinite values in conv1.weight', 'code.pth': 'can run code',
+             'code.pkl': 'can run code', 'pickle.safetensors': 'never unpickles', '.': 'is a folder',
+             'missing.pth': 'does not exist'}
+    for name, why in cases.items():
+        path = tmp_path / name if name != '.' else tmp_path
+        assert run(lambda argv: create_model(MODEL, checkpoint_path=path, checkpoint_what='--checkpoint'), [],
+                   prog='gczoo eval') == 2, name
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and why in err and str(path) in err, (name, err)
+    assert not marker.exists()  # the pickles' code never ran
+
+
+def test_a_timm_model_that_is_not_a_zoo_one_loads_its_checkpoint(tmp_path):
+    source = timm.create_model('resnet10t', num_classes=3)
+    save_file(source.state_dict(), str(tmp_path / 'w.safetensors'))
+    x = torch.randn(1, 3, 32, 48)
+    model = create_model('resnet10t', checkpoint_path=tmp_path / 'w.safetensors')
+    torch.testing.assert_close(_logits(model, x), _logits(source, x))
