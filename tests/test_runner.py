@@ -1,4 +1,5 @@
 """``gczoo.runner``: the one runner every entry point goes through (a foundation: no CLI import)."""
+import os
 import subprocess
 import sys
 
@@ -70,8 +71,10 @@ def test_a_closed_stdout_ends_quietly_like_a_shell_command():
             'from gczoo.runner import run\n'
             'def main(argv):\n    for i in range(100000):\n        print("resnet50_gc", i)\n'
             'sys.exit(run(main, [], "gczoo list"))\n')
-    proc = subprocess.run(f'{sys.executable} -c \'{code}\' | head -1; exit ${{PIPESTATUS[0]}}', shell=True, capture_output=True, text=True,
-                          timeout=120, executable='/bin/bash', env={**__import__('os').environ, 'PYTHONPATH': '.'})
+    proc = subprocess.run(f'{sys.executable} -c \'{code}\' | head -1; exit ${{PIPESTATUS[0]}}', shell=True,
+                          capture_output=True, text=True, timeout=120, executable='/bin/bash',
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),  # the repo root
+                          env={**os.environ, 'PYTHONPATH': '.'})
     assert proc.stdout == 'resnet50_gc 0\n' and proc.stderr == '', proc.stderr
     assert proc.returncode == 141  # 128 + SIGPIPE, as a shell command's
 

@@ -121,7 +121,8 @@ def test_hostile_names_say_what_is_wrong_and_the_right_name_first(bad, why, firs
 @pytest.mark.parametrize('bad', ['hf-hub:', 'local-dir:', 'local-dir:  '])
 def test_a_prefix_with_nothing_after_it_is_refused(bad):
     # 'local-dir: ' used to resolve to the folder ' '; 'hf-hub:' was 'unknown model'
-    with pytest.raises(UsageError, match="names nothing after '(hf-hub|local-dir):'; write (hf-hub:ORG/REPO|local-dir:DIR)"):
+    with pytest.raises(UsageError, match="names nothing after '(hf-hub|local-dir):'; "
+                                         "write (hf-hub:ORG/REPO|local-dir:DIR)"):
         resolve_model_name(bad)
 
 
