@@ -167,7 +167,7 @@ def _swap_in(staging: Path, path: Path) -> None:
                 if e.errno not in _TAKEN or last:
                     raise
                 continue
-        old = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.old.tmp', dir=str(path.parent)))
+        old = Path(tempfile.mkdtemp(prefix=_staging_prefix(path.name), suffix='.old.tmp', dir=str(path.parent)))
         try:
             try:
                 os.replace(path, old / path.name)
@@ -205,12 +205,16 @@ def _alive(pid: int) -> bool:
 
 def _remove_stale_staging(folder: Path, name: str) -> None:
     """Remove the staging folders for ``name`` in ``folder`` that a killed run (``kill -9``, power loss)
-    left: their process is gone, so they are never output and never block the next run."""
-    pattern = re.compile(rf'\.{re.escape(name)}\.staging-(\d+)-[^.]*\.tmp')
+    left: their process is gone, so they are never output and never block the next run. A run killed
+    between ``_swap_in``'s two renames left the previous ``name`` aside (``*.old.tmp``): it is put back."""
+    pattern = re.compile(rf'\.{re.escape(name)}\.staging-(\d+)-[^.]*(\.old)?\.tmp')
     with contextlib.suppress(OSError):
         for entry in folder.iterdir():
             match = pattern.fullmatch(entry.name)
             if match and entry.is_dir() and not entry.is_symlink() and not _alive(int(match.group(1))):
+                if match.group(2) and (entry / name).exists() and not (folder / name).exists():
+                    with contextlib.suppress(OSError):
+                        os.replace(entry / name, folder / name)
                 shutil.rmtree(entry, ignore_errors=True)
 
 

@@ -183,3 +183,18 @@ def test_two_writer_threads_never_fail_or_mix(tmp_path):
     assert errors == []
     assert len({p.read_text() for p in target.iterdir()}) == 1 and len(list(target.iterdir())) == 3
     assert [p.name for p in tmp_path.iterdir()] == ['out']
+
+
+def test_a_run_killed_between_the_two_renames_gets_the_old_folder_back(tmp_path):
+    import subprocess
+    import sys
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()  # a pid that no longer runs
+    aside = tmp_path / f'.export.staging-{dead.pid}-abc123.old.tmp'
+    (aside / 'export').mkdir(parents=True)  # the old `export`, renamed aside; the new one never landed
+    (aside / 'export' / 'old.txt').write_text('old')
+    with staged_folder(tmp_path / 'export') as tmp:
+        assert (tmp_path / 'export' / 'old.txt').read_text() == 'old'  # the target is never missing
+        (tmp / 'new.txt').write_text('new')
+    assert [p.name for p in (tmp_path / 'export').iterdir()] == ['new.txt']
+    assert [p.name for p in tmp_path.iterdir()] == ['export']
