@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 
 import torch
 
-from gczoo.errors import PretrainedWeightsError
+from gczoo.errors import PretrainedWeightsError, UsageError
 from gczoo.files import check_output_dir
 
 from .weights import WEIGHTS_NAME, unpickling_refused
@@ -178,11 +178,16 @@ def fetch_from_hub(repo_id: str, filename: str = WEIGHTS_NAME, *, what: str,
     cache or downloaded into it; :func:`hub_download_error` (naming ``what``) when it cannot be had."""
     from huggingface_hub import hf_hub_download
     from timm.models._hub import hf_split
+    if not isinstance(filename, str) or not filename.strip():
+        raise UsageError(f'Could not load {what}: no file of the Hub repo {repo_id!r} was named (got {filename!r})')
     repo, revision = hf_split(repo_id)
     try:
         return Path(hf_hub_download(repo, filename, revision=revision, cache_dir=cache_dir))
     except download_error_types() as e:
         raise hub_download_error(repo_id, [filename], cache_dir, e, what) from e
+    except ValueError as e:  # huggingface_hub's HFValidationError: an id or file name it cannot look up
+        raise UsageError(f'Could not load {what}: {repo_id!r} / {filename!r} is no Hub repo id and file name '
+                         f'(ORG/REPO[@revision] and a path in it): {_reason(e)}') from e
 
 
 # ----------------------------------------------------------------------------------------------

@@ -153,3 +153,20 @@ def test_hub_file_from_the_cache_offline_and_the_one_error_when_absent(tmp_path,
     for part in ("pretrained weights for 'tiny'", "'gczoo/other'", str(cache), 'HF_HUB_OFFLINE=1',
                  'not in the cache: model.safetensors', 'hf download gczoo/other'):
         assert part in message, part
+
+
+@pytest.mark.parametrize('repo, filename, why', [
+    ('bad repo', 'model.safetensors', 'HFValidationError'),
+    ('', 'model.safetensors', 'HFValidationError'),
+    ('gczoo/tiny', '../model.safetensors', "'..'"),
+    ('gczoo/tiny', '', 'no file of the Hub repo'),
+])
+def test_a_bad_hub_repo_id_or_file_name_names_what_was_wanted(tmp_path, monkeypatch, repo, filename, why):
+    # hostile-user pass: these were huggingface_hub's bare messages (no `what`), or 'looked for  of'
+    from gczoo.errors import UsageError
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
+    with pytest.raises(UsageError) as info:
+        fetch_from_hub(repo, filename, what="pretrained weights for 'tiny'", cache_dir=tmp_path / 'hf')
+    message = str(info.value)
+    assert message.startswith("Could not load pretrained weights for 'tiny': ") and why in message
+    assert '\n' not in message
