@@ -35,7 +35,7 @@ from gczoo.errors import CheckpointError, PretrainedWeightsError
 
 from .hub_folder import CONFIG_NAME, LOAD_ONLY_KWARGS, check_hub_folder, read_config, read_weights_shapes
 from .registry import check_architecture, resolve_model_name
-from .sources import hub_cached_file, hub_download_error, is_download_error
+from .sources import hub_cached_file, hub_download_error, is_download_error, url_cached_path
 from .weights import (
     WEIGHTS_NAME, StateDict, check_state_dict, classifier_names, compare_state_dicts, first_conv_names, format_keys,
     load_weights, pickle_refusal, read_state_dict,
@@ -86,9 +86,18 @@ def _hub_source(source: Optional[str], model_id: str, pretrained: bool, overlay:
         architecture, tag = split_model_name_tag(model_id)
         cfg = resolve_pretrained_cfg(architecture, pretrained_cfg=kwargs.get('pretrained_cfg') or tag or None,
                                      pretrained_cfg_overlay=overlay)
-        if cfg.hf_hub_id and not cfg.url and not cfg.file:
+        if cfg.hf_hub_id and not cfg.file and not cfg.state_dict and _timm_reads_hub(cfg.url):
             return cfg.hf_hub_id, [overlay.get('hf_hub_filename') or cfg.hf_hub_filename or WEIGHTS_NAME]
     return None, []
+
+
+def _timm_reads_hub(url: Optional[str]) -> bool:
+    """Whether timm loads a cfg with both ``url`` and ``hf_hub_id`` (most of timm's own) from the Hub: it
+    does unless ``TIMM_USE_OLD_CACHE=1`` and the URL's file is in torch's checkpoint cache (timm's
+    ``_resolve_pretrained_source``)."""
+    if not url or int(os.environ.get('TIMM_USE_OLD_CACHE', 0) or 0) <= 0:
+        return True
+    return not url_cached_path(url).is_file()
 
 
 def _pin_safetensors(overlay: Dict[str, Any]) -> None:

@@ -108,6 +108,8 @@ def resolve_model_name(
         if not folders or zoo is not None:
             raise UsageError(f'{what}: {name!r} names a weights folder; a registered model name is needed here '
                              f'(`gczoo list`)')
+        if source == 'hf-hub':
+            _check_repo_id(name, location, what)
         return ModelName(name, source, location, None, None)
     architecture, tag = split_model_name_tag(location)
     if not timm.is_model(architecture) or (zoo is not None and architecture not in zoo):
@@ -116,6 +118,17 @@ def resolve_model_name(
         tags = ', '.join(timm.list_pretrained(f'{architecture}.*')) or 'none'
         raise UsageError(f'{what}: {architecture!r} has no pretrained tag {tag!r}; its tags: {tags}')
     return ModelName(name, None, location, architecture, tag or None)
+
+
+def _check_repo_id(name: str, location: str, what: str) -> None:
+    """``hf-hub:ORG/REPO[@revision]``: a repo id huggingface_hub can look up (``validate_repo_id``)."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+    from timm.models._hub import hf_split
+    try:
+        validate_repo_id(hf_split(location)[0])
+    except HFValidationError as e:
+        raise UsageError(f'{what}: {name!r} names no valid Hub repo (hf-hub:ORG/REPO[@revision]): '
+                         f'{" ".join(str(e).split())}') from None
 
 
 def _has_tag(architecture: str, tag: str) -> bool:

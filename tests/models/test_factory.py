@@ -120,3 +120,23 @@ def test_a_timm_model_that_is_not_a_zoo_one_loads_its_checkpoint(tmp_path):
     x = torch.randn(1, 3, 32, 48)
     model = create_model('resnet10t', checkpoint_path=tmp_path / 'w.safetensors')
     torch.testing.assert_close(_logits(model, x), _logits(source, x))
+
+
+def test_a_timm_model_with_url_and_hub_id_is_explained_and_loads_from_the_hub_cache(tmp_path, monkeypatch):
+    # hostile-user pass: timm reads resnet10t.c3_in1k (url and hf_hub_id) from the Hub; offline, its miss
+    # was huggingface_hub's bare LocalEntryNotFoundError, naming neither the model nor the repo
+    from huggingface_hub import constants as hf_constants
+
+    from gczoo.errors import PretrainedWeightsError
+    from hub_cache import fill_hub_cache
+    monkeypatch.setattr(hf_constants, 'HF_HUB_OFFLINE', True)
+    monkeypatch.setattr(hf_constants, 'HF_HUB_CACHE', str(tmp_path / 'hf'))
+    with pytest.raises(PretrainedWeightsError, match=r"Could not load 'resnet10t': looked for model\.safetensors of "
+                                                     r"the Hub repo 'timm/resnet10t\.c3_in1k'"):
+        create_model('resnet10t', pretrained=True, cache_dir=str(tmp_path / 'hf'))
+    source = timm.create_model('resnet10t')
+    save_file(source.state_dict(), str(tmp_path / 'model.safetensors'))
+    fill_hub_cache(tmp_path / 'hf', 'timm/resnet10t.c3_in1k', {'model.safetensors': tmp_path / 'model.safetensors'})
+    model = create_model('resnet10t', pretrained=True, cache_dir=str(tmp_path / 'hf'))
+    x = torch.randn(1, 3, 32, 48)
+    torch.testing.assert_close(_logits(model, x), _logits(source, x))

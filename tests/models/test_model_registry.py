@@ -130,3 +130,14 @@ def test_a_timm_model_that_is_no_zoo_model_still_resolves_where_timm_models_are_
     assert resolve_model_name('resnet50.a1_in1k').tag == 'a1_in1k'
     with pytest.raises(UsageError, match="unknown gczoo model 'resnet50'"):
         resolve_model_name('resnet50', zoo=ZOO_MODELS)
+
+
+@pytest.mark.parametrize('bad', ['hf-hub:bad repo', 'hf-hub:org/re po@main', 'hf-hub:-org/repo'])
+def test_an_invalid_hub_repo_id_is_the_resolvers_one_line(bad):
+    # hostile-user pass: create_model('hf-hub:bad repo') was huggingface_hub's HFValidationError, naming no flag
+    from gczoo.models import create_model
+    with pytest.raises(UsageError, match=r"^--model: .* names no valid Hub repo \(hf-hub:ORG/REPO\[@revision\]\)"):
+        resolve_model_name(bad)
+    with pytest.raises(UsageError, match=r'^model_name: .* names no valid Hub repo'):
+        create_model(bad, pretrained=True)
+    assert resolve_model_name('hf-hub:timm/resnet50.a1_in1k@main').location == 'timm/resnet50.a1_in1k@main'
