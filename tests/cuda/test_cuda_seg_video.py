@@ -59,28 +59,46 @@ def test_video_model_on_cuda_against_float64_cpu(name):
     check_on_device(model, torch.randn(1, 3, 8, 64, 64, generator=torch.Generator().manual_seed(0)))
 
 
+def training_loss(model: nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The training loss: a segmentor's decode head plus 0.4 x mmseg's auxiliary FCN head, else the clip's."""
+    if target.dim() == 3:
+        decode, aux = model.forward_train(x)
+        return sum(weight * nn.functional.cross_entropy(
+            nn.functional.interpolate(out.float(), size=target.shape[-2:], mode='bilinear', align_corners=False),
+            target) for weight, out in ((1.0, decode), (0.4, aux)))
+    return nn.functional.cross_entropy(model(x).float(), target)
+
+
 @pytest.mark.parametrize('name', ['ccnet_r50_d8', 'i3d_r50_nl'])
 def test_training_step_under_amp_and_channels_last_on_cuda(name):
+    """The bf16 autocast + channels_last training step against the float32 contiguous one: loss and the
+    whole gradient agree to bf16's tolerance, every gradient finite."""
+    if DEVICE.type == 'cpu' and name in list_video_models():
+        pytest.skip("the CPU dry run: torch 2.14.1's CPU bfloat16 conv3d weight gradient (3x1x1 kernels, T=2) comes "
+                    'out non-finite, a PyTorch/oneDNN bug reproduced with F.conv3d alone (README, Video)')
     torch.manual_seed(0)
     if name in list_segmentors():
         model = create_segmentor(name, num_classes=5)
         x, target = torch.randn(2, 3, 64, 64), torch.randint(0, 5, (2, 64, 64))
         memory_format = torch.channels_last
     else:
-        model = create_video_model(name, num_classes=5)
+        model = create_video_model(name, num_classes=5, drop_rate=0.0)
         x, target = torch.randn(2, 3, 8, 64, 64), torch.randint(0, 5, (2,))
         memory_format = torch.channels_last_3d
-    model = perturbed(model).to(DEVICE).to(memory_format=memory_format).train()
-    x, target = x.to(DEVICE).contiguous(memory_format=memory_format), target.to(DEVICE)
+    for module in model.modules():  # dropout off: both steps must see the same network
+        if isinstance(module, nn.modules.dropout._DropoutNd):
+            module.p = 0.0
+    reference = perturbed(model).to(DEVICE).train()
+    model = copy.deepcopy(reference).to(memory_format=memory_format)
+    x, target = x.to(DEVICE), target.to(DEVICE)
+    loss_ref = training_loss(reference, x, target)
+    loss_ref.backward()
     with torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-        if target.dim() == 3:  # the decode head and mmseg's auxiliary FCN head (loss weight 0.4)
-            decode, aux = model.forward_train(x)
-            loss = sum(weight * nn.functional.cross_entropy(
-                nn.functional.interpolate(out.float(), size=target.shape[-2:], mode='bilinear', align_corners=False),
-                target) for weight, out in ((1.0, decode), (0.4, aux)))
-        else:
-            loss = nn.functional.cross_entropy(model(x).float(), target)
+        loss = training_loss(model, x.contiguous(memory_format=memory_format), target)
     loss.backward()
-    assert torch.isfinite(loss)
+    assert abs(float(loss) - float(loss_ref)) <= 0.1 * abs(float(loss_ref))
     grads = [p.grad for p in model.parameters() if p.requires_grad]
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    flat = torch.cat([g.flatten() for g in grads])
+    flat_ref = torch.cat([p.grad.flatten() for p in reference.parameters() if p.requires_grad])
+    assert rel_error(flat, flat_ref) <= 0.25  # bf16's 8 bits over the whole network's backward
