@@ -34,10 +34,10 @@ from gczoo.args import (ArgumentParser, device_name, fraction, non_negative_floa
                         positive_int)
 from gczoo.errors import CheckpointError
 from gczoo.files import atomic_write, atomic_write_text, check_output_dir
-from gczoo.models.weights import load_weights, read_checkpoint
-from gczoo.train.checkpoint import atomic_save, capture_rng, plain, restore_rng
+from gczoo.models.weights import WEIGHTS_NAME, load_weights, read_checkpoint
+from gczoo.train.checkpoint import LAST_CHECKPOINT, atomic_save, capture_rng, plain, restore_rng
 from gczoo.train.guards import TrainingDiverged, non_finite_tensors
-from gczoo.train.outputs import write_args, write_results
+from gczoo.train.outputs import SUMMARY_FILE, write_args, write_results
 from gczoo.train.rundir import RunLock
 
 from .create import create_segmentor, load_segmentor_checkpoint
@@ -157,7 +157,7 @@ def _write_summary(out: Path, rows: List[Dict[str, Any]]) -> None:
     writer = csv.DictWriter(buf, fieldnames=['iter', 'loss', 'decode_loss', 'lr', 'seconds'], lineterminator='\n')
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write_text(out / 'summary.csv', buf.getvalue())
+    atomic_write_text(out / SUMMARY_FILE, buf.getvalue())
 
 
 def _resume(path: str, model: nn.Module, optimizer: torch.optim.Optimizer, args: argparse.Namespace):
@@ -197,11 +197,11 @@ def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
     if args.ratio_range[0] > args.ratio_range[1]:
         raise ValueError(f'--ratio-range {args.ratio_range[0]} {args.ratio_range[1]}: give the smaller ratio first')
     out = check_output_dir(args.output, '--output')
-    last = out / 'last.pth.tar'
+    last = out / LAST_CHECKPOINT
     if args.resume and last.exists() and Path(args.resume).resolve() != last.resolve():
         raise ValueError(f'--output {str(out)!r} holds another run (last.pth.tar) than --resume {args.resume!r}: '
                          f'resume into the run\'s own folder or write to another --output')
-    if (out / 'last.pth.tar').exists() and not args.resume:
+    if (out / LAST_CHECKPOINT).exists() and not args.resume:
         raise ValueError(f'--output {str(out)!r} already holds a run (last.pth.tar): continue it with --resume '
                          f'{str(out / "last.pth.tar")!r} or write to another --output')
     samples = find_samples(args.data_dir, args.dataset, args.split)
@@ -227,7 +227,7 @@ def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
         model = net.module.model
     out.mkdir(parents=True, exist_ok=True)
     with RunLock(out) if env.is_main else contextlib.nullcontext():
-        if env.is_main and not args.resume and (out / 'last.pth.tar').exists():  # a run that ended while we set up
+        if env.is_main and not args.resume and (out / LAST_CHECKPOINT).exists():  # a run that ended while we set up
             raise ValueError(f'--output {str(out)!r} already holds a run (last.pth.tar), written while this one '
                              f'started; write to another --output')
         if env.is_main:
@@ -239,7 +239,7 @@ def train_segmentor(args: argparse.Namespace) -> Dict[str, Any]:
     if env.is_main:
         from safetensors.torch import save
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        atomic_write(out / 'model.safetensors', lambda f: f.write(save(weights)))
+        atomic_write(out / WEIGHTS_NAME, lambda f: f.write(save(weights)))
         write_results(out, results)
     return results
 
@@ -303,7 +303,7 @@ def _save(out: Path, model: nn.Module, optimizer, it: int, args: argparse.Namesp
                                f'nothing was written for this iteration, the last checkpoint is {out / "last.pth.tar"}')
     atomic_save({'format': FORMAT, 'state_dict': model.state_dict(), 'optimizer': plain(optimizer.state_dict()),
                  'iteration': it, 'rng': capture_rng(), 'args': plain(vars(args)), 'summary': plain(summary)},
-                out / 'last.pth.tar')
+                out / LAST_CHECKPOINT)
     _write_summary(out, summary)
 
 
