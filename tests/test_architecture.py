@@ -24,7 +24,7 @@ LAYERS: List[Tuple[str, ...]] = [
     ('gczoo.layers',),
     ('gczoo.models', 'gczoo.video', 'gczoo.seg', 'gczoo'),  # the package root imports layers and models, nothing else
     ('gczoo.data', 'gczoo.distributed', 'gczoo.train', 'gczoo.evaluate', 'gczoo.complexity', 'gczoo.visualize',
-     'gczoo.bench', 'gczoo.export',
+     'gczoo.bench', 'gczoo.export', 'gczoo.timm_scripts',
      'gczoo.video.clips', 'gczoo.video.evaluate', 'gczoo.video.finetune',  # video jobs (issue 19)
      'gczoo.seg.data', 'gczoo.seg.evaluate', 'gczoo.seg.segment', 'gczoo.seg.train'),  # segmentation jobs (issue 18)
     ('gczoo.cards',),
@@ -44,7 +44,8 @@ def _layer(module: str) -> int:
     best, best_len = None, -1
     for index, prefixes in enumerate(LAYERS):
         for prefix in prefixes:
-            if (module == prefix or module.startswith(prefix + '.')) and len(prefix) > best_len:
+            # the package root ('gczoo') is its __init__ alone: as a prefix it would place every module
+            if (module == prefix or prefix != 'gczoo' and module.startswith(prefix + '.')) and len(prefix) > best_len:
                 best, best_len = index, len(prefix)
     if best is None:
         raise AssertionError(f'{module} is in no layer of tests/test_architecture.py: add it where it belongs')
@@ -192,3 +193,10 @@ def test_no_function_over_80_lines():
                 if length > 80:
                     long.append(f'{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name} ({length} lines)')
     assert not long, 'functions over 80 lines (split them):\n' + '\n'.join(long)
+
+
+def test_a_top_level_module_must_be_given_a_layer():
+    """The package root is a layer entry for gczoo/__init__.py alone, not a prefix that places every module."""
+    with pytest.raises(AssertionError, match='is in no layer'):
+        _layer('gczoo.some_new_module')
+    assert _layer('gczoo') == _layer('gczoo.models')
