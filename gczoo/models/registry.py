@@ -11,7 +11,7 @@ convert, ``init_from_resnet``) resolves it here, so a mistyped ``--model`` gets 
 """
 import dataclasses
 import difflib
-from typing import Collection, List, Optional
+from typing import Collection, Dict, Iterable, List, Optional
 
 import timm
 from timm.models import get_pretrained_cfg, parse_model_name, split_model_name_tag
@@ -19,10 +19,19 @@ from timm.models import get_pretrained_cfg, parse_model_name, split_model_name_t
 from gczoo.errors import CheckpointError, UsageError
 
 __all__ = ['ModelName', 'FOLDER_PREFIXES', 'zoo_model_names', 'close_model_names', 'resolve_model_name',
-           'check_architecture']
+           'check_architecture', 'register_other_models']
 
 FOLDER_PREFIXES = ('local-dir:', 'hf-hub:')  # names whose weights folder's config.json names the architecture
 _ZOO_MODULE = 'gczoo'  # timm files the zoo's entrypoints under their module's last name (gczoo/models/gczoo.py)
+# gczoo's models outside timm's image registry (gczoo.video's, gczoo.seg's; each registers its table on
+# import, and ``import gczoo`` imports both): name -> what to use for it instead
+_OTHER_MODELS: Dict[str, str] = {}
+
+
+def register_other_models(names: Iterable[str], use: str) -> None:
+    """Name models that timm cannot build (video, segmentation), so that a job given one says what to use."""
+    for name in names:
+        _OTHER_MODELS[name] = use
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +78,9 @@ def _why(name: str, folders: bool) -> str:
 
 
 def _unknown(name: str, what: str, zoo: Optional[Collection[str]], folders: bool) -> UsageError:
+    other = _OTHER_MODELS.get(split_model_name_tag(name.strip())[0])
+    if other is not None:
+        return UsageError(f'{what}: {name!r} is not an image classification model of timm\'s: it is {other}')
     close = close_model_names(name, zoo)
     why = _why(name, folders and zoo is None)
     hint = f'{why}; closest: {", ".join(close)}' if close else why

@@ -9,6 +9,10 @@ from .segmentor import SEGMENTORS, Segmentor, SegmentorSpec, list_segmentors
 from .tags import SEG_TAGS, get_seg_tag, seg_tags_for
 from .convert import convert_mmseg_state_dict
 from .create import create_segmentor, load_segmentor_checkpoint
+from gczoo.models.registry import register_other_models
+
+register_other_models(SEGMENTORS, 'a segmentation model: gczoo eval-seg / segment / train-seg, '
+                                  'gczoo.seg.create_segmentor, gczoo.seg.export')
 
 __all__ = [
     'CCHead', 'FCNHead', 'GCHead', 'NLHead', 'SEGMENTORS', 'Segmentor', 'SegmentorSpec', 'list_segmentors',

@@ -8,6 +8,10 @@ from .factory import VIDEO_MODELS, VideoModel, create_video_model, is_video_mode
 from .inflate import InflationReport, inflate_state_dict, inflate_from_2d
 from .resnet3d import I3D_INFLATE, I3D_NON_LOCAL, Bottleneck3d, ResNet3d
 from .tags import VIDEO_TAGS, get_video_tag, video_data_config, video_tags_for
+from gczoo.models.registry import register_other_models
+
+register_other_models(VIDEO_MODELS, 'a video model: gczoo eval-video, gczoo train --model NAME on a clip folder, '
+                                    'gczoo.video.create_video_model')
 
 __all__ = [
     'Bottleneck3d', 'ResNet3d', 'I3D_INFLATE', 'I3D_NON_LOCAL', 'VideoModel', 'VIDEO_MODELS', 'VIDEO_TAGS',

@@ -118,7 +118,7 @@ def _resolve(source: Source) -> Tuple[Mapping[str, torch.Tensor], str]:
         return read_state_dict(source), f'2D weights {str(source)!r}'
     if isinstance(source, str):  # a timm/gczoo model name: its pretrained weights through timm
         import timm
-        import gczoo  # noqa: F401  (registers the zoo models with timm)
+        import gczoo.models  # noqa: F401  (registers the zoo models with timm)
         return timm.create_model(source, pretrained=True).state_dict(), f'the pretrained weights of {source!r}'
     raise TypeError(f'source must be a 2D model, a state dict, a file or a timm model name, '
                     f'got {type(source).__name__}')

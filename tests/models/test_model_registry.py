@@ -141,3 +141,13 @@ def test_an_invalid_hub_repo_id_is_the_resolvers_one_line(bad):
     with pytest.raises(UsageError, match=r'^model_name: .* names no valid Hub repo'):
         create_model(bad, pretrained=True)
     assert resolve_model_name('hf-hub:timm/resnet50.a1_in1k@main').location == 'timm/resnet50.a1_in1k@main'
+
+
+@pytest.mark.parametrize('name, family', [('ccnet_r50_d8', 'segmentation model: gczoo eval-seg'),
+                                          ('gcnet_r101_d8.ade20k_512x512_160k', 'segmentation model'),
+                                          ('i3d_r50_nl', 'video model: gczoo eval-video')])
+def test_a_video_or_segmentation_name_says_what_to_use(name, family):
+    """They are gczoo's models but not timm's: an image job given one points to their commands (it said
+    'unknown model ... closest: lcnet_150')."""
+    with pytest.raises(UsageError, match=family):
+        resolve_model_name(name, what='--model')
