@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / 'gczoo'
 LAYERS: List[Tuple[str, ...]] = [
     ('gczoo.errors', 'gczoo.runner', 'gczoo.args', 'gczoo.files', 'gczoo.papers'),
     ('gczoo.layers',),
-    ('gczoo.models', 'gczoo.video', 'gczoo.seg', 'gczoo'),  # the package root imports layers and models, nothing else
+    ('gczoo.models', 'gczoo.video', 'gczoo.seg', 'gczoo'),  # the package root imports layers, models, video and seg
     ('gczoo.data', 'gczoo.distributed', 'gczoo.train', 'gczoo.evaluate', 'gczoo.complexity', 'gczoo.visualize',
      'gczoo.bench', 'gczoo.export', 'gczoo.timm_scripts',
      'gczoo.video.clips', 'gczoo.video.evaluate', 'gczoo.video.finetune',  # video jobs (issue 19)
