@@ -24,10 +24,10 @@ import re
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, Iterator, Mapping, Tuple, Union
+from typing import Callable, Dict, Iterator, Mapping, Tuple, Union
 from urllib.parse import urlsplit
 
-__all__ = ['fill_hub_cache']
+__all__ = ['fill_hub_cache', 'loopback_server']
 
 FileSource = Union[bytes, str, os.PathLike]
 
@@ -82,8 +82,15 @@ def _loopback_hub(routes: Mapping[str, Tuple[Dict[str, str], bytes]]) -> Iterato
         def log_message(self, format: str, *args) -> None:  # keep pytest's output clean
             pass
 
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, name='loopback-hub', daemon=True)
+    with loopback_server(Handler) as base:
+        yield base
+
+
+@contextmanager
+def loopback_server(handler: Callable[..., http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """``handler`` served on 127.0.0.1 at a free port by a thread, stopped on exit; yields the base URL."""
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    thread = threading.Thread(target=server.serve_forever, name='loopback-server', daemon=True)
     thread.start()
     try:
         yield f'http://127.0.0.1:{server.server_address[1]}'

@@ -4,8 +4,6 @@ No network: files are pre-placed in a temporary torch hub folder, served from 12
 into a Hub cache by huggingface_hub itself (``hub_cache.fill_hub_cache``)."""
 import functools
 import http.server
-import threading
-from contextlib import contextmanager
 
 import pytest
 import torch
@@ -14,7 +12,7 @@ from huggingface_hub import constants as hf_constants
 from gczoo.cli import run
 from gczoo.models import PretrainedWeightsError, fetch_from_hub, fetch_url
 from gczoo.models.sources import hub_cache_dir, url_cache_dir, url_cached_path
-from hub_cache import fill_hub_cache
+from hub_cache import fill_hub_cache, loopback_server
 
 NAME = 'mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco_20200515_211915-187da160.pth'
 URL = f'https://download.openmmlab.com/mmdetection/v2.0/gcnet/mask_rcnn_r50_fpn_r16_gcb_c3-c5_1x_coco/{NAME}'
@@ -37,20 +35,11 @@ def no_download(monkeypatch):
     monkeypatch.setattr(torch.hub, 'download_url_to_file', refuse)
 
 
-@contextmanager
 def _serve(folder):
     """An HTTP server on 127.0.0.1 serving ``folder``; yields its base URL."""
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder))
     handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f'http://127.0.0.1:{server.server_address[1]}'
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    return loopback_server(handler)
 
 
 def test_cached_file_is_found_in_torch_hub_checkpoints_without_network(torch_hub, no_download):
