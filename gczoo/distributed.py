@@ -16,7 +16,7 @@ from torch.utils.data import Sampler
 
 __all__ = [
     'DIST_BN_MODES', 'DistEnv', 'init_distributed', 'cleanup_distributed', 'ShardSampler', 'is_main_process',
-    'distribute_bn',
+    'distribute_bn', 'gather_across_ranks',
 ]
 
 DIST_BN_MODES = ('', 'broadcast', 'reduce')  # timm train.py's --dist-bn choices ('' = leave each rank's own)
@@ -108,3 +108,13 @@ def distribute_bn(module: torch.nn.Module, mode: str, device: torch.device) -> b
             dist.broadcast(moved, 0)
         buf.copy_(moved)
     return bool(stats)
+
+
+def gather_across_ranks(items: List[str]) -> List[str]:
+    """Every rank's ``items`` (the files each skipped), sorted, under a process group; without one this
+    rank's own, in their order."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(items)
+    gathered: List[List[str]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, list(items))
+    return sorted(item for rank_items in gathered for item in rank_items)

@@ -138,23 +138,13 @@ def _describe_transform(data_config: Dict[str, Any]) -> str:
             f'mean {tuple(round(m, 4) for m in data_config["mean"])}, std {tuple(round(s, 4) for s in data_config["std"])}')
 
 
-def _gather(bad_files: List[str]) -> List[str]:
-    """Every rank's skipped files, sorted (this rank's alone without a process group)."""
-    import torch.distributed as dist
-    if not (dist.is_available() and dist.is_initialized()):
-        return bad_files
-    gathered: List[List[str]] = [[] for _ in range(dist.get_world_size())]
-    dist.all_gather_object(gathered, bad_files)
-    return sorted(f for rank_files in gathered for f in rank_files)
-
-
 def evaluate(args: argparse.Namespace, command: str = '') -> Dict[str, Any]:
     """One evaluation as ``gczoo eval`` does it (any torchrun process group is joined as the caller set it
     up); returns the results dict (the same on every rank)."""
     from timm.data import create_transform
     from torch.utils.data import DataLoader
 
-    from gczoo.distributed import ShardSampler, init_distributed
+    from gczoo.distributed import ShardSampler, gather_across_ranks, init_distributed
 
     folder = find_eval_folder(_data_root(args), args.split)  # before building the model: fail fast
     env = init_distributed(args.device)
@@ -193,7 +183,7 @@ def evaluate(args: argparse.Namespace, command: str = '') -> Dict[str, Any]:
         raise ValueError(f'--model {args.model!r}: the evaluation produced non-finite results (loss '
                          f'{metrics["loss"]}); the weights or the input preprocessing are broken')
 
-    bad_files = _gather(list(skipping.bad_files))
+    bad_files = gather_across_ranks(skipping.bad_files)
     top1, top5 = round(metrics['top1'], 4), round(metrics['top5'], 4)
     params = sum(p.numel() for p in model.parameters())
     return {

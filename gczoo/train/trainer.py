@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -31,7 +31,7 @@ from timm.utils import dispatch_clip_grad, random_seed
 from torch.nn.parallel import DistributedDataParallel
 
 import gczoo.models  # noqa: F401  (registers the zoo with timm)
-from gczoo.distributed import distribute_bn, init_distributed
+from gczoo.distributed import distribute_bn, gather_across_ranks, init_distributed
 from gczoo.evaluate import SkippingLoader, validate
 from gczoo.models.hub_folder import export_metadata
 from gczoo.video import is_video_model
@@ -366,12 +366,7 @@ class Trainer:
         metrics = validate(model, loader, num_classes=self.num_classes, device=self.device, amp_dtype=self.amp_dtype,
                            channels_last=self.args.channels_last, criterion=self.optimization.val_loss_fn,
                            progress=label if self.show_progress else None)
-        skipped: List[str] = list(loader.bad_files)
-        if self.env.distributed:
-            per_rank: List[Any] = [None] * self.env.world_size
-            dist.all_gather_object(per_rank, skipped)
-            skipped = sorted(f for files in per_rank for f in files)
-        metrics['skipped'] = skipped
+        metrics['skipped'] = gather_across_ranks(loader.bad_files)
         return metrics
 
     def end_epoch(self, images_seen: int, train_time: float, epoch_start: float) -> None:

@@ -97,20 +97,11 @@ def build_parser() -> ArgumentParser:
     return p
 
 
-def _gather_bad(bad: List[str]) -> List[str]:
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        gathered: List[List[str]] = [[] for _ in range(dist.get_world_size())]
-        dist.all_gather_object(gathered, bad)
-        return sorted(f for rank in gathered for f in rank)
-    return sorted(bad)
-
-
 def evaluate_video(args: argparse.Namespace) -> Dict[str, Any]:
     """One evaluation; returns the results (the same on every rank)."""
     from torch.utils.data import DataLoader
 
-    from gczoo.distributed import ShardSampler, init_distributed
+    from gczoo.distributed import ShardSampler, gather_across_ranks, init_distributed
 
     samples, class_names = scan_clip_folder(args.data_dir)  # before building the model: fail fast
     if args.results_file:  # before hours of decoding, not after
@@ -147,7 +138,7 @@ def evaluate_video(args: argparse.Namespace) -> Dict[str, Any]:
               f'world size {env.world_size}', flush=True)
     metrics = validate(ViewAverage(model.to(env.device)), skipping, num_classes=model.num_classes, device=env.device,
                        criterion=nn.NLLLoss(), progress=None if args.no_progress or not env.is_main else 'eval-video')
-    bad = _gather_bad(skipping.bad_files)
+    bad = sorted(gather_across_ranks(skipping.bad_files))
     if int(metrics['count']) == 0:
         raise ValueError(f'none of the {len(dataset)} clips in {str(args.data_dir)!r} could be read '
                          f'(e.g. {bad[0] if bad else "?"})')
